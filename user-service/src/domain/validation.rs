@@ -1,0 +1,90 @@
+//! Field-level validation that collects every problem of a request at once, so
+//! a caller learns about all bad fields in one round trip.
+
+use crate::error::Error;
+
+/// One bad field: its path in the request (e.g. `user.email`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Dotted path of the field in the request message.
+    pub field: String,
+    /// Human-readable reason.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field` for `description`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
+
+/// Accumulates violations while a request is parsed.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records a violation.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Runs a check and records its error under `field`, keeping the value when
+    /// it passes.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|reason| self.add(field, reason)).ok()
+    }
+
+    /// `Ok(value)` when no violation was recorded, otherwise `InvalidArgument`
+    /// with all of them.
+    pub fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, Error> {
+        if self.0.is_empty() { Ok(value()) } else { Err(Error::InvalidArgument(self.0)) }
+    }
+}
+
+/// Rejects control characters, which have no place in names, ids or emails and
+/// tend to break logs and terminals downstream.
+pub fn no_control_chars(value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("must not contain control characters (found U+{:04X})", c as u32)),
+        None => Ok(()),
+    }
+}
+
+/// Checks a free-text value: non-empty after trimming, at most `max` characters,
+/// no control characters.
+pub fn text(value: &str, max: usize) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty or only whitespace".into());
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(format!("must be at most {max} characters (got {len})"));
+    }
+    no_control_chars(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_rejects_empty_long_and_control_characters() {
+        assert!(text("", 5).is_err());
+        assert!(text("   ", 5).is_err());
+        assert!(text("abcdef", 5).is_err());
+        assert!(text("a\u{0}b", 5).is_err());
+        assert!(text("Zoë", 5).is_ok());
+    }
+
+    #[test]
+    fn violations_are_all_reported_together() {
+        let mut v = Violations::default();
+        v.add("a", "bad");
+        v.add("b", "worse");
+        match v.finish(|| ()) {
+            Err(Error::InvalidArgument(list)) => assert_eq!(list.len(), 2),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The gRPC transport: our services plus standard health and reflection.
+
+mod convert;
+mod page_token;
+mod status;
+mod users;
+
+use std::{sync::Arc, time::Duration};
+
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use userdata_proto::v1::user_service_server::{SERVICE_NAME as USER_SERVICE, UserServiceServer};
+
+pub use self::{status::ERROR_DOMAIN, users::UsersApi};
+use crate::store::Store;
+
+/// Largest request or response message accepted, in bytes.
+pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+
+/// Builds every gRPC service this server exposes, and returns the health
+/// reporter so the caller can keep it in step with the database.
+pub fn routes(store: Arc<dyn Store>) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let descriptor_sets = [
+        userdata_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut v1 = tonic_reflection::server::Builder::configure();
+    let mut v1alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptor_sets {
+        v1 = v1.register_encoded_file_descriptor_set(set);
+        v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let users = UserServiceServer::new(UsersApi::new(store))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let routes = Routes::new(health)
+        .add_service(users)
+        .add_service(v1.build_v1()?)
+        .add_service(v1alpha.build_v1alpha()?);
+    Ok((routes, health_reporter))
+}
+
+/// Reports SERVING while the database answers and NOT_SERVING while it does
+/// not, for the whole server (`""`) and for each of our services. Runs until
+/// the process ends.
+pub async fn watch_database(store: Arc<dyn Store>, reporter: HealthReporter, every: Duration) {
+    let mut last = None;
+    loop {
+        let status = match tokio::time::timeout(every, store.ping()).await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "database health check failed");
+                ServingStatus::NotServing
+            }
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health status changed");
+            for service in ["", USER_SERVICE] {
+                reporter.set_service_status(service, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(every).await;
+    }
+}

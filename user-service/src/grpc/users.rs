@@ -1,0 +1,87 @@
+//! `userdata.v1.UserService`: each RPC parses its request, calls the store and
+//! converts the answer back.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use userdata_proto::v1::{self as pb, user_service_server::UserService};
+
+use super::convert;
+use crate::store::Store;
+
+/// The `UserService` implementation over any [`Store`].
+#[derive(Clone)]
+pub struct UsersApi {
+    store: Arc<dyn Store>,
+}
+
+impl UsersApi {
+    /// Serves users from `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UsersApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let cmd = convert::create_user(request.into_inner())?;
+        let result = self.store.create_user(cmd).await?;
+        Ok(Response::new(convert::create_response(result)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let key = convert::get_user(request.get_ref())?;
+        let user = self.store.get_user(&key).await?;
+        Ok(Response::new(pb::GetUserResponse { user: Some(user.into()) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let query = convert::list_users(request.get_ref())?;
+        // One extra row tells whether another page exists, so the last page
+        // never carries a token that leads to an empty page.
+        let mut users = self.store.list_users(&query.filter, query.after, query.page_size + 1).await?;
+        let next_page_token = if users.len() > query.page_size as usize {
+            users.truncate(query.page_size as usize);
+            users.last().map(|u| super::page_token::encode(u.id, &query.filter)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let cmd = convert::update_user(request.into_inner())?;
+        let result = self.store.update_user(cmd).await?;
+        Ok(Response::new(convert::update_response(result)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let cmd = convert::delete_user(request.get_ref())?;
+        let result = self.store.delete_user(cmd).await?;
+        Ok(Response::new(convert::delete_response(result)))
+    }
+}

@@ -1,0 +1,14 @@
+//! user-service: a gRPC service that owns the `users` and `user_data` tables,
+//! on PostgreSQL or an embedded SQLite file.
+//!
+//! Layers: [`grpc`] (transport) → [`domain`] (validation and rules) →
+//! [`store`] (SQL). Errors are one [`error::Error`] enum, mapped to gRPC codes
+//! in one place.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,162 @@
+//! Storage: the [`Store`] trait and its PostgreSQL and SQLite implementations.
+//! SQL lives only below this module.
+
+mod postgres;
+mod sqlite;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use self::{postgres::PgStore, sqlite::SqliteStore};
+use crate::{
+    domain::{
+        user::{Role, Status, User, UserKey},
+        write::{CreateUser, DeleteUser, UpdateUser, WriteResult},
+    },
+    error::{Error, Result},
+};
+
+/// Filters and position for one page of [`Store::list_users`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only this email, compared case-insensitively.
+    pub email: Option<String>,
+}
+
+/// One stored user data row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataEntry {
+    /// The key.
+    pub key: String,
+    /// The JSON value.
+    pub value: Value,
+    /// Bumped on every change.
+    pub version: i64,
+}
+
+/// Everything user-service reads and writes. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates a user with its initial user data (see `domain::write`).
+    async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult>;
+
+    /// Reads one user.
+    async fn get_user(&self, key: &UserKey) -> Result<User>;
+
+    /// Lists users after `after` (exclusive) in id order, at most `limit`.
+    async fn list_users(&self, filter: &UserFilter, after: Option<Uuid>, limit: u32) -> Result<Vec<User>>;
+
+    /// Updates a user (or, for an event, creates it).
+    async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult>;
+
+    /// Deletes a user and its data, tombstoning its `clerk_id`.
+    async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult>;
+
+    /// All user data rows of a user, by key.
+    async fn list_user_data(&self, user_id: Uuid) -> Result<Vec<DataEntry>>;
+
+    /// Removes idempotency records older than `age`; returns how many.
+    async fn prune_processed_events(&self, age: Duration) -> Result<u64>;
+}
+
+/// Which database to use, from a `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`.
+    Postgres(String),
+    /// `sqlite://path` or `sqlite::memory:`.
+    Sqlite(String),
+}
+
+impl Backend {
+    /// Chooses the backend from the URL scheme; anything else is an error
+    /// rather than a silent fallback.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(url.to_owned()))
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(url.to_owned()))
+        } else {
+            Err("DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into())
+        }
+    }
+}
+
+/// Connection settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Maximum pooled connections.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before `UNAVAILABLE`.
+    pub acquire_timeout: Duration,
+    /// Apply pending migrations on connect.
+    pub migrate: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3), migrate: true }
+    }
+}
+
+/// Connects to the backend and, unless disabled, migrates it.
+pub async fn connect(backend: &Backend, options: &ConnectOptions) -> Result<Arc<dyn Store>> {
+    Ok(match backend {
+        Backend::Postgres(url) => Arc::new(PgStore::connect(url, options).await?),
+        Backend::Sqlite(url) => Arc::new(SqliteStore::connect(url, options).await?),
+    })
+}
+
+/// Turns a failed migration into an error that says what to do.
+fn migrate_error(err: sqlx::migrate::MigrateError) -> Error {
+    match err {
+        sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+        other => Error::Internal(format!("migration failed: {other}")),
+    }
+}
+
+/// Turns a recorded event into the replayed answer, refusing a key reused for
+/// another user (a caller bug that must not silently succeed).
+pub(super) fn replay(
+    row: Option<(String, Option<WriteResult>)>,
+    clerk_id: &str,
+) -> Result<Option<WriteResult>> {
+    match row {
+        None => Ok(None),
+        Some((recorded, _)) if recorded != clerk_id => Err(Error::invalid(
+            "event_context.idempotency_key",
+            format!("was already used for another user (clerk_id {recorded:?})"),
+        )),
+        Some((_, result)) => {
+            let mut result = result.unwrap_or(WriteResult { user: None, outcome: None, replayed: false });
+            result.replayed = true;
+            Ok(Some(result))
+        }
+    }
+}
+
+pub(super) fn unique_violation(err: sqlx::Error, clerk_id: &str) -> Error {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::AlreadyExists { resource: "user", key: format!("clerk_id {clerk_id:?}") }
+        }
+        _ => err.into(),
+    }
+}
+
+/// The current time at the precision both databases store (microseconds), so a
+/// written user equals the same user read back.
+pub(super) fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,412 @@
+//! SQLite store: the embedded, zero-setup default. One file, WAL journal,
+//! writers serialised by `BEGIN IMMEDIATE`.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{
+    SqliteConnection, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    types::Json,
+};
+use uuid::{Uuid, fmt::Hyphenated};
+
+use super::{ConnectOptions, DataEntry, Store, UserFilter, migrate_error};
+use crate::{
+    domain::{
+        user::{Profile, Role, Status, User, UserKey},
+        write::{
+            self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, Plan,
+            UpdateUser, WriteResult, keys,
+        },
+    },
+    error::{Error, Result},
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+const USER_COLUMNS: &str = "id, clerk_id, email, first_name, last_name, username, image_url, \
+     role, status, created_at, updated_at, source_updated_at, version";
+
+/// A [`Store`] on an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if needed) and migrates.
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Unavailable(format!("invalid DATABASE_URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged webhook must survive a power cut too.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(options.acquire_timeout)
+            .foreign_keys(true);
+        if let Some(dir) = Path::new(connect.get_filename()).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        if options.migrate {
+            MIGRATOR.run(&pool).await.map_err(migrate_error)?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// The migrator, for tests that prepare their own databases.
+    pub fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Hyphenated,
+    clerk_id: String,
+    email: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    username: Option<String>,
+    image_url: Option<String>,
+    role: String,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    source_updated_at: Option<i64>,
+    version: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = Error;
+
+    fn try_from(row: UserRow) -> Result<Self> {
+        Ok(Self {
+            id: row.id.into_uuid(),
+            clerk_id: row.clerk_id,
+            profile: Profile {
+                email: row.email,
+                first_name: row.first_name,
+                last_name: row.last_name,
+                username: row.username,
+                image_url: row.image_url,
+            },
+            role: Role::parse(&row.role)
+                .ok_or_else(|| Error::Internal(format!("bad role {:?}", row.role)))?,
+            status: Status::parse(&row.status)
+                .ok_or_else(|| Error::Internal(format!("bad status {:?}", row.status)))?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            source_updated_at: row.source_updated_at,
+            version: row.version,
+        })
+    }
+}
+
+fn text_id(id: Uuid) -> Hyphenated {
+    id.hyphenated()
+}
+
+async fn recorded_result(
+    tx: &mut SqliteConnection,
+    event: &EventContext,
+    clerk_id: &str,
+) -> Result<Option<WriteResult>> {
+    let row: Option<(String, Option<Json<WriteResult>>)> =
+        sqlx::query_as("select clerk_id, result from processed_events where idempotency_key = $1")
+            .bind(&event.idempotency_key)
+            .fetch_optional(tx)
+            .await?;
+    super::replay(row.map(|(c, r)| (c, r.map(|j| j.0))), clerk_id)
+}
+
+async fn record_event(
+    tx: &mut SqliteConnection,
+    event: &EventContext,
+    clerk_id: &str,
+    result: &WriteResult,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
+         values ($1, $2, $3, $4, $5) on conflict do nothing",
+    )
+    .bind(&event.idempotency_key)
+    .bind(clerk_id)
+    .bind(result.outcome.map_or("none", write::Outcome::as_str))
+    .bind(Json(result))
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn load_existing(tx: &mut SqliteConnection, key: &UserKey) -> Result<Existing> {
+    let row: Option<UserRow> = match key {
+        UserKey::Id(id) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
+                .bind(text_id(*id))
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        UserKey::ClerkId(clerk_id) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select {USER_COLUMNS} from users where clerk_id = $1"
+            )))
+            .bind(clerk_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    if let Some(row) = row {
+        return Ok(Existing::Present(row.try_into()?));
+    }
+    let deleted = match key {
+        UserKey::Id(id) => {
+            sqlx::query("select 1 from deleted_users where user_id = $1")
+                .bind(text_id(*id))
+                .fetch_optional(tx)
+                .await?
+        }
+        UserKey::ClerkId(c) => {
+            sqlx::query("select 1 from deleted_users where clerk_id = $1").bind(c).fetch_optional(tx).await?
+        }
+    };
+    Ok(if deleted.is_some() { Existing::Deleted } else { Existing::Missing })
+}
+
+async fn upsert_data(
+    tx: &mut SqliteConnection,
+    user_id: Uuid,
+    data: &[(&'static str, Value)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for (key, value) in data {
+        sqlx::query(
+            "insert into user_data (user_id, key, value, created_at, updated_at) values ($1, $2, $3, $4, $4) \
+             on conflict (user_id, key) do update \
+             set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1",
+        )
+        .bind(text_id(user_id))
+        .bind(key)
+        .bind(Json(value))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn append_name_history(
+    tx: &mut SqliteConnection,
+    user_id: Uuid,
+    entry: &Value,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "insert into user_data (user_id, key, value, created_at, updated_at) \
+         values ($1, $2, json_array(json($3)), $4, $4) \
+         on conflict (user_id, key) do update set \
+           value = case when json_type(user_data.value) <> 'array' then excluded.value \
+                        when json_array_length(user_data.value) >= $5 \
+                          then json_insert(json_remove(user_data.value, '$[0]'), '$[#]', json($3)) \
+                        else json_insert(user_data.value, '$[#]', json($3)) end, \
+           updated_at = excluded.updated_at, version = user_data.version + 1",
+    )
+    .bind(text_id(user_id))
+    .bind(keys::NAME_HISTORY)
+    .bind(Json(entry))
+    .bind(now)
+    .bind(NAME_HISTORY_LIMIT as i64)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn apply(tx: &mut SqliteConnection, change: &Change, now: DateTime<Utc>) -> Result<()> {
+    match change {
+        Change::None => {}
+        Change::Insert { user, data } => {
+            sqlx::query(
+                "insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
+                 role, status, created_at, updated_at, source_updated_at, version) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(text_id(user.id))
+            .bind(&user.clerk_id)
+            .bind(&user.profile.email)
+            .bind(&user.profile.first_name)
+            .bind(&user.profile.last_name)
+            .bind(&user.profile.username)
+            .bind(&user.profile.image_url)
+            .bind(user.role.as_str())
+            .bind(user.status.as_str())
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .bind(user.source_updated_at)
+            .bind(user.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| super::unique_violation(e, &user.clerk_id))?;
+            upsert_data(tx, user.id, data, now).await?;
+        }
+        Change::Update { user, data, name_entry } => {
+            sqlx::query(
+                "update users set email = $2, first_name = $3, last_name = $4, username = $5, \
+                 image_url = $6, role = $7, status = $8, updated_at = $9, source_updated_at = $10, \
+                 version = $11 where id = $1",
+            )
+            .bind(text_id(user.id))
+            .bind(&user.profile.email)
+            .bind(&user.profile.first_name)
+            .bind(&user.profile.last_name)
+            .bind(&user.profile.username)
+            .bind(&user.profile.image_url)
+            .bind(user.role.as_str())
+            .bind(user.status.as_str())
+            .bind(user.updated_at)
+            .bind(user.source_updated_at)
+            .bind(user.version)
+            .execute(&mut *tx)
+            .await?;
+            upsert_data(tx, user.id, data, now).await?;
+            if let Some(entry) = name_entry {
+                append_name_history(tx, user.id, entry, now).await?;
+            }
+        }
+        Change::Delete { user_id, clerk_id } => {
+            if let Some(id) = user_id {
+                sqlx::query("delete from users where id = $1").bind(text_id(*id)).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "insert into deleted_users (clerk_id, user_id, deleted_at) values ($1, $2, $3) \
+                 on conflict (clerk_id) do nothing",
+            )
+            .bind(clerk_id)
+            .bind(user_id.map(text_id))
+            .bind(now)
+            .execute(tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Runs one user write: replay check, decide, apply, record, commit.
+    async fn write(
+        &self,
+        key: &UserKey,
+        event: Option<&EventContext>,
+        decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
+    ) -> Result<WriteResult> {
+        // IMMEDIATE takes the write lock up front: this transaction reads then
+        // writes, and a deferred one could not upgrade if another wrote first.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let (Some(event), UserKey::ClerkId(clerk_id)) = (event, key)
+            && let Some(replayed) = recorded_result(&mut tx, event, clerk_id).await?
+        {
+            return Ok(replayed);
+        }
+        let existing = load_existing(&mut tx, key).await?;
+        let now = super::now();
+        let plan = decide(existing, now)?;
+        apply(&mut tx, &plan.change, now).await?;
+        if let (Some(event), UserKey::ClerkId(clerk_id)) = (event, key) {
+            record_event(&mut tx, event, clerk_id, &plan.result, now).await?;
+        }
+        tx.commit().await?;
+        Ok(plan.result)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
+        let key = UserKey::ClerkId(cmd.clerk_id.clone());
+        let event = cmd.event.clone();
+        self.write(&key, event.as_ref(), |existing, now| write::plan_create(cmd, existing, now)).await
+    }
+
+    async fn get_user(&self, key: &UserKey) -> Result<User> {
+        let row: Option<UserRow> = match key {
+            UserKey::Id(id) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
+                    .bind(text_id(*id))
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            UserKey::ClerkId(c) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "select {USER_COLUMNS} from users where clerk_id = $1"
+                )))
+                .bind(c)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.ok_or_else(|| Error::NotFound { resource: "user", key: key.to_string() })?.try_into()
+    }
+
+    async fn list_users(&self, filter: &UserFilter, after: Option<Uuid>, limit: u32) -> Result<Vec<User>> {
+        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users \
+             where ($1 is null or id > $1) and ($2 is null or status = $2) \
+               and ($3 is null or role = $3) and ($4 is null or lower(email) = lower($4)) \
+             order by id limit $5"
+        )))
+        .bind(after.map(text_id))
+        .bind(filter.status.map(Status::as_str))
+        .bind(filter.role.map(Role::as_str))
+        .bind(&filter.email)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(User::try_from).collect()
+    }
+
+    async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
+        let key = cmd.key.clone();
+        let event = cmd.event.clone();
+        self.write(&key, event.as_ref(), |existing, now| write::plan_update(cmd, existing, now)).await
+    }
+
+    async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
+        let key = cmd.key.clone();
+        let event = cmd.event.clone();
+        self.write(&key, event.as_ref(), |existing, _| write::plan_delete(cmd, existing)).await
+    }
+
+    async fn list_user_data(&self, user_id: Uuid) -> Result<Vec<DataEntry>> {
+        let rows: Vec<(String, Json<Value>, i64)> =
+            sqlx::query_as("select key, value, version from user_data where user_id = $1 order by key")
+                .bind(text_id(user_id))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(key, value, version)| DataEntry { key, value: value.0, version }).collect())
+    }
+
+    async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let done = sqlx::query("delete from processed_events where processed_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
