@@ -173,10 +173,7 @@ pub struct InvalidEvent {
 
 impl InvalidEvent {
     fn new(message: impl Into<String>, field: Option<&'static str>) -> Self {
-        Self {
-            message: message.into(),
-            field,
-        }
+        Self { message: message.into(), field }
     }
 }
 
@@ -195,12 +192,7 @@ pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
         USER_DELETED => Payload::UserDeleted(user_data(envelope.data)?),
         _ => Payload::Unhandled,
     };
-    Ok(Event {
-        event_type,
-        timestamp: envelope.timestamp,
-        instance_id: envelope.instance_id,
-        payload,
-    })
+    Ok(Event { event_type, timestamp: envelope.timestamp, instance_id: envelope.instance_id, payload })
 }
 
 /// Deserialises a user event's `data`, checking `data.id` first so the error
@@ -209,15 +201,9 @@ fn user_data<T: serde::de::DeserializeOwned>(data: Option<Value>) -> Result<T, I
     let data = data
         .filter(|d| !d.is_null())
         .ok_or_else(|| InvalidEvent::new("user event without data", Some("data")))?;
-    let has_id = data
-        .get("id")
-        .and_then(Value::as_str)
-        .is_some_and(|id| !id.is_empty());
+    let has_id = data.get("id").and_then(Value::as_str).is_some_and(|id| !id.is_empty());
     if !has_id {
-        return Err(InvalidEvent::new(
-            "user id missing or not a non-empty string",
-            Some("data.id"),
-        ));
+        return Err(InvalidEvent::new("user id missing or not a non-empty string", Some("data.id")));
     }
     serde_json::from_value(data)
         .map_err(|e| InvalidEvent::new(format!("invalid user data: {e}"), Some("data")))
@@ -302,10 +288,7 @@ mod tests {
             "first_name": null,
             "last_name": null
         }));
-        assert_eq!(user.profile(), Profile {
-            clerk_id: "user_phone".into(),
-            ..Profile::default()
-        });
+        assert_eq!(user.profile(), Profile { clerk_id: "user_phone".into(), ..Profile::default() });
     }
 
     #[test]
@@ -365,12 +348,7 @@ mod tests {
         })
         .to_string();
         let event = parse_event(body.as_bytes());
-        let Ok(Event {
-            payload: Payload::UserUpdated(user),
-            instance_id,
-            ..
-        }) = event
-        else {
+        let Ok(Event { payload: Payload::UserUpdated(user), instance_id, .. }) = event else {
             panic!("expected user.updated, got {event:?}");
         };
         assert_eq!(instance_id.as_deref(), Some("ins_test"));
@@ -415,10 +393,8 @@ mod tests {
 
     #[test]
     fn a_mistyped_user_field_is_invalid_data() {
-        let error = parse_event(&user_event(
-            USER_CREATED,
-            serde_json::json!({"id": "user_x", "first_name": 7}),
-        ));
+        let error =
+            parse_event(&user_event(USER_CREATED, serde_json::json!({"id": "user_x", "first_name": 7})));
         assert_eq!(error.err().and_then(|e| e.field), Some("data"));
     }
 
@@ -432,22 +408,13 @@ mod tests {
     fn non_json_and_non_object_bodies_are_invalid() {
         for body in [&b"not json"[..], b"[1,2]", b"\"user.created\"", b""] {
             let error = parse_event(body);
-            assert!(
-                matches!(error, Err(InvalidEvent { field: None, .. })),
-                "{error:?}"
-            );
+            assert!(matches!(error, Err(InvalidEvent { field: None, .. })), "{error:?}");
         }
     }
 
     #[test]
     fn other_event_types_are_unhandled_without_looking_at_data() {
         let body = br#"{"type":"session.created","data":{"weird":true}}"#;
-        assert!(matches!(
-            parse_event(body),
-            Ok(Event {
-                payload: Payload::Unhandled,
-                ..
-            })
-        ));
+        assert!(matches!(parse_event(body), Ok(Event { payload: Payload::Unhandled, .. })));
     }
 }

@@ -77,11 +77,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// gRPC endpoint of user-service (plain `http://`; TLS is not built in).
-    #[arg(
-        long,
-        env = "USER_SERVICE_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "USER_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
     pub user_service_url: Uri,
 
     /// gRPC deadline for each call to user-service, e.g. `5s` or `1500ms`.
@@ -166,9 +162,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         // tonic is built without TLS, so an https URL would only fail later,
         // on the first webhook; refuse it at startup instead.
-        if self.user_service_url.scheme_str() != Some("http")
-            || self.user_service_url.authority().is_none()
-        {
+        if self.user_service_url.scheme_str() != Some("http") || self.user_service_url.authority().is_none() {
             return Err(ConfigError::UserServiceUrl);
         }
         check_deadline("--upstream-timeout", self.upstream_timeout)?;
@@ -199,9 +193,7 @@ pub enum ConfigError {
     #[error("{SIGNING_SECRET_ENV} is not valid UTF-8")]
     SecretNotUnicode,
     /// One of the secrets is not `whsec_<base64>`.
-    #[error(
-        "{SIGNING_SECRET_ENV}: secret {position} of {count} is not of the form `whsec_<base64>`"
-    )]
+    #[error("{SIGNING_SECRET_ENV}: secret {position} of {count} is not of the form `whsec_<base64>`")]
     SecretMalformed {
         /// 1-based position of the bad secret in the list.
         position: usize,
@@ -234,9 +226,7 @@ impl SigningSecret {
         if encoded.is_empty() {
             return None;
         }
-        svix::webhooks::Webhook::new(encoded)
-            .ok()
-            .map(|webhook| Self(Arc::new(webhook)))
+        svix::webhooks::Webhook::new(encoded).ok().map(|webhook| Self(Arc::new(webhook)))
     }
 
     /// The svix verifier/signer keyed with this secret.
@@ -266,16 +256,11 @@ impl SigningSecrets {
     /// Parses one or more `whsec_<base64>` secrets separated by spaces or
     /// commas.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let parts: Vec<&str> = text
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|part| !part.is_empty())
-            .collect();
+        let parts: Vec<&str> =
+            text.split(|c: char| c == ',' || c.is_whitespace()).filter(|part| !part.is_empty()).collect();
         let count = parts.len();
         let mut secrets = parts.iter().enumerate().map(|(index, part)| {
-            SigningSecret::parse(part).ok_or(ConfigError::SecretMalformed {
-                position: index + 1,
-                count,
-            })
+            SigningSecret::parse(part).ok_or(ConfigError::SecretMalformed { position: index + 1, count })
         });
         let first = secrets.next().ok_or(ConfigError::SecretMissing)??;
         let rest = secrets.collect::<Result<Vec<_>, _>>()?;
@@ -315,13 +300,9 @@ impl SigningSecrets {
 /// Parses a duration such as `5s`, `1500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 5s or 1500ms"))?;
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 5s or 1500ms"))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -358,10 +339,7 @@ mod tests {
 
     #[test]
     fn a_blank_value_counts_as_missing() {
-        assert_eq!(
-            SigningSecrets::parse("  , ").map(|s| s.len()),
-            Err(ConfigError::SecretMissing)
-        );
+        assert_eq!(SigningSecrets::parse("  , ").map(|s| s.len()), Err(ConfigError::SecretMissing));
     }
 
     #[test]
@@ -369,10 +347,7 @@ mod tests {
         let text = format!("{SECRET_A} dGVzdC1zZWNyZXQ=");
         assert_eq!(
             SigningSecrets::parse(&text).map(|s| s.len()),
-            Err(ConfigError::SecretMalformed {
-                position: 2,
-                count: 2
-            })
+            Err(ConfigError::SecretMalformed { position: 2, count: 2 })
         );
     }
 
@@ -386,9 +361,7 @@ mod tests {
     #[test]
     fn errors_and_debug_output_never_contain_the_secret() {
         let bad = "whsec_c2VjcmV0LXRoYXQtbXVzdC1ub3QtbGVhaw==@";
-        let message = SigningSecrets::parse(bad)
-            .map(|_| String::new())
-            .unwrap_or_else(|e| e.to_string());
+        let message = SigningSecrets::parse(bad).map(|_| String::new()).unwrap_or_else(|e| e.to_string());
         assert!(message.contains(SIGNING_SECRET_ENV));
         assert!(!message.contains("c2VjcmV0"));
 
@@ -417,12 +390,7 @@ mod tests {
         let mut config = Config::new(secrets);
         assert_eq!(config.validate(), Ok(()));
         config.upstream_timeout = Duration::from_secs(15);
-        assert_eq!(
-            config.validate(),
-            Err(ConfigError::Deadline {
-                flag: "--upstream-timeout"
-            })
-        );
+        assert_eq!(config.validate(), Err(ConfigError::Deadline { flag: "--upstream-timeout" }));
         config.upstream_timeout = Duration::ZERO;
         assert!(config.validate().is_err());
     }

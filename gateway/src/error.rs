@@ -134,26 +134,6 @@ impl WebhookError {
             | Self::Misconfigured => None,
         }
     }
-
-    /// True when the request never proved it came from Clerk; such requests
-    /// are never forwarded upstream.
-    pub fn is_unauthenticated(&self) -> bool {
-        match self {
-            Self::MissingHeader(_)
-            | Self::MalformedHeader(_)
-            | Self::NonUtf8Body
-            | Self::InvalidSignature
-            | Self::SignatureExpired(_)
-            | Self::UnsupportedMediaType
-            | Self::PayloadTooLarge { .. }
-            | Self::UnreadableBody => true,
-            Self::InvalidEvent(_)
-            | Self::UpstreamRejected { .. }
-            | Self::UpstreamUnavailable { .. }
-            | Self::UpstreamFailed { .. }
-            | Self::Misconfigured => false,
-        }
-    }
 }
 
 /// The JSON body of every error answer.
@@ -169,15 +149,10 @@ pub struct ErrorBody {
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorBody {
-            error: self.to_string(),
-            field: self.field(),
-        };
+        let body = ErrorBody { error: self.to_string(), field: self.field() };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         response
     }
@@ -213,13 +188,7 @@ mod tests {
     #[test]
     fn signature_problems_are_401_and_header_problems_400() {
         assert_eq!(WebhookError::InvalidSignature.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            WebhookError::SignatureExpired(TimestampSkew::TooOld).status(),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            WebhookError::MissingHeader("svix-id").status(),
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(WebhookError::SignatureExpired(TimestampSkew::TooOld).status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(WebhookError::MissingHeader("svix-id").status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -1,1 +1,21 @@
-fn main() {}
+//! `gateway` binary: parse the command line, set up logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::{Cli, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match gateway::run(cli.into_command()).await {
+        Ok(code) => code,
+        Err(error) => {
+            // One line on stderr, independent of RUST_LOG, so a startup
+            // failure is always visible. `{:#}` joins the context chain.
+            eprintln!("gateway: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

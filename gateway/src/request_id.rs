@@ -11,8 +11,11 @@ use axum::{
 };
 use tracing::Instrument;
 
-/// The header (and gRPC metadata key) carrying the request id.
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// Name of the HTTP header and gRPC metadata key carrying the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// [`REQUEST_ID`] as an HTTP header name.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Longest incoming request id we keep; longer ones are replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;

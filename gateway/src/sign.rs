@@ -23,16 +23,8 @@ pub enum SignError {
 }
 
 /// Returns the `svix-signature` value (`v1,<base64>`) for a body.
-pub fn sign(
-    secret: &SigningSecret,
-    msg_id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Result<String, SignError> {
-    secret
-        .webhook()
-        .sign(msg_id, timestamp, body)
-        .map_err(|_| SignError::NonUtf8Body)
+pub fn sign(secret: &SigningSecret, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, SignError> {
+    secret.webhook().sign(msg_id, timestamp, body).map_err(|_| SignError::NonUtf8Body)
 }
 
 /// Builds the headers Svix sends with a delivery: `svix-id`, `svix-timestamp`,
@@ -55,10 +47,7 @@ pub fn sign_headers(
     headers.insert(SVIX_ID, id);
     headers.insert(SVIX_TIMESTAMP, HeaderValue::from(timestamp));
     headers.insert(SVIX_SIGNATURE, signature);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(headers)
 }
 
@@ -92,8 +81,7 @@ mod tests {
 
     #[test]
     fn sign_headers_carries_id_timestamp_signature_and_json_content_type() {
-        let headers =
-            sign_headers(&vector_secret(), VECTOR_MSG_ID, VECTOR_TIMESTAMP, VECTOR_BODY).unwrap();
+        let headers = sign_headers(&vector_secret(), VECTOR_MSG_ID, VECTOR_TIMESTAMP, VECTOR_BODY).unwrap();
         assert_eq!(headers[SVIX_ID], VECTOR_MSG_ID);
         assert_eq!(headers[SVIX_TIMESTAMP], "1614265330");
         assert_eq!(headers[SVIX_SIGNATURE], VECTOR_SIGNATURE);
@@ -112,18 +100,9 @@ mod tests {
     #[test]
     fn non_utf8_bodies_and_bad_message_ids_are_refused() {
         let secret = vector_secret();
-        assert_eq!(
-            sign(&secret, "msg_1", 1, &[0xff, 0xfe]),
-            Err(SignError::NonUtf8Body)
-        );
-        assert_eq!(
-            sign_headers(&secret, "", 1, b"{}"),
-            Err(SignError::InvalidMessageId)
-        );
-        assert_eq!(
-            sign_headers(&secret, "msg 1", 1, b"{}"),
-            Err(SignError::InvalidMessageId)
-        );
+        assert_eq!(sign(&secret, "msg_1", 1, &[0xff, 0xfe]), Err(SignError::NonUtf8Body));
+        assert_eq!(sign_headers(&secret, "", 1, b"{}"), Err(SignError::InvalidMessageId));
+        assert_eq!(sign_headers(&secret, "msg 1", 1, b"{}"), Err(SignError::InvalidMessageId));
     }
 
     #[test]

@@ -11,20 +11,12 @@ use crate::config::LogFormat;
 /// `gateway send` can print its result on stdout. Calling this twice is
 /// harmless: the second call leaves the first subscriber in place.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // `try_init` only fails when a subscriber is already set (e.g. by a test
     // harness); keeping the existing one is the right outcome then.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
 }

@@ -110,18 +110,14 @@ mod tests {
     fn a_body_signed_with_another_secret_is_an_invalid_signature() {
         let verifier = Verifier::new(secrets(SECRET_A));
         let headers = sign_headers(secrets(SECRET_B).first(), "msg_1", now(), BODY).unwrap();
-        assert!(matches!(
-            verifier.verify(BODY, &headers),
-            Err(WebhookError::InvalidSignature)
-        ));
+        assert!(matches!(verifier.verify(BODY, &headers), Err(WebhookError::InvalidSignature)));
     }
 
     #[test]
     fn a_timestamp_outside_five_minutes_is_expired_either_way() {
         let verifier = Verifier::new(secrets(SECRET_A));
         for (offset, skew) in [(-301, TimestampSkew::TooOld), (301, TimestampSkew::InFuture)] {
-            let headers =
-                sign_headers(secrets(SECRET_A).first(), "msg_1", now() + offset, BODY).unwrap();
+            let headers = sign_headers(secrets(SECRET_A).first(), "msg_1", now() + offset, BODY).unwrap();
             assert!(
                 matches!(verifier.verify(BODY, &headers), Err(WebhookError::SignatureExpired(s)) if s == skew)
             );

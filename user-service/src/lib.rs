@@ -12,3 +12,5 @@ pub mod error;
 pub mod grpc;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -47,6 +47,9 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<()>;
 
+    /// Closes the pool, waiting for connections to be returned.
+    async fn close(&self);
+
     /// Creates a user with its initial user data (see `domain::write`).
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult>;
 

@@ -337,6 +337,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
         let key = UserKey::ClerkId(cmd.clerk_id.clone());
         let event = cmd.event.clone();

@@ -1,0 +1,425 @@
+//! Turning verified Clerk events into user-service gRPC calls, and their
+//! results into HTTP answers.
+//!
+//! | Event / result | HTTP | Body `outcome` | Why |
+//! |---|---|---|---|
+//! | applied (`EVENT_OUTCOME_APPLIED`) | 200 | `applied` | done |
+//! | duplicate (`replayed = true`) | 200 | `duplicate` | already done; retry cannot help |
+//! | stale (`EVENT_OUTCOME_STALE`) | 200 | `stale` | newer state stored; retry cannot help |
+//! | user deleted (`EVENT_OUTCOME_USER_DELETED`) | 200 | `user_deleted` | deleted users never come back |
+//! | outcome `UNSPECIFIED`/unknown on an OK reply | 200 | `unspecified` | the write succeeded; logged at warn |
+//! | event type we do not sync (`session.*`, `organization.*`, ...) | 200 | `ignored` | acknowledged so Svix stops |
+//! | gRPC `ALREADY_EXISTS` | 200 | `already_exists` | the user the event wants exists; a retry gets the same answer |
+//! | gRPC `NOT_FOUND` on `user.deleted` | 200 | `already_gone` | the delete's goal is already met |
+//! | gRPC `NOT_FOUND` on `user.created`/`user.updated` | 400 | error | contract breach (upserts never miss); keep it visible |
+//! | gRPC `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `OUT_OF_RANGE` | 400 | error with the gRPC message | the data is wrong; retrying cannot fix it, Svix marks it failed for a human |
+//! | gRPC `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `CANCELLED`, `UNKNOWN`, connection errors, our deadline | 503 + `Retry-After` | error | transient: Svix's retry will likely succeed |
+//! | gRPC `INTERNAL`, `DATA_LOSS`, `UNIMPLEMENTED`, `PERMISSION_DENIED`, `UNAUTHENTICATED` | 500 | error | a bug or misconfiguration; Svix retries until it is fixed |
+//!
+//! Request-level failures (bad signature, headers, body) are in
+//! [`crate::error::WebhookError`] and `gateway/STATUS_CODES.md`.
+
+use std::{future::Future, time::Duration};
+
+use prost_types::{FieldMask, Timestamp};
+use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
+use userdata_proto::v1::{
+    CreateUserRequest, DeleteUserRequest, EventContext, EventOutcome, SignupSource, UpdateUserRequest, User,
+    user_service_client::UserServiceClient,
+};
+
+use crate::{
+    clerk::{DeletedUserJson, Event, Payload, UserJson},
+    error::WebhookError,
+    request_id::{REQUEST_ID, RequestId},
+};
+
+/// The profile fields a Clerk update overwrites (all Clerk-owned fields;
+/// `role` and `status` belong to this application and are never named).
+pub const UPDATE_MASK_PATHS: [&str; 5] = ["email", "first_name", "last_name", "username", "image_url"];
+
+/// Envelope timestamps below this are taken as seconds, not milliseconds:
+/// Clerk documents milliseconds, but its OpenAPI examples use seconds. 10^11
+/// ms is March 1973, 10^11 s is the year 5138, so the ranges cannot overlap.
+const SECONDS_OR_MILLIS_THRESHOLD: i64 = 100_000_000_000;
+
+/// What a delivered event did, reported as `{"outcome": ...}` with 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event changed the stored state.
+    Applied,
+    /// The same `svix-id` was applied before; this is the earlier result.
+    Duplicate,
+    /// Older than the stored state; nothing changed.
+    Stale,
+    /// The user was deleted before; deleted users never come back.
+    UserDeleted,
+    /// user-service answered OK without an event outcome (contract drift).
+    Unspecified,
+    /// `ALREADY_EXISTS`: the user the event wants to exist does.
+    AlreadyExists,
+    /// `NOT_FOUND` on a delete: the user is already gone.
+    AlreadyGone,
+    /// An event type this gateway does not sync.
+    Ignored,
+}
+
+impl Outcome {
+    /// The value of `"outcome"` in the response body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Stale => "stale",
+            Self::UserDeleted => "user_deleted",
+            Self::Unspecified => "unspecified",
+            Self::AlreadyExists => "already_exists",
+            Self::AlreadyGone => "already_gone",
+            Self::Ignored => "ignored",
+        }
+    }
+
+    fn from_reply(outcome: i32, replayed: bool) -> Self {
+        if replayed {
+            return Self::Duplicate;
+        }
+        match EventOutcome::try_from(outcome) {
+            Ok(EventOutcome::Applied) => Self::Applied,
+            Ok(EventOutcome::Stale) => Self::Stale,
+            Ok(EventOutcome::UserDeleted) => Self::UserDeleted,
+            Ok(EventOutcome::Unspecified) | Err(_) => Self::Unspecified,
+        }
+    }
+}
+
+/// Which call a gRPC error came from; `NOT_FOUND` means different things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `CreateUser`.
+    Create,
+    /// `UpdateUser`.
+    Update,
+    /// `DeleteUser`.
+    Delete,
+}
+
+/// Maps a failed gRPC call to an outcome (when the event's goal is met anyway)
+/// or to the error that decides the HTTP status. See the module table.
+pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, WebhookError> {
+    let message = status.message().to_owned();
+    let code = status.code();
+    match code {
+        Code::AlreadyExists => Ok(Outcome::AlreadyExists),
+        Code::NotFound if call == Call::Delete => Ok(Outcome::AlreadyGone),
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            Err(WebhookError::UpstreamRejected { code, message })
+        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::Unknown => Err(WebhookError::UpstreamUnavailable { code, message }),
+        // `Ok` as an error status means there was no reply to interpret.
+        Code::Ok
+        | Code::Internal
+        | Code::DataLoss
+        | Code::Unimplemented
+        | Code::PermissionDenied
+        | Code::Unauthenticated => Err(WebhookError::UpstreamFailed { code, message }),
+    }
+}
+
+/// Converts a Clerk time (milliseconds; seconds tolerated, see
+/// [`SECONDS_OR_MILLIS_THRESHOLD`]) to a protobuf timestamp. Non-positive
+/// values are treated as absent.
+pub fn clerk_time(value: i64) -> Option<Timestamp> {
+    if value <= 0 {
+        return None;
+    }
+    let millis = if value < SECONDS_OR_MILLIS_THRESHOLD { value.checked_mul(1000)? } else { value };
+    let nanos = i32::try_from(millis.rem_euclid(1000) * 1_000_000).ok()?;
+    Some(Timestamp { seconds: millis.div_euclid(1000), nanos })
+}
+
+fn user_message(user: &UserJson) -> User {
+    let profile = user.profile();
+    User {
+        clerk_id: profile.clerk_id,
+        email: profile.email,
+        first_name: profile.first_name,
+        last_name: profile.last_name,
+        username: profile.username,
+        image_url: profile.image_url,
+        ..User::default()
+    }
+}
+
+/// Source time of a user event: `data.updated_at`, else the envelope
+/// `timestamp`, else `now` (the event then orders as "just happened").
+fn user_source_time(user: &UserJson, envelope_time: Option<i64>, now: Timestamp) -> Timestamp {
+    user.updated_at.and_then(clerk_time).or_else(|| envelope_time.and_then(clerk_time)).unwrap_or(now)
+}
+
+/// The `CreateUser` call for a `user.created` event.
+pub fn create_request(
+    user: &UserJson,
+    envelope_time: Option<i64>,
+    idempotency_key: &str,
+    now: Timestamp,
+) -> CreateUserRequest {
+    CreateUserRequest {
+        user: Some(user_message(user)),
+        signup_source: SignupSource::Clerk as i32,
+        event_context: Some(EventContext {
+            idempotency_key: idempotency_key.to_owned(),
+            source_time: Some(user_source_time(user, envelope_time, now)),
+        }),
+    }
+}
+
+/// The `UpdateUser` call for a `user.updated` event: every Clerk-owned field
+/// is named in the mask, so a field Clerk cleared is cleared here too.
+pub fn update_request(
+    user: &UserJson,
+    envelope_time: Option<i64>,
+    idempotency_key: &str,
+    now: Timestamp,
+) -> UpdateUserRequest {
+    UpdateUserRequest {
+        user: Some(user_message(user)),
+        update_mask: Some(FieldMask { paths: UPDATE_MASK_PATHS.iter().map(|p| (*p).to_owned()).collect() }),
+        event_context: Some(EventContext {
+            idempotency_key: idempotency_key.to_owned(),
+            source_time: Some(user_source_time(user, envelope_time, now)),
+        }),
+        ..UpdateUserRequest::default()
+    }
+}
+
+/// The `DeleteUser` call for a `user.deleted` event. Deleted users carry no
+/// `updated_at`, so the envelope `timestamp` orders it (else `now`).
+pub fn delete_request(
+    deleted: &DeletedUserJson,
+    envelope_time: Option<i64>,
+    idempotency_key: &str,
+    now: Timestamp,
+) -> DeleteUserRequest {
+    DeleteUserRequest {
+        clerk_id: deleted.id.clone(),
+        event_context: Some(EventContext {
+            idempotency_key: idempotency_key.to_owned(),
+            source_time: Some(envelope_time.and_then(clerk_time).unwrap_or(now)),
+        }),
+        ..DeleteUserRequest::default()
+    }
+}
+
+/// Applies events to user-service.
+#[derive(Debug, Clone)]
+pub struct UserSync {
+    client: UserServiceClient<Channel>,
+    timeout: Duration,
+}
+
+impl UserSync {
+    /// Calls user-service over `channel` with `timeout` as each call's deadline.
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
+        Self { client: UserServiceClient::new(channel), timeout }
+    }
+
+    /// Applies one verified event; `idempotency_key` is its `svix-id`.
+    pub async fn apply(
+        &self,
+        event: &Event,
+        idempotency_key: &str,
+        request_id: &RequestId,
+    ) -> Result<Outcome, WebhookError> {
+        let now = Timestamp::from(std::time::SystemTime::now());
+        let mut client = self.client.clone();
+        match &event.payload {
+            Payload::UserCreated(user) => {
+                let message = create_request(user, event.timestamp, idempotency_key, now);
+                let reply = client.create_user(self.request(message, request_id));
+                self.call(Call::Create, reply, |r| (r.outcome, r.replayed)).await
+            }
+            Payload::UserUpdated(user) => {
+                let message = update_request(user, event.timestamp, idempotency_key, now);
+                let reply = client.update_user(self.request(message, request_id));
+                self.call(Call::Update, reply, |r| (r.outcome, r.replayed)).await
+            }
+            Payload::UserDeleted(deleted) => {
+                let message = delete_request(deleted, event.timestamp, idempotency_key, now);
+                let reply = client.delete_user(self.request(message, request_id));
+                self.call(Call::Delete, reply, |r| (r.outcome, r.replayed)).await
+            }
+            Payload::Unhandled => Ok(Outcome::Ignored),
+        }
+    }
+
+    /// Wraps a message with the deadline and the request id metadata.
+    fn request<T>(&self, message: T, request_id: &RequestId) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        // Sent as `grpc-timeout` so user-service can give up too, and
+        // enforced client-side by tonic.
+        request.set_timeout(self.timeout);
+        if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
+            request.metadata_mut().insert(REQUEST_ID, value);
+        }
+        request
+    }
+
+    /// Runs a call under the deadline and turns its reply, via `outcome_of`
+    /// (which picks `outcome` and `replayed`), or its error into an outcome.
+    async fn call<R>(
+        &self,
+        call: Call,
+        reply: impl Future<Output = Result<tonic::Response<R>, Status>>,
+        outcome_of: impl FnOnce(&R) -> (i32, bool),
+    ) -> Result<Outcome, WebhookError> {
+        // tonic's own timeout starts when the request is dispatched; this one
+        // also covers waiting for a (lazy) connection, so Svix always gets an
+        // answer within the deadline.
+        let result = match tokio::time::timeout(self.timeout, reply).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded("user-service did not answer within the deadline")),
+        };
+        match result {
+            Ok(response) => {
+                let (outcome, replayed) = outcome_of(response.get_ref());
+                Ok(Outcome::from_reply(outcome, replayed))
+            }
+            Err(status) => classify_status(call, &status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clerk::EmailAddressJson;
+
+    fn now() -> Timestamp {
+        Timestamp { seconds: 1_800_000_000, nanos: 0 }
+    }
+
+    fn sample_user() -> UserJson {
+        UserJson {
+            id: "user_sample".into(),
+            email_addresses: Some(vec![
+                EmailAddressJson { id: Some("idn_a".into()), email_address: Some("a@example.test".into()) },
+                EmailAddressJson { id: Some("idn_b".into()), email_address: Some("b@example.test".into()) },
+            ]),
+            primary_email_address_id: Some("idn_b".into()),
+            first_name: Some("Ada".into()),
+            last_name: Some(String::new()),
+            username: None,
+            image_url: Some("https://img.example.test/a.png".into()),
+            created_at: Some(1_700_000_000_000),
+            updated_at: Some(1_700_000_000_250),
+        }
+    }
+
+    #[test]
+    fn create_request_carries_profile_source_and_event_context() {
+        let request = create_request(&sample_user(), Some(1_700_000_001_000), "msg_c", now());
+        let user = request.user.unwrap_or_default();
+        assert_eq!(user.clerk_id, "user_sample");
+        assert_eq!(user.email.as_deref(), Some("b@example.test"));
+        assert_eq!(user.first_name.as_deref(), Some("Ada"));
+        assert_eq!(user.last_name, None);
+        assert_eq!(request.signup_source, SignupSource::Clerk as i32);
+        let context = request.event_context.unwrap_or_default();
+        assert_eq!(context.idempotency_key, "msg_c");
+        assert_eq!(context.source_time, Some(Timestamp { seconds: 1_700_000_000, nanos: 250_000_000 }));
+    }
+
+    #[test]
+    fn user_source_time_falls_back_to_envelope_then_now() {
+        let mut user = sample_user();
+        user.updated_at = None;
+        let request = update_request(&user, Some(1_700_000_009_000), "k", now());
+        let time = request.event_context.and_then(|c| c.source_time);
+        assert_eq!(time.map(|t| t.seconds), Some(1_700_000_009));
+
+        let request = update_request(&user, None, "k", now());
+        assert_eq!(request.event_context.and_then(|c| c.source_time), Some(now()));
+    }
+
+    #[test]
+    fn update_request_names_all_profile_fields_and_never_role_or_status() {
+        let request = update_request(&sample_user(), None, "msg_u", now());
+        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        assert_eq!(paths, ["email", "first_name", "last_name", "username", "image_url"]);
+        assert!(request.etag.is_empty());
+    }
+
+    #[test]
+    fn delete_request_uses_the_envelope_timestamp_or_now() {
+        let deleted =
+            DeletedUserJson { id: "user_gone".into(), deleted: Some(true), object: Some("user".into()) };
+        let request = delete_request(&deleted, Some(1_661_861_640_000), "msg_d", now());
+        assert_eq!(request.clerk_id, "user_gone");
+        let context = request.event_context.unwrap_or_default();
+        assert_eq!(context.idempotency_key, "msg_d");
+        assert_eq!(context.source_time.map(|t| t.seconds), Some(1_661_861_640));
+
+        let request = delete_request(&deleted, None, "msg_d", now());
+        assert_eq!(request.event_context.and_then(|c| c.source_time), Some(now()));
+    }
+
+    #[test]
+    fn clerk_time_reads_milliseconds_and_tolerates_seconds() {
+        assert_eq!(
+            clerk_time(1_716_883_200_123),
+            Some(Timestamp { seconds: 1_716_883_200, nanos: 123_000_000 })
+        );
+        assert_eq!(clerk_time(1_716_883_200).map(|t| t.seconds), Some(1_716_883_200));
+        assert_eq!(clerk_time(0), None);
+        assert_eq!(clerk_time(-5), None);
+    }
+
+    #[test]
+    fn replayed_wins_over_the_recorded_outcome() {
+        assert_eq!(Outcome::from_reply(EventOutcome::Applied as i32, true), Outcome::Duplicate);
+        assert_eq!(Outcome::from_reply(EventOutcome::Stale as i32, false), Outcome::Stale);
+        assert_eq!(Outcome::from_reply(EventOutcome::UserDeleted as i32, false), Outcome::UserDeleted);
+        assert_eq!(Outcome::from_reply(99, false), Outcome::Unspecified);
+    }
+
+    #[test]
+    fn transient_grpc_codes_become_503() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::Unknown,
+            Code::Cancelled,
+        ] {
+            let result = classify_status(Call::Update, &Status::new(code, "x"));
+            assert!(matches!(result, Err(WebhookError::UpstreamUnavailable { .. })), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn permanent_grpc_codes_become_400_and_internal_500() {
+        for code in [Code::InvalidArgument, Code::FailedPrecondition, Code::OutOfRange] {
+            let result = classify_status(Call::Create, &Status::new(code, "bad email"));
+            assert!(matches!(result, Err(WebhookError::UpstreamRejected { .. })));
+        }
+        let result = classify_status(Call::Create, &Status::internal("boom"));
+        assert!(matches!(result, Err(WebhookError::UpstreamFailed { .. })));
+    }
+
+    #[test]
+    fn not_found_is_done_for_deletes_but_an_error_for_updates() {
+        let status = Status::not_found("no such user");
+        assert!(matches!(classify_status(Call::Delete, &status), Ok(Outcome::AlreadyGone)));
+        assert!(matches!(classify_status(Call::Update, &status), Err(WebhookError::UpstreamRejected { .. })));
+        assert!(matches!(
+            classify_status(Call::Create, &Status::already_exists("exists")),
+            Ok(Outcome::AlreadyExists)
+        ));
+    }
+}

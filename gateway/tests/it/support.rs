@@ -1,0 +1,439 @@
+//! Test harness: a fake user-service that records calls, and the real gateway
+//! started against it on 127.0.0.1:0.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use gateway::{App, Config, SigningSecrets, sign::sign_headers};
+use http::Uri;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use userdata_proto::v1::{
+    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, EventOutcome,
+    GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
+    UpdateUserResponse,
+    user_service_server::{UserService, UserServiceServer},
+};
+
+/// The secret the gateway is configured with (base64 of a made-up string).
+pub const SECRET: &str = "whsec_Z2F0ZXdheS1pdC1zZWNyZXQtb25lLTAwMDE=";
+/// A second secret, for rotation tests.
+pub const SECOND_SECRET: &str = "whsec_Z2F0ZXdheS1pdC1zZWNyZXQtdHdvLTAwMDI=";
+/// A well-formed secret the gateway does not know.
+pub const FOREIGN_SECRET: &str = "whsec_Z2F0ZXdheS1pdC1ub3Qtb3VyLXNlY3JldCE=";
+
+/// Upstream deadline used by the test gateway: short, so deadline tests are
+/// quick, but far above a local round trip.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How the fake user-service answers.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// OK with `outcome` and `replayed`.
+    Outcome(EventOutcome, bool),
+    /// The given gRPC error.
+    Fail(Code, &'static str),
+    /// Sleep, then answer OK/applied.
+    SlowApplied(Duration),
+}
+
+/// One call received by the fake user-service.
+#[derive(Debug, Clone)]
+pub struct Received<T> {
+    /// The request message.
+    pub message: T,
+    /// `x-request-id` metadata, if sent.
+    pub request_id: Option<String>,
+    /// `grpc-timeout` metadata, if sent.
+    pub grpc_timeout: Option<String>,
+}
+
+/// Any call received by the fake user-service.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// `CreateUser`.
+    Create(Received<CreateUserRequest>),
+    /// `UpdateUser`.
+    Update(Received<UpdateUserRequest>),
+    /// `DeleteUser`.
+    Delete(Received<DeleteUserRequest>),
+}
+
+#[derive(Debug, Clone)]
+struct FakeUserService {
+    calls: Arc<Mutex<Vec<Call>>>,
+    reply: Arc<Mutex<Reply>>,
+}
+
+fn metadata(map: &MetadataMap, key: &str) -> Option<String> {
+    map.get(key)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn received<T>(request: Request<T>) -> Received<T> {
+    let request_id = metadata(request.metadata(), "x-request-id");
+    let grpc_timeout = metadata(request.metadata(), "grpc-timeout");
+    Received {
+        message: request.into_inner(),
+        request_id,
+        grpc_timeout,
+    }
+}
+
+impl FakeUserService {
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    /// The configured reply as (outcome, replayed), after any delay.
+    async fn reply(&self) -> Result<(i32, bool), Status> {
+        let reply = self.reply.lock().unwrap().clone();
+        match reply {
+            Reply::Outcome(outcome, replayed) => Ok((outcome as i32, replayed)),
+            Reply::Fail(code, message) => Err(Status::new(code, message)),
+            Reply::SlowApplied(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok((EventOutcome::Applied as i32, false))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for FakeUserService {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        self.record(Call::Create(received(request)));
+        let (outcome, replayed) = self.reply().await?;
+        Ok(Response::new(CreateUserResponse {
+            user: None,
+            outcome,
+            replayed,
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        _request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        Err(Status::unimplemented("the gateway never reads users"))
+    }
+
+    async fn list_users(
+        &self,
+        _request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        Err(Status::unimplemented("the gateway never lists users"))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<UpdateUserResponse>, Status> {
+        self.record(Call::Update(received(request)));
+        let (outcome, replayed) = self.reply().await?;
+        Ok(Response::new(UpdateUserResponse {
+            user: None,
+            outcome,
+            replayed,
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        self.record(Call::Delete(received(request)));
+        let (outcome, replayed) = self.reply().await?;
+        Ok(Response::new(DeleteUserResponse { outcome, replayed }))
+    }
+}
+
+/// A running fake user-service (UserService + grpc.health.v1).
+pub struct FakeUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    service: FakeUserService,
+    health: HealthReporter,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Starts one on 127.0.0.1:0 answering `applied`.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = FakeUserService {
+            calls: Arc::default(),
+            reply: Arc::new(Mutex::new(Reply::Outcome(EventOutcome::Applied, false))),
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(UserServiceServer::new(service.clone()));
+        let task = tokio::spawn(async move {
+            let _ = server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            service,
+            health,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// `http://addr`, for the gateway config.
+    pub fn url(&self) -> Uri {
+        url_of(self.addr)
+    }
+
+    /// Changes how later calls are answered.
+    pub fn reply_with(&self, reply: Reply) {
+        *self.service.reply.lock().unwrap() = reply;
+    }
+
+    /// Sets the overall (`""`) health status.
+    pub async fn set_health(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+    }
+
+    /// Every call received so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.service.calls.lock().unwrap().clone()
+    }
+
+    /// The only call received; fails the test unless there is exactly one.
+    pub fn single_call(&self) -> Call {
+        let calls = self.calls();
+        assert_eq!(calls.len(), 1, "expected exactly one upstream call: {calls:?}");
+        calls.into_iter().next().unwrap()
+    }
+
+    /// Asserts that user-service was never called.
+    pub fn assert_not_called(&self) {
+        let calls = self.calls();
+        assert!(calls.is_empty(), "user-service must not be called: {calls:?}");
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// `http://addr`.
+pub fn url_of(addr: SocketAddr) -> Uri {
+    format!("http://{addr}").parse().unwrap()
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The gateway config used by tests: port 0, the given upstream and secrets.
+pub fn config(upstream: Uri, secrets: &str) -> Config {
+    let mut config = Config::new(SigningSecrets::parse(secrets).unwrap());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.user_service_url = upstream;
+    config.upstream_timeout = UPSTREAM_TIMEOUT;
+    config.readiness_timeout = Duration::from_millis(500);
+    config
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// HTTP client for requests to it.
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Starts the real gateway against `upstream`, accepting [`SECRET`].
+    pub async fn start(upstream: &FakeUpstream) -> Self {
+        Self::start_with(config(upstream.url(), SECRET)).await
+    }
+
+    /// Starts the real gateway with a custom config.
+    pub async fn start_with(config: Config) -> Self {
+        let app = App::build(config).await.unwrap();
+        let addr = app.local_addr();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stop.await;
+        }));
+        Self {
+            addr,
+            http: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// Full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` to the webhook path with the given headers.
+    pub async fn post(&self, headers: http::HeaderMap, body: impl Into<Vec<u8>>) -> Answer {
+        let response = self
+            .http
+            .post(self.url("/webhooks/clerk"))
+            .headers(headers)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+        Answer::read(response).await
+    }
+
+    /// POSTs `body` signed with [`SECRET`] as message `msg_id`, signed now.
+    pub async fn post_signed(&self, msg_id: &str, body: &str) -> Answer {
+        self.post(signed(SECRET, msg_id, now(), body), body).await
+    }
+
+    /// GETs `path`.
+    pub async fn get(&self, path: &str) -> Answer {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        Answer::read(response).await
+    }
+
+    /// Signals shutdown; the returned task ends once in-flight requests are done.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Stops the gateway and waits for it.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        let result = (&mut self.task).await;
+        assert!(matches!(result, Ok(Ok(()))), "gateway ended with {result:?}");
+    }
+}
+
+/// A response, read completely.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: http::StatusCode,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// Body parsed as JSON (`Null` if it is not JSON).
+    pub json: serde_json::Value,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Self {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Now in Unix seconds.
+pub fn now() -> i64 {
+    gateway::send::unix_now().unwrap()
+}
+
+/// Svix headers for `body` signed with `secret`.
+pub fn signed(secret: &str, msg_id: &str, timestamp: i64, body: &str) -> http::HeaderMap {
+    let secrets = SigningSecrets::parse(secret).unwrap();
+    sign_headers(secrets.first(), msg_id, timestamp, body.as_bytes()).unwrap()
+}
+
+/// A `user.created`/`user.updated` body, written for these tests in Clerk's
+/// shape: two addresses where the primary is the *second*, plus fields the
+/// gateway does not use.
+pub fn user_event(event_type: &str, clerk_id: &str) -> String {
+    serde_json::json!({
+        "data": {
+            "id": clerk_id,
+            "object": "user",
+            "username": null,
+            "first_name": "Grace",
+            "last_name": "Hopper",
+            "image_url": "https://img.example.test/grace.png",
+            "has_image": true,
+            "banned": false,
+            "public_metadata": {},
+            "private_metadata": {},
+            "phone_numbers": [],
+            "web3_wallets": [],
+            "primary_email_address_id": "idn_primary",
+            "email_addresses": [
+                {
+                    "id": "idn_secondary",
+                    "object": "email_address",
+                    "email_address": "grace.old@example.test",
+                    "verification": {"status": "verified", "strategy": "email_code"},
+                    "linked_to": []
+                },
+                {
+                    "id": "idn_primary",
+                    "object": "email_address",
+                    "email_address": "grace@example.test",
+                    "verification": null,
+                    "reserved": false,
+                    "linked_to": []
+                }
+            ],
+            "created_at": 1_750_000_000_000_i64,
+            "updated_at": 1_750_000_123_456_i64
+        },
+        "event_attributes": {"http_request": {"client_ip": "", "user_agent": "it-test"}},
+        "instance_id": "ins_ittest",
+        "object": "event",
+        "timestamp": 1_750_000_123_999_i64,
+        "type": event_type
+    })
+    .to_string()
+}
+
+/// A `user.deleted` body in Clerk's shape.
+pub fn deleted_event(clerk_id: &str, timestamp: Option<i64>) -> String {
+    let mut event = serde_json::json!({
+        "data": {"deleted": true, "id": clerk_id, "object": "user"},
+        "object": "event",
+        "type": "user.deleted"
+    });
+    if let Some(timestamp) = timestamp {
+        event["timestamp"] = timestamp.into();
+    }
+    event.to_string()
+}
