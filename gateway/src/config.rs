@@ -13,16 +13,21 @@ use http::Uri;
 /// Environment variable holding the Clerk (Svix) webhook signing secret(s).
 pub const SIGNING_SECRET_ENV: &str = "CLERK_WEBHOOK_SIGNING_SECRET";
 
-/// Svix gives up on a delivery attempt after 15 s; every deadline we set must
-/// stay below it so a slow upstream still gets an answer to Svix in time.
+/// Svix gives up on a delivery attempt after 15 s.
 pub const SVIX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Longest accepted `--upstream-timeout` / `--readiness-timeout`. It leaves
+/// room, below Svix's 15 s, for reading the body and for the 14 s whole-request
+/// limit (`routes::REQUEST_TIMEOUT`), so a slow upstream is answered 503 by
+/// us rather than timed out by Svix.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The `gateway` command line.
 ///
-/// Without a subcommand the gateway serves, so `gateway --listen ...` and
-/// `gateway serve --listen ...` are equivalent.
+/// Without a subcommand the gateway serves with its environment and defaults,
+/// so a bare `gateway` is `gateway serve`.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about, args_conflicts_with_subcommands = true)]
+#[command(name = "gateway", version, about)]
 pub struct Cli {
     /// Log output format; the level comes from `RUST_LOG` (default `info`).
     #[arg(
@@ -34,19 +39,27 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
-    /// Server options used when no subcommand is given.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// Parses nothing but `serve`'s options, so a bare `gateway` gets exactly the
+/// defaults and environment variables `gateway serve` would.
+#[derive(Debug, Parser)]
+struct ServeDefaults {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
 impl Cli {
     /// The subcommand to run, with `serve` standing in for "none given".
-    pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Serve(self.serve))
+    /// Fails like any clap error when an environment variable is invalid.
+    pub fn into_command(self) -> Result<Command, clap::Error> {
+        match self.command {
+            Some(command) => Ok(command),
+            None => ServeDefaults::try_parse_from(["gateway"]).map(|d| Command::Serve(d.serve)),
+        }
     }
 }
 
@@ -81,7 +94,7 @@ pub struct ServeArgs {
     pub user_service_url: Uri,
 
     /// gRPC deadline for each call to user-service, e.g. `5s` or `1500ms`.
-    /// Must stay well below Svix's 15 s delivery timeout.
+    /// At most 10s, to stay well below Svix's 15 s delivery timeout.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
@@ -171,10 +184,10 @@ impl Config {
     }
 }
 
-/// A deadline of zero would fail every call, and one at or above Svix's 15 s
-/// would let Svix time out before we answer.
+/// A deadline of zero would fail every call, and one near Svix's 15 s would
+/// let Svix time out before we answer.
 fn check_deadline(flag: &'static str, value: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() || value >= SVIX_DELIVERY_TIMEOUT {
+    if value.is_zero() || value > MAX_DEADLINE {
         return Err(ConfigError::Deadline { flag });
     }
     Ok(())
@@ -203,8 +216,8 @@ pub enum ConfigError {
     /// The user-service URL is not plain `http://host:port`.
     #[error("--user-service-url / USER_SERVICE_URL must be an http://host:port URL (TLS is not supported)")]
     UserServiceUrl,
-    /// A deadline is zero or not below Svix's 15 s delivery timeout.
-    #[error("{flag} must be greater than 0 and less than 15s (Svix's delivery timeout)")]
+    /// A deadline is zero or above [`MAX_DEADLINE`].
+    #[error("{flag} must be greater than 0 and at most 10s (Svix gives up after 15s)")]
     Deadline {
         /// The offending flag.
         flag: &'static str,
@@ -383,13 +396,15 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_at_or_above_svix_timeout_are_refused() {
+    fn deadlines_above_ten_seconds_or_zero_are_refused() {
         let Ok(secrets) = SigningSecrets::parse(SECRET_A) else {
             panic!("test secret must parse");
         };
         let mut config = Config::new(secrets);
         assert_eq!(config.validate(), Ok(()));
-        config.upstream_timeout = Duration::from_secs(15);
+        config.upstream_timeout = MAX_DEADLINE;
+        assert_eq!(config.validate(), Ok(()));
+        config.upstream_timeout = Duration::from_millis(10_001);
         assert_eq!(config.validate(), Err(ConfigError::Deadline { flag: "--upstream-timeout" }));
         config.upstream_timeout = Duration::ZERO;
         assert!(config.validate().is_err());
@@ -407,7 +422,7 @@ mod tests {
 
     #[test]
     fn no_subcommand_means_serve_with_defaults() {
-        let cli = Cli::try_parse_from(["gateway"]).map(Cli::into_command);
+        let cli = Cli::try_parse_from(["gateway"]).and_then(Cli::into_command);
         match cli {
             Ok(Command::Serve(args)) => {
                 assert_eq!(args.upstream_timeout, Duration::from_secs(5));
@@ -430,7 +445,7 @@ mod tests {
             "--timestamp",
             "1700000000",
         ])
-        .map(Cli::into_command);
+        .and_then(Cli::into_command);
         match cli {
             Ok(Command::Send(args)) => {
                 assert_eq!(args.msg_id.as_deref(), Some("msg_1"));

@@ -9,7 +9,8 @@ use gateway::{Cli, telemetry};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match gateway::run(cli.into_command()).await {
+    let command = cli.into_command().unwrap_or_else(|error| error.exit());
+    match gateway::run(command).await {
         Ok(code) => code,
         Err(error) => {
             // One line on stderr, independent of RUST_LOG, so a startup

@@ -1,5 +1,7 @@
 //! Logging setup: `tracing` events rendered as human-readable lines or JSON.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, filter::LevelFilter};
 
 use crate::config::LogFormat;
@@ -12,7 +14,12 @@ use crate::config::LogFormat;
 /// harmless: the second call leaves the first subscriber in place.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes help a person at a terminal; in files and log
+        // collectors they are noise.
+        .with_ansi(std::io::stderr().is_terminal());
     // `try_init` only fails when a subscriber is already set (e.g. by a test
     // harness); keeping the existing one is the right outcome then.
     let _ = match format {

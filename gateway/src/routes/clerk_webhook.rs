@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::{
     apply::Outcome,
@@ -33,7 +34,8 @@ pub struct OutcomeBody<'a> {
 }
 
 /// Handles one delivery. Errors are answered as described on
-/// [`WebhookError`]; outcomes as 200 with [`OutcomeBody`].
+/// [`WebhookError`]; outcomes as 200 with [`OutcomeBody`]. Every answer is
+/// logged once, without the body.
 pub async fn receive(
     State(state): State<AppState>,
     request_id: RequestId,
@@ -45,10 +47,7 @@ pub async fn receive(
             (StatusCode::OK, Json(OutcomeBody { outcome: outcome.as_str(), request_id: request_id.as_str() }))
                 .into_response()
         }
-        Err(error) => {
-            log_error(&error);
-            error.into_response()
-        }
+        Err(error) => error.into_response(),
     }
 }
 
@@ -58,6 +57,31 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Outcome, WebhookError> {
+    let (msg_id, event) = authenticate(state, headers, body).inspect_err(log_rejection)?;
+
+    // From here on the request is genuine: log with what identifies it.
+    let span = tracing::info_span!(
+        "event",
+        msg_id,
+        event_type = %event.event_type,
+        clerk_id = clerk_id(&event).unwrap_or("-"),
+        instance_id = event.instance_id.as_deref().unwrap_or("-"),
+    );
+    let result = state.users.apply(&event, msg_id, request_id).instrument(span.clone()).await;
+    span.in_scope(|| match &result {
+        Ok(outcome) => log_outcome(*outcome),
+        Err(error) => log_upstream_error(error),
+    });
+    result
+}
+
+/// Everything before user-service: content type, body, signature, parsing.
+/// Returns the message id and the event.
+fn authenticate<'h>(
+    state: &AppState,
+    headers: &'h HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(&'h str, Event), WebhookError> {
     check_content_type(headers)?;
     let body = body.map_err(|rejection| {
         // axum answers an over-limit body with this status; anything else is
@@ -68,14 +92,13 @@ async fn handle(
             WebhookError::UnreadableBody
         }
     })?;
-
     state.verifier.verify(&body, headers)?;
     let msg_id = verify::message_id(headers)?;
-
-    let event = clerk::parse_event(&body)?;
-    let outcome = state.users.apply(&event, msg_id, request_id).await?;
-    log_outcome(&event, msg_id, outcome);
-    Ok(outcome)
+    let event = clerk::parse_event(&body).map_err(|invalid| {
+        tracing::warn!(msg_id, field = invalid.field, error = %invalid, "verified webhook is not a valid event");
+        WebhookError::from(invalid)
+    })?;
+    Ok((msg_id, event))
 }
 
 /// Accepts `application/json`, optionally with parameters; a `charset`, if
@@ -112,33 +135,49 @@ fn clerk_id(event: &Event) -> Option<&str> {
     }
 }
 
-fn log_outcome(event: &Event, msg_id: &str, outcome: Outcome) {
-    let clerk_id = clerk_id(event).unwrap_or("-");
+fn log_outcome(outcome: Outcome) {
+    let outcome_name = outcome.as_str();
     match outcome {
-        Outcome::Unspecified => tracing::warn!(
-            event_type = %event.event_type, msg_id, clerk_id, outcome = outcome.as_str(),
-            "user-service replied without an event outcome"
-        ),
+        Outcome::Unspecified => {
+            tracing::warn!(outcome = outcome_name, "user-service replied without an event outcome");
+        }
         Outcome::AlreadyExists | Outcome::AlreadyGone => tracing::warn!(
-            event_type = %event.event_type, msg_id, clerk_id, outcome = outcome.as_str(),
+            outcome = outcome_name,
             "event acknowledged although user-service answered with an error code"
         ),
         Outcome::Applied | Outcome::Duplicate | Outcome::Stale | Outcome::UserDeleted | Outcome::Ignored => {
-            tracing::info!(
-                event_type = %event.event_type,
-                msg_id,
-                clerk_id,
-                instance_id = event.instance_id.as_deref().unwrap_or("-"),
-                outcome = outcome.as_str(),
-                "webhook processed"
-            )
+            tracing::info!(outcome = outcome_name, "webhook processed");
         }
     }
 }
 
-/// Logs a failure without the body (it may hold personal data and, when
-/// forged, is attacker-controlled).
-fn log_error(error: &WebhookError) {
+/// Logs a request refused before it reached user-service. The body is never
+/// logged: it may hold personal data and, when forged, is attacker-controlled.
+fn log_rejection(error: &WebhookError) {
+    let status = error.status().as_u16();
+    match error {
+        // Logged with the message id where it is detected.
+        WebhookError::InvalidEvent(_) => {}
+        WebhookError::Misconfigured => tracing::error!(status, %error, "webhook refused"),
+        WebhookError::UnsupportedMediaType
+        | WebhookError::PayloadTooLarge { .. }
+        | WebhookError::UnreadableBody
+        | WebhookError::MissingHeader(_)
+        | WebhookError::MalformedHeader(_)
+        | WebhookError::NonUtf8Body
+        | WebhookError::InvalidSignature
+        | WebhookError::SignatureExpired(_)
+        | WebhookError::UpstreamRejected { .. }
+        | WebhookError::UpstreamUnavailable { .. }
+        | WebhookError::UpstreamFailed { .. } => {
+            tracing::warn!(status, %error, "webhook refused before verification succeeded");
+        }
+    }
+}
+
+/// Logs a genuine event user-service did not apply, with the gRPC details
+/// that are kept out of the response.
+fn log_upstream_error(error: &WebhookError) {
     let status = error.status().as_u16();
     match error {
         WebhookError::UpstreamUnavailable { code, message }
@@ -148,10 +187,6 @@ fn log_error(error: &WebhookError) {
         WebhookError::UpstreamFailed { code, message } => {
             tracing::error!(status, grpc_code = ?code, grpc_message = %message, "webhook not applied");
         }
-        WebhookError::Misconfigured => tracing::error!(status, %error, "webhook not applied"),
-        WebhookError::InvalidEvent(_) => {
-            tracing::warn!(status, %error, "verified webhook is not a valid event");
-        }
         WebhookError::UnsupportedMediaType
         | WebhookError::PayloadTooLarge { .. }
         | WebhookError::UnreadableBody
@@ -159,9 +194,9 @@ fn log_error(error: &WebhookError) {
         | WebhookError::MalformedHeader(_)
         | WebhookError::NonUtf8Body
         | WebhookError::InvalidSignature
-        | WebhookError::SignatureExpired(_) => {
-            tracing::warn!(status, %error, "webhook rejected before verification succeeded");
-        }
+        | WebhookError::SignatureExpired(_)
+        | WebhookError::InvalidEvent(_)
+        | WebhookError::Misconfigured => tracing::error!(status, %error, "webhook not applied"),
     }
 }
 

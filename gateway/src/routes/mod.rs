@@ -12,7 +12,7 @@ use axum::{
 };
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{request_id, state::AppState};
+use crate::{config::SVIX_DELIVERY_TIMEOUT, request_id, state::AppState};
 
 pub mod clerk_webhook;
 pub mod health;
@@ -23,7 +23,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Upper bound on a whole request. A reply after Svix's 15 s is wasted, and a
 /// client trickling its body must not hold a task forever.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(14);
+pub const REQUEST_TIMEOUT: Duration = SVIX_DELIVERY_TIMEOUT.saturating_sub(Duration::from_secs(1));
 
 /// Path of the Clerk webhook endpoint.
 pub const CLERK_WEBHOOK_PATH: &str = "/webhooks/clerk";

@@ -71,19 +71,13 @@ struct FakeUserService {
 }
 
 fn metadata(map: &MetadataMap, key: &str) -> Option<String> {
-    map.get(key)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    map.get(key).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 fn received<T>(request: Request<T>) -> Received<T> {
     let request_id = metadata(request.metadata(), "x-request-id");
     let grpc_timeout = metadata(request.metadata(), "grpc-timeout");
-    Received {
-        message: request.into_inner(),
-        request_id,
-        grpc_timeout,
-    }
+    Received { message: request.into_inner(), request_id, grpc_timeout }
 }
 
 impl FakeUserService {
@@ -113,17 +107,10 @@ impl UserService for FakeUserService {
     ) -> Result<Response<CreateUserResponse>, Status> {
         self.record(Call::Create(received(request)));
         let (outcome, replayed) = self.reply().await?;
-        Ok(Response::new(CreateUserResponse {
-            user: None,
-            outcome,
-            replayed,
-        }))
+        Ok(Response::new(CreateUserResponse { user: None, outcome, replayed }))
     }
 
-    async fn get_user(
-        &self,
-        _request: Request<GetUserRequest>,
-    ) -> Result<Response<GetUserResponse>, Status> {
+    async fn get_user(&self, _request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
         Err(Status::unimplemented("the gateway never reads users"))
     }
 
@@ -140,11 +127,7 @@ impl UserService for FakeUserService {
     ) -> Result<Response<UpdateUserResponse>, Status> {
         self.record(Call::Update(received(request)));
         let (outcome, replayed) = self.reply().await?;
-        Ok(Response::new(UpdateUserResponse {
-            user: None,
-            outcome,
-            replayed,
-        }))
+        Ok(Response::new(UpdateUserResponse { user: None, outcome, replayed }))
     }
 
     async fn delete_user(
@@ -170,7 +153,12 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts one on 127.0.0.1:0 answering `applied`.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts one on `addr` answering `applied`.
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = FakeUserService {
             calls: Arc::default(),
@@ -188,13 +176,7 @@ impl FakeUpstream {
                 })
                 .await;
         });
-        Self {
-            addr,
-            service,
-            health,
-            shutdown: Some(shutdown),
-            task,
-        }
+        Self { addr, service, health, shutdown: Some(shutdown), task }
     }
 
     /// `http://addr`, for the gateway config.
@@ -284,12 +266,7 @@ impl Gateway {
         let task = tokio::spawn(app.run_until(async {
             let _ = stop.await;
         }));
-        Self {
-            addr,
-            http: reqwest::Client::new(),
-            shutdown: Some(shutdown),
-            task,
-        }
+        Self { addr, http: reqwest::Client::new(), shutdown: Some(shutdown), task }
     }
 
     /// Full URL of `path`.
@@ -353,11 +330,7 @@ impl Answer {
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap();
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Self {
-            status,
-            headers,
-            json,
-        }
+        Self { status, headers, json }
     }
 
     /// A header as text.

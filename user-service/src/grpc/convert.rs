@@ -25,6 +25,15 @@ pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
     Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
 }
 
+/// Converts a protobuf Timestamp, rejecting out-of-range values.
+pub fn time_from_proto(ts: &Timestamp) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .and_then(|nanos| chrono::DateTime::from_timestamp(ts.seconds, nanos))
+        .ok_or_else(|| "is not a valid timestamp".to_string())
+}
+
 impl From<User> for pb::User {
     fn from(u: User) -> Self {
         Self {
@@ -79,7 +88,8 @@ fn status_from_proto(value: i32) -> Result<Option<Status>, String> {
     }
 }
 
-fn outcome_to_proto(outcome: Option<Outcome>) -> pb::EventOutcome {
+/// The proto form of an event outcome.
+pub fn outcome_to_proto(outcome: Option<Outcome>) -> pb::EventOutcome {
     match outcome {
         None => pb::EventOutcome::Unspecified,
         Some(Outcome::Applied) => pb::EventOutcome::Applied,
@@ -108,7 +118,8 @@ fn parse_profile(v: &mut Violations, u: &pb::User) -> Profile {
     }
 }
 
-fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option<EventContext> {
+/// Parses an optional event context.
+pub fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option<EventContext> {
     let ctx = ctx?;
     let key = &ctx.idempotency_key;
     let key_ok = if key.is_empty() {
@@ -123,33 +134,31 @@ fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option<Eve
     let key_ok = v.check("event_context.idempotency_key", key_ok).is_some();
     let time = match &ctx.source_time {
         None => Err("is required in an event context".to_string()),
-        Some(ts) => chrono::DateTime::from_timestamp(ts.seconds, ts.nanos.try_into().unwrap_or(u32::MAX))
-            .filter(|_| (0..1_000_000_000).contains(&ts.nanos))
-            .map(|t| t.timestamp_millis())
-            .ok_or_else(|| "is not a valid timestamp".to_string()),
+        Some(ts) => time_from_proto(ts).map(|t| t.timestamp_millis()),
     };
     let time = v.check("event_context.source_time", time);
     Some(EventContext { idempotency_key: key.clone(), source_time_ms: time? }).filter(|_| key_ok)
 }
 
-fn parse_key(v: &mut Violations, id: &str, clerk_id: &str, prefix: &str) -> Option<UserKey> {
+/// Parses a user named by exactly one of an id field (called `id_field`) and
+/// `clerk_id`.
+pub fn parse_key(v: &mut Violations, id_field: &str, id: &str, clerk_id: &str) -> Option<UserKey> {
     match (id.is_empty(), clerk_id.is_empty()) {
         (true, true) => {
-            v.add(format!("{prefix}id"), format!("one of {prefix}id or {prefix}clerk_id is required"));
+            v.add(id_field, format!("one of {id_field} or clerk_id is required"));
             None
         }
         (false, false) => {
-            v.add(format!("{prefix}id"), format!("set only one of {prefix}id and {prefix}clerk_id"));
+            v.add(id_field, format!("set only one of {id_field} and clerk_id"));
             None
         }
-        (false, true) => v.check(&format!("{prefix}id"), parse_user_id(id)).map(UserKey::Id),
-        (true, false) => {
-            v.check(&format!("{prefix}clerk_id"), parse_clerk_id(clerk_id)).map(UserKey::ClerkId)
-        }
+        (false, true) => v.check(id_field, parse_user_id(id)).map(UserKey::Id),
+        (true, false) => v.check("clerk_id", parse_clerk_id(clerk_id)).map(UserKey::ClerkId),
     }
 }
 
-fn parse_expected_version(v: &mut Violations, etag: &str) -> Option<i64> {
+/// Parses an optional etag into the version it names.
+pub fn parse_expected_version(v: &mut Violations, etag: &str) -> Option<i64> {
     if etag.is_empty() { None } else { v.check("etag", parse_etag(etag)) }
 }
 
@@ -190,7 +199,7 @@ pub fn create_user(req: pb::CreateUserRequest) -> Result<CreateUser> {
 /// Parses a `GetUserRequest`.
 pub fn get_user(req: &pb::GetUserRequest) -> Result<UserKey> {
     let mut v = Violations::default();
-    let key = parse_key(&mut v, &req.id, &req.clerk_id, "");
+    let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
     v.finish(|| key.unwrap_or(UserKey::Id(uuid::Uuid::nil())))
 }
 
@@ -352,7 +361,7 @@ fn mask_paths(v: &mut Violations, mask: Option<&FieldMask>, u: &pb::User) -> Vec
 /// Parses a `DeleteUserRequest`.
 pub fn delete_user(req: &pb::DeleteUserRequest) -> Result<DeleteUser> {
     let mut v = Violations::default();
-    let key = parse_key(&mut v, &req.id, &req.clerk_id, "");
+    let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
     let event = parse_event(&mut v, req.event_context.as_ref());
     if event.is_some() && !matches!(key, Some(UserKey::ClerkId(_))) && !req.id.is_empty() {
         v.add("clerk_id", "is required with an event context");

@@ -1,17 +1,22 @@
 //! The gRPC transport: our services plus standard health and reflection.
 
 mod convert;
+mod json;
 mod page_token;
 mod status;
+mod user_data;
 mod users;
 
 use std::{sync::Arc, time::Duration};
 
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
-use userdata_proto::v1::user_service_server::{SERVICE_NAME as USER_SERVICE, UserServiceServer};
+use userdata_proto::v1::{
+    user_data_service_server::{SERVICE_NAME as USER_DATA_SERVICE, UserDataServiceServer},
+    user_service_server::{SERVICE_NAME as USER_SERVICE, UserServiceServer},
+};
 
-pub use self::{status::ERROR_DOMAIN, users::UsersApi};
+pub use self::{status::ERROR_DOMAIN, user_data::UserDataApi, users::UsersApi};
 use crate::store::Store;
 
 /// Largest request or response message accepted, in bytes.
@@ -32,11 +37,15 @@ pub fn routes(store: Arc<dyn Store>) -> Result<(Routes, HealthReporter), tonic_r
         v1 = v1.register_encoded_file_descriptor_set(set);
         v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
     }
-    let users = UserServiceServer::new(UsersApi::new(store))
+    let users = UserServiceServer::new(UsersApi::new(store.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let data = UserDataServiceServer::new(UserDataApi::new(store))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let routes = Routes::new(health)
         .add_service(users)
+        .add_service(data)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?);
     Ok((routes, health_reporter))
@@ -58,7 +67,7 @@ pub async fn watch_database(store: Arc<dyn Store>, reporter: HealthReporter, eve
         };
         if last != Some(status) {
             tracing::info!(?status, "health status changed");
-            for service in ["", USER_SERVICE] {
+            for service in ["", USER_SERVICE, USER_DATA_SERVICE] {
                 reporter.set_service_status(service, status).await;
             }
             last = Some(status);

@@ -4,17 +4,18 @@
 mod postgres;
 mod sqlite;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
 pub use self::{postgres::PgStore, sqlite::SqliteStore};
+pub use crate::domain::data::DataSet;
 use crate::{
     domain::{
         user::{Role, Status, User, UserKey},
-        write::{CreateUser, DeleteUser, UpdateUser, WriteResult},
+        write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
     },
     error::{Error, Result},
 };
@@ -30,15 +31,31 @@ pub struct UserFilter {
     pub email: Option<String>,
 }
 
-/// One stored user data row.
+pub use crate::domain::data::DataEntry;
+
+/// A closure that reads and changes a [`DataSet`]; an error aborts the write.
+pub type DataEdit = Box<dyn FnOnce(&mut DataSet) -> Result<()> + Send>;
+
+/// What a data edit left behind.
+#[derive(Debug, Clone, Default)]
+pub struct DataWrite {
+    /// The edited keys' entries after the write (absent: deleted or unset).
+    pub entries: BTreeMap<String, DataEntry>,
+    /// For event-driven edits, what happened.
+    pub outcome: Option<crate::domain::write::Outcome>,
+    /// True when the idempotency key had been seen before (nothing written).
+    pub replayed: bool,
+}
+
+/// One user's value of a key, from [`Store::data_for_users`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct DataEntry {
-    /// The key.
-    pub key: String,
-    /// The JSON value.
-    pub value: Value,
-    /// Bumped on every change.
-    pub version: i64,
+pub struct UserValue {
+    /// The user's id.
+    pub id: Uuid,
+    /// The user's Clerk id.
+    pub clerk_id: String,
+    /// The value, if set.
+    pub value: Option<Value>,
 }
 
 /// Everything user-service reads and writes. Every method is one transaction.
@@ -65,8 +82,33 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a user and its data, tombstoning its `clerk_id`.
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult>;
 
-    /// All user data rows of a user, by key.
-    async fn list_user_data(&self, user_id: Uuid) -> Result<Vec<DataEntry>>;
+    /// All user data rows of a user, by key (empty for an unknown user).
+    async fn list_user_data(&self, user_id: Uuid) -> Result<Vec<DataEntry>> {
+        match self.list_data(&UserKey::Id(user_id), None, u32::MAX).await {
+            Err(Error::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// The entries of `keys` for one user; `NOT_FOUND` for an unknown user.
+    async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>>;
+
+    /// A page of a user's entries in key order, after `after`.
+    async fn list_data(&self, user: &UserKey, after: Option<&str>, limit: u32) -> Result<Vec<DataEntry>>;
+
+    /// Atomically reads `keys`, applies `edit` and writes what it changed,
+    /// with the user locked. With an event: a seen idempotency key changes
+    /// nothing (`replayed`), and a deleted user gives `Outcome::UserDeleted`.
+    async fn edit_data(
+        &self,
+        user: &UserKey,
+        keys: &[&str],
+        event: Option<&EventContext>,
+        edit: DataEdit,
+    ) -> Result<DataWrite>;
+
+    /// One key for many users at once; users that do not exist are absent.
+    async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>>;
 
     /// Removes idempotency records older than `age`; returns how many.
     async fn prune_processed_events(&self, age: Duration) -> Result<u64>;
@@ -159,7 +201,7 @@ pub(super) fn unique_violation(err: sqlx::Error, clerk_id: &str) -> Error {
 
 /// The current time at the precision both databases store (microseconds), so a
 /// written user equals the same user read back.
-pub(super) fn now() -> chrono::DateTime<chrono::Utc> {
+pub fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(6)
 }

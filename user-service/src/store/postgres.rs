@@ -1,6 +1,6 @@
 //! PostgreSQL store: the production backend.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,9 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{ConnectOptions, DataEntry, Store, UserFilter, migrate_error};
+use super::{
+    ConnectOptions, DataEdit, DataEntry, DataSet, DataWrite, Store, UserFilter, UserValue, migrate_error,
+};
 use crate::{
     domain::{
         user::{Profile, Role, Status, User, UserKey},
@@ -301,6 +303,70 @@ async fn apply(tx: &mut PgConnection, change: &Change, now: DateTime<Utc>) -> Re
     Ok(())
 }
 
+/// The `where` clause and its one bind value for a user key. Both arms hit an
+/// index (the cast is on the parameter, not the column).
+fn user_where(key: &UserKey) -> (&'static str, String) {
+    match key {
+        UserKey::Id(id) => ("u.id = $1::text::uuid", id.to_string()),
+        UserKey::ClerkId(clerk_id) => ("u.clerk_id = $1", clerk_id.clone()),
+    }
+}
+
+type EntryRow = (String, Json<Value>, i64, DateTime<Utc>);
+
+fn entry((key, value, version, updated_at): EntryRow) -> DataEntry {
+    DataEntry { key, value: value.0, version, updated_at }
+}
+
+async fn is_tombstoned(tx: &mut PgConnection, key: &UserKey) -> Result<bool> {
+    let found = match key {
+        UserKey::Id(id) => {
+            sqlx::query("select 1 from deleted_users where user_id = $1").bind(id).fetch_optional(tx).await?
+        }
+        UserKey::ClerkId(c) => {
+            sqlx::query("select 1 from deleted_users where clerk_id = $1").bind(c).fetch_optional(tx).await?
+        }
+    };
+    Ok(found.is_some())
+}
+
+async fn write_changes(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    changes: BTreeMap<String, Option<Value>>,
+    mut entries: BTreeMap<String, DataEntry>,
+    now: DateTime<Utc>,
+) -> Result<BTreeMap<String, DataEntry>> {
+    for (key, change) in changes {
+        match change {
+            Some(value) => {
+                let row: EntryRow = sqlx::query_as(
+                    "insert into user_data (user_id, key, value, created_at, updated_at) values ($1, $2, $3, $4, $4) \
+                     on conflict (user_id, key) do update \
+                     set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1 \
+                     returning key, value, version, updated_at",
+                )
+                .bind(user_id)
+                .bind(&key)
+                .bind(Json(&value))
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                entries.insert(key, entry(row));
+            }
+            None => {
+                sqlx::query("delete from user_data where user_id = $1 and key = $2")
+                    .bind(user_id)
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+                entries.remove(&key);
+            }
+        }
+    }
+    Ok(entries)
+}
+
 impl PgStore {
     /// Runs one user write: lock, replay check, decide, apply, record, commit.
     async fn write(
@@ -396,13 +462,110 @@ impl Store for PgStore {
         self.write(&key, event.as_ref(), |existing, _| write::plan_delete(cmd, existing)).await
     }
 
-    async fn list_user_data(&self, user_id: Uuid) -> Result<Vec<DataEntry>> {
-        let rows: Vec<(String, Json<Value>, i64)> =
-            sqlx::query_as("select key, value, version from user_data where user_id = $1 order by key")
-                .bind(user_id)
-                .fetch_all(&self.pool)
+    async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
+        let (filter, bind) = user_where(user);
+        let rows: Vec<(Uuid, Option<String>, Option<Json<Value>>, Option<i64>, Option<DateTime<Utc>>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select u.id, d.key, d.value, d.version, d.updated_at from users u \
+                 left join user_data d on d.user_id = u.id and d.key = any($2) where {filter}"
+            )))
+            .bind(bind)
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::NotFound { resource: "user", key: user.to_string() });
+        }
+        Ok(rows
+            .into_iter()
+            .filter_map(|(_, key, value, version, at)| Some(entry((key?, value?, version?, at?))))
+            .collect())
+    }
+
+    async fn list_data(&self, user: &UserKey, after: Option<&str>, limit: u32) -> Result<Vec<DataEntry>> {
+        let (filter, bind) = user_where(user);
+        let id: Option<(Uuid,)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("select u.id from users u where {filter}")))
+                .bind(bind)
+                .fetch_optional(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(|(key, value, version)| DataEntry { key, value: value.0, version }).collect())
+        let (id,) = id.ok_or_else(|| Error::NotFound { resource: "user", key: user.to_string() })?;
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "select key, value, version, updated_at from user_data \
+             where user_id = $1 and ($2::text is null or key > $2) order by key limit $3",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(entry).collect())
+    }
+
+    async fn edit_data(
+        &self,
+        user: &UserKey,
+        keys: &[&str],
+        event: Option<&EventContext>,
+        edit: DataEdit,
+    ) -> Result<DataWrite> {
+        let mut tx = self.pool.begin().await?;
+        let (filter, bind) = user_where(user);
+        let locked: Option<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select u.id, u.clerk_id from users u where {filter} for update"
+        )))
+        .bind(bind)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, clerk_id)) = locked else {
+            return match event {
+                Some(_) if is_tombstoned(&mut tx, user).await? => {
+                    Ok(DataWrite { outcome: Some(write::Outcome::UserDeleted), ..Default::default() })
+                }
+                _ => Err(Error::NotFound { resource: "user", key: user.to_string() }),
+            };
+        };
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "select key, value, version, updated_at from user_data where user_id = $1 and key = any($2)",
+        )
+        .bind(user_id)
+        .bind(keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut set = DataSet::new(rows.into_iter().map(entry));
+        if let Some(event) = event
+            && recorded_result(&mut tx, event, &clerk_id).await?.is_some()
+        {
+            let (entries, _) = set.into_changes();
+            return Ok(DataWrite { entries, outcome: Some(write::Outcome::Applied), replayed: true });
+        }
+        edit(&mut set)?;
+        let (current, changes) = set.into_changes();
+        let entries = write_changes(&mut tx, user_id, changes, current, super::now()).await?;
+        let outcome = event.map(|_| write::Outcome::Applied);
+        if let Some(event) = event {
+            let result = WriteResult { user: None, outcome, replayed: false };
+            record_event(&mut tx, event, &clerk_id, &result).await?;
+        }
+        tx.commit().await?;
+        Ok(DataWrite { entries, outcome, replayed: false })
+    }
+
+    async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
+        let rows: Vec<(Uuid, String, Option<Json<Value>>)> = sqlx::query_as(
+            "select u.id, u.clerk_id, d.value from users u \
+             left join user_data d on d.user_id = u.id and d.key = $3 \
+             where u.id = any($1) or u.clerk_id = any($2)",
+        )
+        .bind(ids)
+        .bind(clerk_ids)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, clerk_id, value)| UserValue { id, clerk_id, value: value.map(|v| v.0) })
+            .collect())
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {

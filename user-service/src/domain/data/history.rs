@@ -1,0 +1,30 @@
+//! `name_history` and the sign-up and sync keys.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{parse_time, shape};
+
+/// One stored name change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameEntry {
+    /// First name after the change.
+    pub first_name: String,
+    /// Last name after the change.
+    pub last_name: String,
+    /// ISO-8601 time.
+    pub timestamp: String,
+    /// Clerk id of the admin who made the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+}
+
+/// Checks a stored `name_history`.
+pub fn validate_names(value: &Value) -> Result<(), String> {
+    let entries: Vec<NameEntry> = shape(value)?;
+    if entries.len() > crate::domain::write::NAME_HISTORY_LIMIT {
+        return Err(format!("has more than {} entries", crate::domain::write::NAME_HISTORY_LIMIT));
+    }
+    entries.iter().try_for_each(|e| parse_time(&e.timestamp).map(|_| ()))
+}

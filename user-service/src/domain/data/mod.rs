@@ -1,0 +1,295 @@
+//! Per-user key/value data: the documented keys of the original plan's
+//! `UserDataValues`, each with a typed schema, plus free-form custom keys.
+//!
+//! Every write of a documented key, typed or generic, goes through
+//! [`validate`], so the generic RPCs can never store a value that the typed
+//! RPCs would reject.
+
+pub mod activity;
+pub mod flags;
+pub mod history;
+pub mod onboarding;
+pub mod preferences;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    user::{SignupSource, etag_for},
+    write::keys as user_keys,
+};
+use crate::error::{Error, Result};
+
+/// Documented keys.
+pub mod keys {
+    pub use crate::domain::write::keys::*;
+    /// `{theme, notifications, language, timezone}`.
+    pub const PREFERENCES: &str = "preferences";
+    /// `{flag_key: bool}`.
+    pub const FEATURE_FLAGS: &str = "feature_flags";
+    /// `{step, completed, started_at, completed_at?}`.
+    pub const ONBOARDING_STATUS: &str = "onboarding_status";
+    /// Number of sessions.
+    pub const SESSION_COUNT: &str = "session_count";
+    /// ISO-8601 time of the latest activity.
+    pub const LAST_ACTIVE: &str = "last_active";
+    /// Array of `{timestamp, device?, ip?, success}`, newest first.
+    pub const LOGIN_HISTORY: &str = "login_history";
+}
+
+/// Prefix of keys that callers may define freely.
+pub const CUSTOM_PREFIX: &str = "custom.";
+/// Longest key.
+pub const MAX_KEY_LEN: usize = 128;
+/// Largest value, as compact JSON.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Deepest nesting of a value.
+pub const MAX_VALUE_DEPTH: usize = 32;
+
+/// Every documented key, in the original plan's order.
+pub const DOCUMENTED_KEYS: [&str; 10] = [
+    keys::PREFERENCES,
+    keys::FEATURE_FLAGS,
+    keys::ONBOARDING_STATUS,
+    keys::SESSION_COUNT,
+    keys::LAST_ACTIVE,
+    keys::LOGIN_HISTORY,
+    user_keys::NAME_HISTORY,
+    user_keys::LAST_CLERK_SYNC,
+    user_keys::SIGNUP_DATE,
+    user_keys::SIGNUP_SOURCE,
+];
+
+/// Checks a key: a documented key, or `custom.<name>` where the name is 1 or
+/// more of `a-z`, `0-9`, `_`, `-`, `.`, and the whole key is at most 128 bytes.
+pub fn parse_key(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("is required".into());
+    }
+    if DOCUMENTED_KEYS.contains(&key) {
+        return Ok(key.to_owned());
+    }
+    let Some(name) = key.strip_prefix(CUSTOM_PREFIX) else {
+        return Err(format!(
+            "must be a documented key ({}) or start with {CUSTOM_PREFIX:?}",
+            DOCUMENTED_KEYS.join(", ")
+        ));
+    };
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!("must be at most {MAX_KEY_LEN} bytes"));
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!("custom keys are {CUSTOM_PREFIX:?} followed by a-z, 0-9, '_', '-' or '.'"));
+    }
+    Ok(key.to_owned())
+}
+
+/// Checks a value for `key`: size and depth limits for every key, and the
+/// typed schema for documented keys.
+pub fn validate(key: &str, value: &Value) -> Result<(), String> {
+    let depth = depth(value);
+    if depth > MAX_VALUE_DEPTH {
+        return Err(format!("is nested {depth} deep; at most {MAX_VALUE_DEPTH} is allowed"));
+    }
+    let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if size > MAX_VALUE_BYTES {
+        return Err(format!("is {size} bytes as JSON; at most {MAX_VALUE_BYTES} are allowed"));
+    }
+    match key {
+        keys::PREFERENCES => shape::<preferences::PreferencesValue>(value)?.validate(),
+        keys::FEATURE_FLAGS => flags::validate_map(value),
+        keys::ONBOARDING_STATUS => shape::<onboarding::OnboardingValue>(value)?.validate(),
+        keys::SESSION_COUNT => match value.as_u64() {
+            Some(_) => Ok(()),
+            None => Err("must be a non-negative integer".into()),
+        },
+        keys::LAST_ACTIVE | user_keys::LAST_CLERK_SYNC | user_keys::SIGNUP_DATE => {
+            shape::<String>(value).and_then(|s| parse_time(&s).map(|_| ()))
+        }
+        keys::LOGIN_HISTORY => activity::validate_history(value),
+        user_keys::NAME_HISTORY => history::validate_names(value),
+        user_keys::SIGNUP_SOURCE => match value.as_str().and_then(SignupSource::parse) {
+            Some(_) => Ok(()),
+            None => Err("must be \"clerk\", \"invite\" or \"admin\"".into()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Deserialises a documented value, naming what is wrong.
+pub fn shape<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
+    serde_json::from_value(value.clone()).map_err(|e| format!("does not match the documented shape: {e}"))
+}
+
+/// ISO-8601 text of a time, as stored.
+pub fn iso_string(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Parses an ISO-8601 / RFC 3339 time.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("{text:?} is not an ISO-8601 time like 2026-01-02T03:04:05.000Z"))
+}
+
+fn depth(value: &Value) -> usize {
+    // Iterative, so a hostile value cannot overflow the stack.
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// One stored user data row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataEntry {
+    /// The key.
+    pub key: String,
+    /// The JSON value.
+    pub value: Value,
+    /// Bumped on every change.
+    pub version: i64,
+    /// When the value last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The values one data edit reads and changes, inside its transaction.
+#[derive(Debug)]
+pub struct DataSet {
+    current: BTreeMap<String, DataEntry>,
+    changes: BTreeMap<String, Option<Value>>,
+}
+
+impl DataSet {
+    /// The values as loaded, by key.
+    pub fn new(current: impl IntoIterator<Item = DataEntry>) -> Self {
+        Self { current: current.into_iter().map(|e| (e.key.clone(), e)).collect(), changes: BTreeMap::new() }
+    }
+
+    /// The value of `key`, including changes made so far.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self.changes.get(key) {
+            Some(change) => change.as_ref(),
+            None => self.current.get(key).map(|e| &e.value),
+        }
+    }
+
+    /// The stored entry of `key` as loaded (for its version).
+    pub fn stored(&self, key: &str) -> Option<&DataEntry> {
+        self.current.get(key)
+    }
+
+    /// Sets `key`; unchanged values are not written.
+    pub fn put(&mut self, key: &str, value: Value) {
+        if self.current.get(key).map(|e| &e.value) == Some(&value) {
+            self.changes.remove(key);
+        } else {
+            self.changes.insert(key.to_owned(), Some(value));
+        }
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &str) {
+        if self.current.contains_key(key) {
+            self.changes.insert(key.to_owned(), None);
+        } else {
+            self.changes.remove(key);
+        }
+    }
+
+    /// The changes to write: `None` deletes.
+    pub fn into_changes(self) -> (BTreeMap<String, DataEntry>, BTreeMap<String, Option<Value>>) {
+        (self.current, self.changes)
+    }
+}
+
+/// Fails with `ABORTED` unless the stored value of `key` is at `expected`
+/// (when the caller named a version).
+pub fn check_version(set: &DataSet, key: &str, expected: Option<i64>) -> Result<()> {
+    let current = set.stored(key).map(|e| e.version);
+    match expected {
+        Some(v) if current != Some(v) => Err(Error::EtagMismatch {
+            resource: "user data",
+            current: current.map_or_else(|| "none (the key is unset)".into(), etag_for),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Validates and stores a value for `key`, naming `field` on failure.
+pub fn put_valid(set: &mut DataSet, field: &str, key: &str, value: Value) -> Result<()> {
+    validate(key, &value).map_err(|reason| Error::invalid(field, reason))?;
+    set.put(key, value);
+    Ok(())
+}
+
+/// Sets any key through the generic API: same validation as the typed RPCs.
+pub fn set_value(set: &mut DataSet, key: &str, value: Value, expected: Option<i64>) -> Result<()> {
+    check_version(set, key, expected)?;
+    put_valid(set, "value", key, value)
+}
+
+/// Deletes a key through the generic API; `NOT_FOUND` when it is unset.
+pub fn delete_value(set: &mut DataSet, key: &str, expected: Option<i64>) -> Result<()> {
+    if set.stored(key).is_none() {
+        return Err(Error::NotFound { resource: "user data", key: format!("key {key:?}") });
+    }
+    check_version(set, key, expected)?;
+    set.remove(key);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_documented_or_custom() {
+        assert!(parse_key("preferences").is_ok());
+        assert!(parse_key("custom.theme-v2").is_ok());
+        for bad in
+            ["", "custom.", "custom.Upper", "other", "custom.a b", &format!("custom.{}", "a".repeat(130))]
+        {
+            assert!(parse_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn documented_values_must_match_their_schema() {
+        assert!(validate("session_count", &json!(3)).is_ok());
+        assert!(validate("session_count", &json!(-1)).is_err());
+        assert!(validate("session_count", &json!("3")).is_err());
+        assert!(validate("last_active", &json!("2026-01-01T00:00:00Z")).is_ok());
+        assert!(validate("last_active", &json!("yesterday")).is_err());
+        assert!(validate("signup_source", &json!("admin")).is_ok());
+        assert!(validate("signup_source", &json!("web")).is_err());
+        assert!(validate("custom.anything", &json!({"a": [1, 2, {"b": null}]})).is_ok());
+    }
+
+    #[test]
+    fn values_have_size_and_depth_limits() {
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!([deep]);
+        }
+        assert!(validate("custom.deep", &deep).is_err());
+        assert!(validate("custom.big", &json!("x".repeat(MAX_VALUE_BYTES))).is_err());
+    }
+}
