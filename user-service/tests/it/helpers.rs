@@ -101,3 +101,33 @@ pub fn assert_field_violation(status: &Status, field: &str) {
     let fields: Vec<&str> = bad.field_violations.iter().map(|v| v.field.as_str()).collect();
     assert!(fields.contains(&field), "expected a violation of {field}, got {fields:?} ({status:?})");
 }
+
+/// A `UserDataService` client.
+pub type DataClient = userdata_proto::v1::user_data_service_client::UserDataServiceClient<Channel>;
+
+/// A server with one user; returns the server, a data client and the user.
+pub async fn with_user(db: Db) -> (TestServer, DataClient, pb::User) {
+    let server = TestServer::start(db).await;
+    let mut users = server.users().await;
+    let user = create(&mut users, "user_data").await;
+    let data = DataClient::new(server.channel().await);
+    (server, data, user)
+}
+
+/// A JSON value as a protobuf `Value`.
+pub fn pb_value(json: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(pb_value).collect() })
+        }
+        serde_json::Value::Object(m) => Kind::StructValue(prost_types::Struct {
+            fields: m.into_iter().map(|(k, v)| (k, pb_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
