@@ -496,7 +496,15 @@ impl UserDataService for UserDataApi {
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
         self.store
-            .edit_data(&user, &[ONBOARDING_STATUS], None, Box::new(|set| Ok(set.remove(ONBOARDING_STATUS))))
+            .edit_data(
+                &user,
+                &[ONBOARDING_STATUS],
+                None,
+                Box::new(|set| {
+                    set.remove(ONBOARDING_STATUS);
+                    Ok(())
+                }),
+            )
             .await?;
         Ok(Response::new(pb::ResetOnboardingResponse { status: Some(onboarding_to_proto(None)) }))
     }
