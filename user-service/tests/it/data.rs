@@ -302,7 +302,7 @@ async fn onboarding_moves_forward_only_until_reset(db: Db) {
     assert!(status.started_at.is_none() && !status.completed);
 
     let profile = data.advance_onboarding(advance(pb::OnboardingStep::Profile)).await.unwrap().into_inner();
-    let started = profile.status.as_ref().unwrap().started_at.clone();
+    let started = profile.status.as_ref().unwrap().started_at;
     assert!(started.is_some());
     let again = data.advance_onboarding(advance(pb::OnboardingStep::Profile)).await.unwrap().into_inner();
     assert_eq!(again.etag, profile.etag, "the same step again is a no-op");
