@@ -1,6 +1,6 @@
 //! Configuration from command-line flags and environment variables.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -42,6 +42,79 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// Bearer tokens file; turns authentication on. One client per line:
+    /// `name scopes token`, scopes a comma-separated list of `read`, `write`
+    /// and `admin` (each named explicitly: `admin` does not imply the others),
+    /// the token in clear or as `sha256:<64 hex digits>` (the SHA-256 of the
+    /// token). `#` starts a comment.
+    #[arg(long = "auth-tokens", env = "USER_SERVICE_AUTH_TOKENS_FILE", value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// Allow serving on a non-loopback address without authentication.
+    #[arg(long, env = "USER_SERVICE_INSECURE")]
+    pub insecure: bool,
+
+    /// TLS certificate chain (PEM) for the gRPC port; needs `--tls-key`.
+    #[arg(long, env = "USER_SERVICE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for the gRPC port; needs `--tls-cert`.
+    #[arg(long, env = "USER_SERVICE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to; makes
+    /// client certificates mandatory (mutual TLS). Needs `--tls-cert`.
+    #[arg(long, env = "USER_SERVICE_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Do not serve gRPC reflection.
+    #[arg(long, env = "USER_SERVICE_NO_REFLECTION")]
+    pub no_reflection: bool,
+
+    /// Longest time one call may take before it fails with DEADLINE_EXCEEDED.
+    #[arg(long, env = "USER_SERVICE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime_duration)]
+    pub request_timeout: Duration,
+
+    /// Calls served at once; calls beyond it fail at once with UNAVAILABLE
+    /// (health checks are not counted).
+    #[arg(long, env = "USER_SERVICE_MAX_CONCURRENT_REQUESTS", default_value = "256")]
+    pub max_concurrent_requests: NonZeroUsize,
+
+    /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
+    #[arg(long, env = "USER_SERVICE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: MetricsListen,
+}
+
+/// Where `/metrics` is served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// No metrics endpoint (and no metrics recorded).
+    Off,
+    /// Serve on this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        text.parse()
+            .map(Self::On)
+            .map_err(|_| format!("{text:?} is neither an address like 127.0.0.1:9464 nor `off`"))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::On(addr) => addr.fmt(f),
+        }
+    }
 }
 
 /// How logs are written.
@@ -80,5 +153,27 @@ mod tests {
         assert_eq!(humantime_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert!(humantime_duration("7").is_err());
         assert!(humantime_duration("x").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        assert_eq!("off".parse(), Ok(MetricsListen::Off));
+        assert_eq!("127.0.0.1:9464".parse(), Ok(MetricsListen::On(SocketAddr::from(([127, 0, 0, 1], 9464)))));
+        assert!("9464".parse::<MetricsListen>().is_err());
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let config = Config::try_parse_from(["user-service"]).expect("defaults parse");
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_concurrent_requests.get(), 256);
+        assert_eq!(config.metrics_listen, MetricsListen::On(SocketAddr::from(([127, 0, 0, 1], 9464))));
+        assert!(config.auth_tokens.is_none() && !config.insecure && !config.no_reflection);
+    }
+
+    #[test]
+    fn a_tls_key_without_a_certificate_is_refused() {
+        assert!(Config::try_parse_from(["user-service", "--tls-key", "k.pem"]).is_err());
+        assert!(Config::try_parse_from(["user-service", "--tls-client-ca", "ca.pem"]).is_err());
     }
 }

@@ -1,0 +1,239 @@
+//! Whole payloads, byte for byte: our own fixtures in `tests/fixtures/` and,
+//! when present, the real Clerk payloads in `../shared/fixtures/clerk/`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use userdata_proto::v1::{SignupSource, User, UserRole, UserStatus};
+
+use crate::{
+    clerk::ClerkUser,
+    support::{Db, Harness, unix_now},
+};
+
+crate::on_both_backends!(
+    a_user_whose_primary_email_is_the_second_is_stored_with_the_second,
+    a_phone_only_user_is_stored_without_email_or_names,
+    unicode_names_and_usernames_are_stored_verbatim,
+    blank_fields_of_a_first_seen_update_are_stored_as_absent,
+    every_shared_clerk_payload_is_accepted_and_read_back,
+);
+
+/// What one of our fixtures must leave in user-service.
+#[derive(Debug)]
+struct Expected {
+    file: &'static str,
+    clerk_id: &'static str,
+    email: Option<&'static str>,
+    first_name: Option<&'static str>,
+    last_name: Option<&'static str>,
+    username: Option<&'static str>,
+    image_url: Option<&'static str>,
+}
+
+/// Every file in `tests/fixtures/`, with what it must store. Written by hand
+/// from the files, not computed, so the gateway's logic is not repeated here.
+const OWN_FIXTURES: [Expected; 4] = [
+    Expected {
+        file: "user.created.two-emails-primary-second.json",
+        clerk_id: "user_e2eTwoEmailsPrimarySecond",
+        email: Some("grace@example.test"),
+        first_name: Some("Grace"),
+        last_name: Some("Hopper"),
+        username: Some("grace_h"),
+        image_url: Some("https://img.example.test/user_e2eTwoEmailsPrimarySecond.png"),
+    },
+    Expected {
+        file: "user.created.phone-only-no-email.json",
+        clerk_id: "user_e2ePhoneOnlyNoEmail00001",
+        email: None,
+        first_name: None,
+        last_name: None,
+        username: None,
+        image_url: Some("https://img.example.test/default/initials-e2e.png"),
+    },
+    Expected {
+        file: "user.created.unicode-names-minified.json",
+        clerk_id: "user_e2eUnicodeNames000000001",
+        email: Some("zoe.angstrom@example.test"),
+        first_name: Some("Zoë Ångström-Núñez"),
+        last_name: Some("李小龍 🐉"),
+        username: Some("şükrü_ø"),
+        image_url: Some("https://img.example.test/%C3%BCmlaut/zo%C3%AB.png"),
+    },
+    Expected {
+        file: "user.updated.blank-fields-and-three-emails.json",
+        clerk_id: "user_e2eBlankFieldsThreeMail",
+        email: Some("linus@example.test"),
+        first_name: Some("Linus"),
+        last_name: None,
+        username: Some("torvalds_e2e"),
+        image_url: None,
+    },
+];
+
+fn own_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn shared_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/clerk")
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// `*.json` files of a directory, sorted by name.
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Checks the stored user field by field, and that the account is a regular,
+/// active, Clerk-sourced one synced just now.
+async fn assert_stored(harness: &Harness, expected: &Expected) -> User {
+    let context = expected.file;
+    let user = harness.existing_user(expected.clerk_id).await;
+    assert_eq!(user.clerk_id, expected.clerk_id, "{context}");
+    assert_eq!(user.email.as_deref(), expected.email, "{context}: email");
+    assert_eq!(user.first_name.as_deref(), expected.first_name, "{context}: first_name");
+    assert_eq!(user.last_name.as_deref(), expected.last_name, "{context}: last_name");
+    assert_eq!(user.username.as_deref(), expected.username, "{context}: username");
+    assert_eq!(user.image_url.as_deref(), expected.image_url, "{context}: image_url");
+    assert_eq!(user.role(), UserRole::User, "{context}: role");
+    assert_eq!(user.status(), UserStatus::Active, "{context}: status");
+    assert!(uuid::Uuid::parse_str(&user.id).is_ok(), "{context}: id {:?}", user.id);
+
+    let history = harness.history(expected.clerk_id).await;
+    assert_eq!(history.signup_source(), SignupSource::Clerk, "{context}: signup_source");
+    assert!(history.signup_date.is_some(), "{context}: signup_date");
+    let synced = history.last_clerk_sync.unwrap_or_else(|| panic!("{context}: no last_clerk_sync"));
+    let age = unix_now() - synced.seconds;
+    assert!((-5..=300).contains(&age), "{context}: last_clerk_sync is {age} s old");
+    assert!(history.name_history.is_empty(), "{context}: a first write is not a name change");
+    assert_eq!(harness.clerk_sync_count(expected.clerk_id).await, 1, "{context}: one Clerk write");
+    user
+}
+
+async fn delivers_own_fixture(db: Db, file: &str) {
+    let expected = OWN_FIXTURES
+        .iter()
+        .find(|e| e.file == file)
+        .unwrap_or_else(|| panic!("no expectation for {file}"));
+    let harness = Harness::start(db).await;
+    let body = read(&own_fixture_dir().join(file));
+
+    let delivery = harness.post(&body, "msg_e2e_own_fixture_1").await;
+
+    delivery.assert_outcome("applied", file);
+    assert_stored(&harness, expected).await;
+}
+
+async fn a_user_whose_primary_email_is_the_second_is_stored_with_the_second(db: Db) {
+    delivers_own_fixture(db, "user.created.two-emails-primary-second.json").await;
+}
+
+async fn a_phone_only_user_is_stored_without_email_or_names(db: Db) {
+    delivers_own_fixture(db, "user.created.phone-only-no-email.json").await;
+}
+
+async fn unicode_names_and_usernames_are_stored_verbatim(db: Db) {
+    delivers_own_fixture(db, "user.created.unicode-names-minified.json").await;
+}
+
+async fn blank_fields_of_a_first_seen_update_are_stored_as_absent(db: Db) {
+    delivers_own_fixture(db, "user.updated.blank-fields-and-three-emails.json").await;
+}
+
+#[test]
+fn every_own_fixture_file_has_a_test() {
+    let files: Vec<String> = json_files(&own_fixture_dir()).iter().map(|p| file_name(p)).collect();
+    let covered: Vec<String> = OWN_FIXTURES.iter().map(|e| e.file.to_owned()).collect();
+    assert_eq!(files, covered, "tests/fixtures/ and OWN_FIXTURES must list the same files, in name order");
+}
+
+/// A string field of `data`, absent when null or blank (as Clerk means it).
+fn text(data: &Value, field: &str) -> Option<String> {
+    data[field].as_str().filter(|s| !s.trim().is_empty()).map(str::to_owned)
+}
+
+/// The primary address a user payload implies: the listed address whose
+/// `id` is `primary_email_address_id`, or none.
+fn implied_email(data: &Value) -> Option<String> {
+    let primary = data["primary_email_address_id"].as_str()?;
+    data["email_addresses"]
+        .as_array()?
+        .iter()
+        .find(|address| address["id"].as_str() == Some(primary))
+        .and_then(|address| text(address, "email_address"))
+}
+
+async fn every_shared_clerk_payload_is_accepted_and_read_back(db: Db) {
+    let dir = shared_fixture_dir();
+    if !dir.is_dir() {
+        println!("shared Clerk fixtures not found at {}; skipping", dir.display());
+        return;
+    }
+    // Payloads share Clerk ids (the catalog examples all use one user), so
+    // each user payload gets its own user-service; other types share one.
+    let others = Harness::start(db).await;
+    let mut checked = 0;
+    for (index, path) in json_files(&dir).iter().enumerate() {
+        let name = file_name(path);
+        let body = read(path);
+        let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        let event_type = json["type"].as_str().unwrap_or_else(|| panic!("{name}: no type")).to_owned();
+        let data = &json["data"];
+        let msg_id = format!("msg_e2e_shared_{index}");
+        match event_type.as_str() {
+            "user.created" | "user.updated" => {
+                let harness = Harness::start(db).await;
+                let delivery = harness.post(&body, &msg_id).await;
+                delivery.assert_outcome("applied", &name);
+                let clerk_id = data["id"].as_str().unwrap_or_else(|| panic!("{name}: no data.id"));
+                let user = harness.existing_user(clerk_id).await;
+                assert_eq!(user.clerk_id, clerk_id, "{name}");
+                assert_eq!(user.email, implied_email(data), "{name}: primary email");
+                assert_eq!(user.first_name, text(data, "first_name"), "{name}: first_name");
+                assert_eq!(user.last_name, text(data, "last_name"), "{name}: last_name");
+                assert_eq!(user.username, text(data, "username"), "{name}: username");
+                assert_eq!(user.image_url, text(data, "image_url"), "{name}: image_url");
+                assert_eq!(user.role(), UserRole::User, "{name}");
+                assert_eq!(user.status(), UserStatus::Active, "{name}");
+                assert_eq!(harness.history(clerk_id).await.signup_source(), SignupSource::Clerk, "{name}");
+            }
+            "user.deleted" => {
+                let harness = Harness::start(db).await;
+                let clerk_id = data["id"].as_str().unwrap_or_else(|| panic!("{name}: no data.id"));
+                // The user must exist first, or "gone afterwards" proves nothing.
+                let deleted_at = json["timestamp"].as_i64().unwrap_or(0);
+                let existing = ClerkUser::new(clerk_id).at(deleted_at - 60_000);
+                harness.post(existing.created(), "msg_e2e_shared_seed").await.assert_outcome("applied", &name);
+                harness.existing_user(clerk_id).await;
+
+                let delivery = harness.post(&body, &msg_id).await;
+
+                delivery.assert_outcome("applied", &name);
+                harness.assert_not_found(clerk_id, &name).await;
+            }
+            _ => {
+                let delivery = others.post(&body, &msg_id).await;
+                assert!(delivery.status.is_success(), "{name}: {delivery:?}");
+                assert_eq!(delivery.outcome(), "ignored", "{name}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no payloads in {}", dir.display());
+    assert!(others.all_users().await.is_empty(), "non-user events must not create users");
+}
