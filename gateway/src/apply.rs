@@ -8,10 +8,11 @@
 //! | stale (`EVENT_OUTCOME_STALE`) | 200 | `stale` | newer state stored; retry cannot help |
 //! | user deleted (`EVENT_OUTCOME_USER_DELETED`) | 200 | `user_deleted` | deleted users never come back |
 //! | outcome `UNSPECIFIED`/unknown on an OK reply | 200 | `unspecified` | the write succeeded; logged at warn |
-//! | event type we do not sync (`session.*`, `organization.*`, ...) | 200 | `ignored` | acknowledged so Svix stops |
+//! | event type we do not sync (`organization.*`, `email.*`, ...) | 200 | `ignored` | acknowledged so Svix stops |
 //! | gRPC `ALREADY_EXISTS` | 200 | `already_exists` | the user the event wants exists; a retry gets the same answer |
 //! | gRPC `NOT_FOUND` on `user.deleted` | 200 | `already_gone` | the delete's goal is already met |
 //! | gRPC `NOT_FOUND` on `user.created`/`user.updated` | 400 | error | contract breach (upserts never miss); keep it visible |
+//! | gRPC `NOT_FOUND` on `session.*` (user not created yet) | 503 + `Retry-After` | error | its `user.created` may still be on its way |
 //! | gRPC `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `OUT_OF_RANGE` | 400 | error with the gRPC message | the data is wrong; retrying cannot fix it, Svix marks it failed for a human |
 //! | gRPC `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `CANCELLED`, `UNKNOWN`, connection errors, our deadline | 503 + `Retry-After` | error | transient: Svix's retry will likely succeed |
 //! | gRPC `INTERNAL`, `DATA_LOSS`, `UNIMPLEMENTED`, `PERMISSION_DENIED`, `UNAUTHENTICATED` | 500 | error | a bug or misconfiguration; Svix retries until it is fixed |
@@ -24,12 +25,13 @@ use std::{future::Future, time::Duration};
 use prost_types::{FieldMask, Timestamp};
 use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
 use userdata_proto::v1::{
-    CreateUserRequest, DeleteUserRequest, EventContext, EventOutcome, SignupSource, UpdateUserRequest, User,
-    user_service_client::UserServiceClient,
+    CreateUserRequest, DeleteUserRequest, EventContext, EventOutcome, LoginRecord, RecordActivityRequest,
+    RecordLoginRequest, SignupSource, UpdateUserRequest, User,
+    user_data_service_client::UserDataServiceClient, user_service_client::UserServiceClient,
 };
 
 use crate::{
-    clerk::{DeletedUserJson, Event, Payload, UserJson},
+    clerk::{DeletedUserJson, Event, Payload, SessionJson, UserJson},
     error::WebhookError,
     request_id::{REQUEST_ID, RequestId},
 };
@@ -101,6 +103,8 @@ pub enum Call {
     Update,
     /// `DeleteUser`.
     Delete,
+    /// `RecordLogin` or `RecordActivity` for a session event.
+    Session,
 }
 
 /// Maps a failed gRPC call to an outcome (when the event's goal is met anyway)
@@ -111,6 +115,9 @@ pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, WebhookEr
     match code {
         Code::AlreadyExists => Ok(Outcome::AlreadyExists),
         Code::NotFound if call == Call::Delete => Ok(Outcome::AlreadyGone),
+        // The user's `user.created` may still be on its way (Svix does not
+        // order deliveries), so a retry can help.
+        Code::NotFound if call == Call::Session => Err(WebhookError::UpstreamUnavailable { code, message }),
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
             Err(WebhookError::UpstreamRejected { code, message })
         }
@@ -215,17 +222,70 @@ pub fn delete_request(
     }
 }
 
+/// Source time of a session event: its `updated_at`, else the envelope time.
+fn session_source_time(session: &SessionJson, envelope_time: Option<i64>, now: Timestamp) -> Timestamp {
+    session.updated_at.and_then(clerk_time).or_else(|| envelope_time.and_then(clerk_time)).unwrap_or(now)
+}
+
+/// The `RecordLogin` call for `session.created`: one successful login.
+pub fn login_request(
+    session: &SessionJson,
+    envelope_time: Option<i64>,
+    idempotency_key: &str,
+    now: Timestamp,
+) -> RecordLoginRequest {
+    let source_time = session_source_time(session, envelope_time, now);
+    RecordLoginRequest {
+        clerk_id: session.user_id.clone(),
+        login: Some(LoginRecord {
+            timestamp: Some(session.created_at.and_then(clerk_time).unwrap_or(source_time)),
+            device: session.device(),
+            ip: session.ip(),
+            success: true,
+        }),
+        event_context: Some(EventContext {
+            idempotency_key: idempotency_key.to_owned(),
+            source_time: Some(source_time),
+        }),
+        ..RecordLoginRequest::default()
+    }
+}
+
+/// The `RecordActivity` call for a session that ended, was removed or revoked.
+pub fn activity_request(
+    session: &SessionJson,
+    envelope_time: Option<i64>,
+    idempotency_key: &str,
+    now: Timestamp,
+) -> RecordActivityRequest {
+    let source_time = session_source_time(session, envelope_time, now);
+    RecordActivityRequest {
+        clerk_id: session.user_id.clone(),
+        active_at: Some(session.last_active_at.and_then(clerk_time).unwrap_or(source_time)),
+        event_context: Some(EventContext {
+            idempotency_key: idempotency_key.to_owned(),
+            source_time: Some(source_time),
+        }),
+        ..RecordActivityRequest::default()
+    }
+}
+
 /// Applies events to user-service.
 #[derive(Debug, Clone)]
 pub struct UserSync {
     client: UserServiceClient<Channel>,
+    data: UserDataServiceClient<Channel>,
     timeout: Duration,
 }
 
 impl UserSync {
     /// Calls user-service over `channel` with `timeout` as each call's deadline.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: UserServiceClient::new(channel), timeout }
+        Self {
+            client: UserServiceClient::new(channel.clone()),
+            data: UserDataServiceClient::new(channel),
+            timeout,
+        }
     }
 
     /// Applies one verified event; `idempotency_key` is its `svix-id`.
@@ -252,6 +312,18 @@ impl UserSync {
                 let message = delete_request(deleted, event.timestamp, idempotency_key, now);
                 let reply = client.delete_user(self.request(message, request_id));
                 self.call(Call::Delete, reply, |r| (r.outcome, r.replayed)).await
+            }
+            Payload::SessionCreated(session) => {
+                let message = login_request(session, event.timestamp, idempotency_key, now);
+                let mut data = self.data.clone();
+                let reply = data.record_login(self.request(message, request_id));
+                self.call(Call::Session, reply, |r| (r.outcome, r.replayed)).await
+            }
+            Payload::SessionActivity(session) => {
+                let message = activity_request(session, event.timestamp, idempotency_key, now);
+                let mut data = self.data.clone();
+                let reply = data.record_activity(self.request(message, request_id));
+                self.call(Call::Session, reply, |r| (r.outcome, r.replayed)).await
             }
             Payload::Unhandled => Ok(Outcome::Ignored),
         }
@@ -421,5 +493,49 @@ mod tests {
             classify_status(Call::Create, &Status::already_exists("exists")),
             Ok(Outcome::AlreadyExists)
         ));
+    }
+
+    fn sample_session(ip: &str) -> SessionJson {
+        serde_json::from_value(serde_json::json!({
+            "id": "sess_1",
+            "user_id": "user_sample",
+            "created_at": 1_700_000_000_000_i64,
+            "updated_at": 1_700_000_000_500_i64,
+            "last_active_at": 1_700_000_000_400_i64,
+            "latest_activity": {"browser_name": "Firefox", "browser_version": "140.0", "device_type": "Macintosh", "ip_address": ip}
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_created_session_is_one_successful_login_keyed_by_the_svix_id() {
+        let request = login_request(&sample_session("203.0.113.7"), None, "msg_s", now());
+        assert_eq!(request.clerk_id, "user_sample");
+        let login = request.login.unwrap_or_default();
+        assert!(login.success);
+        assert_eq!(login.device.as_deref(), Some("Firefox 140.0 on Macintosh"));
+        assert_eq!(login.ip.as_deref(), Some("203.0.113.7"));
+        assert_eq!(login.timestamp, clerk_time(1_700_000_000_000));
+        let context = request.event_context.unwrap_or_default();
+        assert_eq!(context.idempotency_key, "msg_s");
+        assert_eq!(context.source_time, clerk_time(1_700_000_000_500));
+    }
+
+    #[test]
+    fn an_unparseable_session_ip_is_dropped_not_fatal() {
+        let request = login_request(&sample_session("not-an-ip"), None, "msg_s", now());
+        assert_eq!(request.login.unwrap_or_default().ip, None);
+    }
+
+    #[test]
+    fn an_ended_session_records_activity_at_its_last_activity() {
+        let request = activity_request(&sample_session("203.0.113.7"), None, "msg_e", now());
+        assert_eq!(request.active_at, clerk_time(1_700_000_000_400));
+    }
+
+    #[test]
+    fn a_session_for_a_user_not_yet_created_asks_for_a_retry() {
+        let outcome = classify_status(Call::Session, &Status::not_found("user"));
+        assert!(matches!(outcome, Err(WebhookError::UpstreamUnavailable { .. })));
     }
 }

@@ -14,6 +14,14 @@ pub const USER_CREATED: &str = "user.created";
 pub const USER_UPDATED: &str = "user.updated";
 /// `type` of the event sent when a user is deleted.
 pub const USER_DELETED: &str = "user.deleted";
+/// A user signed in.
+pub const SESSION_CREATED: &str = "session.created";
+/// A session ended (sign-out).
+pub const SESSION_ENDED: &str = "session.ended";
+/// A session was removed.
+pub const SESSION_REMOVED: &str = "session.removed";
+/// A session was revoked.
+pub const SESSION_REVOKED: &str = "session.revoked";
 
 /// The JSON envelope of every Clerk webhook.
 ///
@@ -134,6 +142,65 @@ pub struct DeletedUserJson {
     pub object: Option<String>,
 }
 
+/// The `data` of `session.*` events (the fields this gateway uses).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct SessionJson {
+    /// Session id (`sess_…`).
+    pub id: Option<String>,
+    /// The Clerk user id; [`parse_event`] guarantees it is non-empty.
+    pub user_id: String,
+    /// Last activity, ms.
+    pub last_active_at: Option<i64>,
+    /// Creation, ms.
+    pub created_at: Option<i64>,
+    /// Last change, ms.
+    pub updated_at: Option<i64>,
+    /// Where the session was used from.
+    pub latest_activity: Option<SessionActivityJson>,
+}
+
+/// `latest_activity` of a session.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct SessionActivityJson {
+    /// e.g. `Firefox`.
+    pub browser_name: Option<String>,
+    /// e.g. `140.0`.
+    pub browser_version: Option<String>,
+    /// e.g. `Macintosh`.
+    pub device_type: Option<String>,
+    /// Client IP.
+    pub ip_address: Option<String>,
+}
+
+impl SessionJson {
+    /// A short device description, e.g. `Firefox 140.0 on Macintosh`.
+    pub fn device(&self) -> Option<String> {
+        let a = self.latest_activity.as_ref()?;
+        let browser = [a.browser_name.as_deref(), a.browser_version.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let device = a.device_type.as_deref().filter(|d| !d.trim().is_empty());
+        let text = match (browser.is_empty(), device) {
+            (false, Some(d)) => format!("{browser} on {d}"),
+            (false, None) => browser,
+            (true, Some(d)) => d.to_owned(),
+            (true, None) => return None,
+        };
+        // user-service keeps at most 256 characters without control characters.
+        Some(text.chars().filter(|c| !c.is_control()).take(256).collect())
+    }
+
+    /// The client IP, when it is a valid address (anything else is dropped:
+    /// a bad IP must not make the whole event fail).
+    pub fn ip(&self) -> Option<String> {
+        let ip = self.latest_activity.as_ref()?.ip_address.as_deref()?;
+        ip.parse::<std::net::IpAddr>().ok().map(|_| ip.to_owned())
+    }
+}
+
 /// A parsed webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -156,6 +223,11 @@ pub enum Payload {
     UserUpdated(UserJson),
     /// `user.deleted`.
     UserDeleted(DeletedUserJson),
+    /// `session.created`: a login, counted in the user's activity.
+    SessionCreated(SessionJson),
+    /// `session.ended`, `session.removed`, `session.revoked`: the user was
+    /// active until then.
+    SessionActivity(SessionJson),
     /// Any other type (sessions, organisations, ...): acknowledged, not applied.
     Unhandled,
 }
@@ -190,6 +262,10 @@ pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
         USER_CREATED => Payload::UserCreated(user_data(envelope.data)?),
         USER_UPDATED => Payload::UserUpdated(user_data(envelope.data)?),
         USER_DELETED => Payload::UserDeleted(user_data(envelope.data)?),
+        SESSION_CREATED => Payload::SessionCreated(session_data(envelope.data)?),
+        SESSION_ENDED | SESSION_REMOVED | SESSION_REVOKED => {
+            Payload::SessionActivity(session_data(envelope.data)?)
+        }
         _ => Payload::Unhandled,
     };
     Ok(Event { event_type, timestamp: envelope.timestamp, instance_id: envelope.instance_id, payload })
@@ -207,6 +283,22 @@ fn user_data<T: serde::de::DeserializeOwned>(data: Option<Value>) -> Result<T, I
     }
     serde_json::from_value(data)
         .map_err(|e| InvalidEvent::new(format!("invalid user data: {e}"), Some("data")))
+}
+
+/// Deserialises a session event's `data`, checking `data.user_id` first.
+fn session_data(data: Option<Value>) -> Result<SessionJson, InvalidEvent> {
+    let data = data
+        .filter(|d| !d.is_null())
+        .ok_or_else(|| InvalidEvent::new("session event without data", Some("data")))?;
+    let has_user = data.get("user_id").and_then(Value::as_str).is_some_and(|id| !id.is_empty());
+    if !has_user {
+        return Err(InvalidEvent::new(
+            "session user_id missing or not a non-empty string",
+            Some("data.user_id"),
+        ));
+    }
+    serde_json::from_value(data)
+        .map_err(|e| InvalidEvent::new(format!("invalid session data: {e}"), Some("data")))
 }
 
 #[cfg(test)]
@@ -414,7 +506,18 @@ mod tests {
 
     #[test]
     fn other_event_types_are_unhandled_without_looking_at_data() {
-        let body = br#"{"type":"session.created","data":{"weird":true}}"#;
+        let body = br#"{"type":"organization.created","data":{"weird":true}}"#;
         assert!(matches!(parse_event(body), Ok(Event { payload: Payload::Unhandled, .. })));
+    }
+
+    #[test]
+    fn a_session_event_needs_a_user_id() {
+        let body = serde_json::json!({"type": "session.created", "data": {"id": "sess_1"}}).to_string();
+        let error = parse_event(body.as_bytes()).err();
+        assert_eq!(error.and_then(|e| e.field), Some("data.user_id"));
+        let body =
+            serde_json::json!({"type": "session.ended", "data": {"id": "sess_1", "user_id": "user_1"}})
+                .to_string();
+        assert!(matches!(parse_event(body.as_bytes()).map(|e| e.payload), Ok(Payload::SessionActivity(_))));
     }
 }

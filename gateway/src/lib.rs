@@ -2,8 +2,10 @@
 //!
 //! Receives Clerk webhooks (signed by Svix) on `POST /webhooks/clerk`,
 //! verifies them against the raw body, and applies `user.created`,
-//! `user.updated` and `user.deleted` to user-service over gRPC. Every other
-//! event type is acknowledged and ignored. See `STATUS_CODES.md` for what each
+//! `user.updated` and `user.deleted` (UserService) and `session.created`,
+//! `session.ended`, `session.removed`, `session.revoked` (UserDataService
+//! activity) to user-service over gRPC. Every other event type is
+//! acknowledged and ignored. See `STATUS_CODES.md` for what each
 //! answer means to Svix.
 //!
 //! Entry points: [`app::App`] (build, bind, run), [`config::Config`],

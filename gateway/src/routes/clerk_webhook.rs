@@ -131,6 +131,7 @@ fn clerk_id(event: &Event) -> Option<&str> {
     match &event.payload {
         Payload::UserCreated(user) | Payload::UserUpdated(user) => Some(&user.id),
         Payload::UserDeleted(deleted) => Some(&deleted.id),
+        Payload::SessionCreated(session) | Payload::SessionActivity(session) => Some(&session.user_id),
         Payload::Unhandled => None,
     }
 }

@@ -112,9 +112,9 @@ async fn a_body_over_256_kib_is_413() {
 async fn a_body_just_under_the_limit_is_accepted() {
     let upstream = FakeUpstream::start().await;
     let gateway = Gateway::start(&upstream).await;
-    let skeleton = r#"{"type":"session.created","data":{"pad":""}}"#;
+    let skeleton = r#"{"type":"email.created","data":{"pad":""}}"#;
     let padding = "x".repeat(256 * 1024 - skeleton.len());
-    let body = format!(r#"{{"type":"session.created","data":{{"pad":"{padding}"}}}}"#);
+    let body = format!(r#"{{"type":"email.created","data":{{"pad":"{padding}"}}}}"#);
     assert_eq!(body.len(), 256 * 1024);
 
     let answer = gateway.post_signed("msg_limit", &body).await;

@@ -164,9 +164,9 @@ async fn user_deleted_without_a_timestamp_uses_the_current_time() {
 async fn an_unknown_event_type_is_acknowledged_without_calling_user_service() {
     let upstream = FakeUpstream::start().await;
     let gateway = Gateway::start(&upstream).await;
-    let body = r#"{"type":"session.created","object":"event","data":{"id":"sess_1","user_id":"user_1"}}"#;
+    let body = r#"{"type":"email.created","object":"event","data":{"id":"ema_1","to_email_address":"a@example.test"}}"#;
 
-    let answer = gateway.post_signed("msg_session", body).await;
+    let answer = gateway.post_signed("msg_email", body).await;
 
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json["outcome"], "ignored");

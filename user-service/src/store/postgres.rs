@@ -107,11 +107,220 @@ impl TryFrom<UserRow> for User {
     }
 }
 
-/// Serialises all writes for one `clerk_id`, including for users that do not
-/// exist yet (a row lock cannot cover a missing row): a concurrent create and
-/// delete of the same id must not interleave.
-async fn lock_clerk_id(tx: &mut PgConnection, clerk_id: &str) -> Result<()> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))").bind(clerk_id).execute(tx).await?;
+/// Starts a transaction. For a `clerk_id`, the same round trip takes a
+/// transaction-scoped advisory lock on it, which serialises every write for
+/// that id, including for users that do not exist yet (a row lock cannot cover
+/// a missing row): a concurrent create and delete must not interleave.
+async fn begin(pool: &PgPool, key: &UserKey) -> Result<Transaction<'static, Postgres>> {
+    Ok(match key {
+        // The lock key is a number computed here, so the statement carries no
+        // caller text.
+        UserKey::ClerkId(clerk_id) => {
+            pool.begin_with(sqlx::AssertSqlSafe(format!(
+                "begin; select pg_advisory_xact_lock({})",
+                lock_key(clerk_id)
+            )))
+            .await?
+        }
+        UserKey::Id(_) => pool.begin().await?,
+    })
+}
+
+/// A stable 64-bit lock key for a `clerk_id`.
+fn lock_key(clerk_id: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(clerk_id.as_bytes());
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(bytes)
+}
+
+/// Everything a user write needs to know, read in one statement after the
+/// lock: the idempotency record, the tombstone and the user row (locked).
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    replay_clerk_id: Option<String>,
+    replay_result: Option<Json<WriteResult>>,
+    deleted: bool,
+    id: Option<Uuid>,
+    clerk_id: Option<String>,
+    email: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    username: Option<String>,
+    image_url: Option<String>,
+    role: Option<String>,
+    status: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+    source_updated_at: Option<i64>,
+    version: Option<i64>,
+}
+
+impl StateRow {
+    fn user(self) -> Result<Option<User>> {
+        let (
+            Some(id),
+            Some(clerk_id),
+            Some(role),
+            Some(status),
+            Some(created_at),
+            Some(updated_at),
+            Some(version),
+        ) = (self.id, self.clerk_id, self.role, self.status, self.created_at, self.updated_at, self.version)
+        else {
+            return Ok(None);
+        };
+        let row = UserRow {
+            id,
+            clerk_id,
+            email: self.email,
+            first_name: self.first_name,
+            last_name: self.last_name,
+            username: self.username,
+            image_url: self.image_url,
+            role,
+            status,
+            created_at,
+            updated_at,
+            source_updated_at: self.source_updated_at,
+            version,
+        };
+        Ok(Some(row.try_into()?))
+    }
+}
+
+/// Reads the replay record (for an event), the tombstone and the locked user.
+async fn load_state(
+    tx: &mut PgConnection,
+    key: &UserKey,
+    event: Option<&EventContext>,
+) -> Result<(Option<WriteResult>, Existing)> {
+    let (user_filter, tomb_filter, bind) = match key {
+        UserKey::Id(id) => ("id = $1::text::uuid", "user_id = $1::text::uuid", id.to_string()),
+        UserKey::ClerkId(clerk_id) => ("clerk_id = $1", "clerk_id = $1", clerk_id.clone()),
+    };
+    let row: StateRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select pe.clerk_id as replay_clerk_id, pe.result as replay_result, \
+                exists(select 1 from deleted_users where {tomb_filter}) as deleted, u.* \
+         from (select 1) as one \
+         left join processed_events pe on pe.idempotency_key = $2 \
+         left join lateral (select {USER_COLUMNS} from users where {user_filter} for update) u on true"
+    )))
+    .bind(bind)
+    .bind(event.map(|e| e.idempotency_key.as_str()))
+    .fetch_one(tx)
+    .await?;
+    let recorded = row.replay_clerk_id.clone().map(|c| (c, row.replay_result.clone().map(|r| r.0)));
+    let replayed = match (recorded, key) {
+        (Some(recorded), UserKey::ClerkId(clerk_id)) => super::replay(Some(recorded), clerk_id)?,
+        _ => None,
+    };
+    let deleted = row.deleted;
+    let existing = match row.user()? {
+        Some(user) => Existing::Present(user),
+        None if deleted => Existing::Deleted,
+        None => Existing::Missing,
+    };
+    Ok((replayed, existing))
+}
+
+/// Parameters `$n` of the idempotency record, shared by every write statement
+/// so each change and its record are one statement.
+const RECORD_EVENT: &str = "e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
+     select $20, $21, $22, $23, now() where $20::text is not null on conflict do nothing)";
+
+/// Applies a planned change and records the event in one statement.
+async fn apply(
+    tx: &mut PgConnection,
+    change: &Change,
+    record: Option<(&EventContext, &str, &WriteResult)>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let (keys, values): (Vec<&str>, Vec<Json<&Value>>) = match change {
+        Change::Insert { data, .. } | Change::Update { data, .. } => {
+            data.iter().map(|(k, v)| (*k, Json(v))).unzip()
+        }
+        Change::None | Change::Delete { .. } => (Vec::new(), Vec::new()),
+    };
+    let name_entry = match change {
+        Change::Update { name_entry, .. } => name_entry.as_ref().map(Json),
+        _ => None,
+    };
+    let sql = match change {
+        Change::None => format!("with {RECORD_EVENT} select 1"),
+        Change::Insert { .. } => format!(
+            "with u as (insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
+                 role, status, created_at, updated_at, source_updated_at, version) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning id), \
+             d as (insert into user_data (user_id, key, value, created_at, updated_at) \
+                 select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
+             {RECORD_EVENT} select 1"
+        ),
+        Change::Update { .. } => format!(
+            "with u as (update users set email = $3, first_name = $4, last_name = $5, username = $6, \
+                 image_url = $7, role = $8, status = $9, updated_at = $11, source_updated_at = $12, \
+                 version = $13 where id = $1), \
+             d as (insert into user_data (user_id, key, value, created_at, updated_at) \
+                 select $1, k, v, $14, $14 from unnest($15::text[], $16::jsonb[]) as t(k, v) \
+                 on conflict (user_id, key) do update \
+                 set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1), \
+             n as (insert into user_data (user_id, key, value, created_at, updated_at) \
+                 select $1, $17, jsonb_build_array($18::jsonb), $14, $14 where $18::jsonb is not null \
+                 on conflict (user_id, key) do update set \
+                   value = case when jsonb_typeof(user_data.value) <> 'array' then excluded.value \
+                                when jsonb_array_length(user_data.value) >= $19 \
+                                  then (user_data.value - 0) || excluded.value \
+                                else user_data.value || excluded.value end, \
+                   updated_at = excluded.updated_at, version = user_data.version + 1), \
+             {RECORD_EVENT} select 1"
+        ),
+        Change::Delete { .. } => format!(
+            "with u as (delete from users where id = $1), \
+             t as (insert into deleted_users (clerk_id, user_id, deleted_at) values ($2, $1, $14) \
+                 on conflict (clerk_id) do nothing), \
+             {RECORD_EVENT} select 1"
+        ),
+    };
+    let user = match change {
+        Change::Insert { user, .. } | Change::Update { user, .. } => Some(user),
+        Change::None | Change::Delete { .. } => None,
+    };
+    let (id, clerk_id) = match change {
+        Change::Delete { user_id, clerk_id } => (*user_id, Some(clerk_id.as_str())),
+        _ => (user.map(|u| u.id), user.map(|u| u.clerk_id.as_str())),
+    };
+    // Every statement takes the same 23 parameters; each uses what it needs.
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(clerk_id)
+        .bind(user.and_then(|u| u.profile.email.as_deref()))
+        .bind(user.and_then(|u| u.profile.first_name.as_deref()))
+        .bind(user.and_then(|u| u.profile.last_name.as_deref()))
+        .bind(user.and_then(|u| u.profile.username.as_deref()))
+        .bind(user.and_then(|u| u.profile.image_url.as_deref()))
+        .bind(user.map(|u| u.role.as_str()))
+        .bind(user.map(|u| u.status.as_str()))
+        .bind(user.map(|u| u.created_at))
+        .bind(user.map(|u| u.updated_at))
+        .bind(user.and_then(|u| u.source_updated_at))
+        .bind(user.map(|u| u.version))
+        .bind(now)
+        .bind(keys)
+        .bind(values)
+        .bind(keys::NAME_HISTORY)
+        .bind(name_entry)
+        .bind(NAME_HISTORY_LIMIT as i32)
+        .bind(record.map(|(e, _, _)| e.idempotency_key.as_str()))
+        .bind(record.map(|(_, c, _)| c))
+        .bind(record.map(|(_, _, r)| r.outcome.map_or("none", write::Outcome::as_str)))
+        .bind(record.map(|(_, _, r)| Json(r)))
+        .execute(tx)
+        .await
+        .map_err(|e| match user {
+            Some(u) => super::unique_violation(e, &u.clerk_id),
+            None => e.into(),
+        })?;
     Ok(())
 }
 
@@ -144,162 +353,6 @@ async fn record_event(
     .bind(Json(result))
     .execute(tx)
     .await?;
-    Ok(())
-}
-
-async fn load_existing(tx: &mut PgConnection, key: &UserKey) -> Result<Existing> {
-    let row: Option<UserRow> = match key {
-        UserKey::Id(id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select {USER_COLUMNS} from users where id = $1 for update"
-            )))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-        UserKey::ClerkId(clerk_id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select {USER_COLUMNS} from users where clerk_id = $1 for update"
-            )))
-            .bind(clerk_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-    };
-    if let Some(row) = row {
-        return Ok(Existing::Present(row.try_into()?));
-    }
-    let deleted = match key {
-        UserKey::Id(id) => {
-            sqlx::query("select 1 from deleted_users where user_id = $1").bind(id).fetch_optional(tx).await?
-        }
-        UserKey::ClerkId(c) => {
-            sqlx::query("select 1 from deleted_users where clerk_id = $1").bind(c).fetch_optional(tx).await?
-        }
-    };
-    Ok(if deleted.is_some() { Existing::Deleted } else { Existing::Missing })
-}
-
-async fn upsert_data(
-    tx: &mut PgConnection,
-    user_id: Uuid,
-    data: &[(&'static str, Value)],
-    now: DateTime<Utc>,
-) -> Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<&str> = data.iter().map(|(k, _)| *k).collect();
-    let values: Vec<Json<&Value>> = data.iter().map(|(_, v)| Json(v)).collect();
-    sqlx::query(
-        "insert into user_data (user_id, key, value, created_at, updated_at) \
-         select $1, k, v, $4, $4 from unnest($2::text[], $3::jsonb[]) as t(k, v) \
-         on conflict (user_id, key) do update \
-         set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1",
-    )
-    .bind(user_id)
-    .bind(keys)
-    .bind(values)
-    .bind(now)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-async fn append_name_history(
-    tx: &mut PgConnection,
-    user_id: Uuid,
-    entry: &Value,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    // Append in SQL so concurrent writers cannot lose entries, dropping the
-    // oldest past the limit.
-    sqlx::query(
-        "insert into user_data (user_id, key, value, created_at, updated_at) \
-         values ($1, $2, jsonb_build_array($3::jsonb), $4, $4) \
-         on conflict (user_id, key) do update set \
-           value = case when jsonb_typeof(user_data.value) <> 'array' then excluded.value \
-                        when jsonb_array_length(user_data.value) >= $5 \
-                          then (user_data.value - 0) || excluded.value \
-                        else user_data.value || excluded.value end, \
-           updated_at = excluded.updated_at, version = user_data.version + 1",
-    )
-    .bind(user_id)
-    .bind(keys::NAME_HISTORY)
-    .bind(Json(entry))
-    .bind(now)
-    .bind(NAME_HISTORY_LIMIT as i32)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-async fn apply(tx: &mut PgConnection, change: &Change, now: DateTime<Utc>) -> Result<()> {
-    match change {
-        Change::None => {}
-        Change::Insert { user, data } => {
-            sqlx::query(
-                "insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
-                 role, status, created_at, updated_at, source_updated_at, version) \
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(user.id)
-            .bind(&user.clerk_id)
-            .bind(&user.profile.email)
-            .bind(&user.profile.first_name)
-            .bind(&user.profile.last_name)
-            .bind(&user.profile.username)
-            .bind(&user.profile.image_url)
-            .bind(user.role.as_str())
-            .bind(user.status.as_str())
-            .bind(user.created_at)
-            .bind(user.updated_at)
-            .bind(user.source_updated_at)
-            .bind(user.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| super::unique_violation(e, &user.clerk_id))?;
-            upsert_data(tx, user.id, data, now).await?;
-        }
-        Change::Update { user, data, name_entry } => {
-            sqlx::query(
-                "update users set email = $2, first_name = $3, last_name = $4, username = $5, \
-                 image_url = $6, role = $7, status = $8, updated_at = $9, source_updated_at = $10, \
-                 version = $11 where id = $1",
-            )
-            .bind(user.id)
-            .bind(&user.profile.email)
-            .bind(&user.profile.first_name)
-            .bind(&user.profile.last_name)
-            .bind(&user.profile.username)
-            .bind(&user.profile.image_url)
-            .bind(user.role.as_str())
-            .bind(user.status.as_str())
-            .bind(user.updated_at)
-            .bind(user.source_updated_at)
-            .bind(user.version)
-            .execute(&mut *tx)
-            .await?;
-            upsert_data(tx, user.id, data, now).await?;
-            if let Some(entry) = name_entry {
-                append_name_history(tx, user.id, entry, now).await?;
-            }
-        }
-        Change::Delete { user_id, clerk_id } => {
-            if let Some(id) = user_id {
-                sqlx::query("delete from users where id = $1").bind(id).execute(&mut *tx).await?;
-            }
-            sqlx::query(
-                "insert into deleted_users (clerk_id, user_id, deleted_at) values ($1, $2, $3) \
-                 on conflict (clerk_id) do nothing",
-            )
-            .bind(clerk_id)
-            .bind(user_id)
-            .bind(now)
-            .execute(tx)
-            .await?;
-        }
-    }
     Ok(())
 }
 
@@ -368,28 +421,27 @@ async fn write_changes(
 }
 
 impl PgStore {
-    /// Runs one user write: lock, replay check, decide, apply, record, commit.
+    /// Runs one user write in four round trips: begin and lock, read the
+    /// state, apply the change with its idempotency record, commit.
     async fn write(
         &self,
         key: &UserKey,
         event: Option<&EventContext>,
         decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
     ) -> Result<WriteResult> {
-        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
-        if let UserKey::ClerkId(clerk_id) = key {
-            lock_clerk_id(&mut tx, clerk_id).await?;
-            if let Some(event) = event
-                && let Some(replayed) = recorded_result(&mut tx, event, clerk_id).await?
-            {
-                return Ok(replayed);
-            }
+        let mut tx = begin(&self.pool, key).await?;
+        let (replayed, existing) = load_state(&mut tx, key, event).await?;
+        if let Some(replayed) = replayed {
+            return Ok(replayed);
         }
-        let existing = load_existing(&mut tx, key).await?;
         let now = super::now();
         let plan = decide(existing, now)?;
-        apply(&mut tx, &plan.change, now).await?;
-        if let (Some(event), UserKey::ClerkId(clerk_id)) = (event, key) {
-            record_event(&mut tx, event, clerk_id, &plan.result).await?;
+        let record = match (event, key) {
+            (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id.as_str(), &plan.result)),
+            _ => None,
+        };
+        if record.is_some() || !matches!(plan.change, Change::None) {
+            apply(&mut tx, &plan.change, record, now).await?;
         }
         tx.commit().await?;
         Ok(plan.result)
@@ -405,6 +457,11 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn pool_stats(&self) -> (u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (self.pool.size().saturating_sub(idle), idle)
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
