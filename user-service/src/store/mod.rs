@@ -3,6 +3,7 @@
 
 mod postgres;
 mod sqlite;
+mod txn;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -66,6 +67,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes the pool, waiting for connections to be returned.
     async fn close(&self);
+
+    /// Connections in the pool right now, `(in use, idle)`, for metrics.
+    fn pool_stats(&self) -> (u32, u32) {
+        (0, 0)
+    }
 
     /// Creates a user with its initial user data (see `domain::write`).
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult>;

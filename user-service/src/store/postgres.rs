@@ -13,14 +13,15 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ConnectOptions, DataEdit, DataEntry, DataSet, DataWrite, Store, UserFilter, UserValue, migrate_error,
+    ConnectOptions, DataEdit, DataEntry, DataWrite, Store, UserFilter, UserValue, migrate_error,
+    txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
     domain::{
         user::{Profile, Role, Status, User, UserKey},
         write::{
-            self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, Plan,
-            UpdateUser, WriteResult, keys,
+            self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, UpdateUser,
+            WriteResult, keys,
         },
     },
     error::{Error, Result},
@@ -234,7 +235,7 @@ const RECORD_EVENT: &str = "e as (insert into processed_events (idempotency_key,
 async fn apply(
     tx: &mut PgConnection,
     change: &Change,
-    record: Option<(&EventContext, &str, &WriteResult)>,
+    record: Option<Record<'_>>,
     now: DateTime<Utc>,
 ) -> Result<()> {
     let (keys, values): (Vec<&str>, Vec<Json<&Value>>) = match change {
@@ -420,31 +421,75 @@ async fn write_changes(
     Ok(entries)
 }
 
-impl PgStore {
-    /// Runs one user write in four round trips: begin and lock, read the
-    /// state, apply the change with its idempotency record, commit.
-    async fn write(
-        &self,
+/// A transaction, with the steps of the shared write algorithms.
+struct PgTx(Transaction<'static, Postgres>);
+
+#[async_trait]
+impl UserTx for PgTx {
+    async fn load(
+        &mut self,
         key: &UserKey,
         event: Option<&EventContext>,
-        decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
-    ) -> Result<WriteResult> {
-        let mut tx = begin(&self.pool, key).await?;
-        let (replayed, existing) = load_state(&mut tx, key, event).await?;
-        if let Some(replayed) = replayed {
-            return Ok(replayed);
-        }
-        let now = super::now();
-        let plan = decide(existing, now)?;
-        let record = match (event, key) {
-            (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id.as_str(), &plan.result)),
-            _ => None,
-        };
-        if record.is_some() || !matches!(plan.change, Change::None) {
-            apply(&mut tx, &plan.change, record, now).await?;
-        }
-        tx.commit().await?;
-        Ok(plan.result)
+    ) -> Result<(Option<WriteResult>, Existing)> {
+        load_state(&mut self.0, key, event).await
+    }
+
+    async fn apply(&mut self, change: &Change, record: Option<Record<'_>>, now: DateTime<Utc>) -> Result<()> {
+        apply(&mut self.0, change, record, now).await
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+#[async_trait]
+impl DataTx for PgTx {
+    async fn lock_user(&mut self, user: &UserKey) -> Result<Option<(Uuid, String)>> {
+        let (filter, bind) = user_where(user);
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select u.id, u.clerk_id from users u where {filter} for update"
+        )))
+        .bind(bind)
+        .fetch_optional(&mut *self.0)
+        .await?)
+    }
+
+    async fn is_tombstoned(&mut self, user: &UserKey) -> Result<bool> {
+        is_tombstoned(&mut self.0, user).await
+    }
+
+    async fn entries(&mut self, user_id: Uuid, keys: &[&str]) -> Result<Vec<DataEntry>> {
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "select key, value, version, updated_at from user_data where user_id = $1 and key = any($2)",
+        )
+        .bind(user_id)
+        .bind(keys)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(rows.into_iter().map(entry).collect())
+    }
+
+    async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {
+        recorded_result(&mut self.0, event, clerk_id).await
+    }
+
+    async fn write_changes(
+        &mut self,
+        user_id: Uuid,
+        changes: BTreeMap<String, Option<Value>>,
+        entries: BTreeMap<String, DataEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, DataEntry>> {
+        write_changes(&mut self.0, user_id, changes, entries, now).await
+    }
+
+    async fn record(&mut self, (event, clerk_id, result): Record<'_>, _now: DateTime<Utc>) -> Result<()> {
+        record_event(&mut self.0, event, clerk_id, result).await
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(self.0.commit().await?)
     }
 }
 
@@ -467,7 +512,10 @@ impl Store for PgStore {
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
         let key = UserKey::ClerkId(cmd.clerk_id.clone());
         let event = cmd.event.clone();
-        self.write(&key, event.as_ref(), |existing, now| write::plan_create(cmd, existing, now)).await
+        txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, now| {
+            write::plan_create(cmd, existing, now)
+        })
+        .await
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
@@ -510,13 +558,19 @@ impl Store for PgStore {
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        self.write(&key, event.as_ref(), |existing, now| write::plan_update(cmd, existing, now)).await
+        txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, now| {
+            write::plan_update(cmd, existing, now)
+        })
+        .await
     }
 
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        self.write(&key, event.as_ref(), |existing, _| write::plan_delete(cmd, existing)).await
+        txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, _| {
+            write::plan_delete(cmd, existing)
+        })
+        .await
     }
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
@@ -566,46 +620,7 @@ impl Store for PgStore {
         event: Option<&EventContext>,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        let mut tx = self.pool.begin().await?;
-        let (filter, bind) = user_where(user);
-        let locked: Option<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select u.id, u.clerk_id from users u where {filter} for update"
-        )))
-        .bind(bind)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((user_id, clerk_id)) = locked else {
-            return match event {
-                Some(_) if is_tombstoned(&mut tx, user).await? => {
-                    Ok(DataWrite { outcome: Some(write::Outcome::UserDeleted), ..Default::default() })
-                }
-                _ => Err(Error::NotFound { resource: "user", key: user.to_string() }),
-            };
-        };
-        let rows: Vec<EntryRow> = sqlx::query_as(
-            "select key, value, version, updated_at from user_data where user_id = $1 and key = any($2)",
-        )
-        .bind(user_id)
-        .bind(keys)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut set = DataSet::new(rows.into_iter().map(entry));
-        if let Some(event) = event
-            && recorded_result(&mut tx, event, &clerk_id).await?.is_some()
-        {
-            let (entries, _) = set.into_changes();
-            return Ok(DataWrite { entries, outcome: Some(write::Outcome::Applied), replayed: true });
-        }
-        edit(&mut set)?;
-        let (current, changes) = set.into_changes();
-        let entries = write_changes(&mut tx, user_id, changes, current, super::now()).await?;
-        let outcome = event.map(|_| write::Outcome::Applied);
-        if let Some(event) = event {
-            let result = WriteResult { user: None, outcome, replayed: false };
-            record_event(&mut tx, event, &clerk_id, &result).await?;
-        }
-        tx.commit().await?;
-        Ok(DataWrite { entries, outcome, replayed: false })
+        txn::edit_data(PgTx(self.pool.begin().await?), user, keys, event, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {

@@ -7,21 +7,22 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{
-    SqliteConnection, SqlitePool,
+    Sqlite, SqliteConnection, SqlitePool, Transaction,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     types::Json,
 };
 use uuid::{Uuid, fmt::Hyphenated};
 
 use super::{
-    ConnectOptions, DataEdit, DataEntry, DataSet, DataWrite, Store, UserFilter, UserValue, migrate_error,
+    ConnectOptions, DataEdit, DataEntry, DataWrite, Store, UserFilter, UserValue, migrate_error,
+    txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
     domain::{
         user::{Profile, Role, Status, User, UserKey},
         write::{
-            self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, Plan,
-            UpdateUser, WriteResult, keys,
+            self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, UpdateUser,
+            WriteResult, keys,
         },
     },
     error::{Error, Result},
@@ -134,9 +135,7 @@ async fn recorded_result(
 
 async fn record_event(
     tx: &mut SqliteConnection,
-    event: &EventContext,
-    clerk_id: &str,
-    result: &WriteResult,
+    (event, clerk_id, result): Record<'_>,
     now: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query(
@@ -375,31 +374,96 @@ async fn write_changes(
     Ok(entries)
 }
 
-impl SqliteStore {
-    /// Runs one user write: replay check, decide, apply, record, commit.
-    async fn write(
-        &self,
+/// A write transaction (`BEGIN IMMEDIATE`: it takes the write lock up front,
+/// because these transactions read then write, and a deferred one could not
+/// upgrade if another connection wrote first), with the steps of the shared
+/// write algorithms.
+struct SqliteTx(Transaction<'static, Sqlite>);
+
+impl SqliteTx {
+    async fn begin(pool: &SqlitePool) -> Result<Self> {
+        Ok(Self(pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+}
+
+#[async_trait]
+impl UserTx for SqliteTx {
+    async fn load(
+        &mut self,
         key: &UserKey,
         event: Option<&EventContext>,
-        decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
-    ) -> Result<WriteResult> {
-        // IMMEDIATE takes the write lock up front: this transaction reads then
-        // writes, and a deferred one could not upgrade if another wrote first.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+    ) -> Result<(Option<WriteResult>, Existing)> {
         if let (Some(event), UserKey::ClerkId(clerk_id)) = (event, key)
-            && let Some(replayed) = recorded_result(&mut tx, event, clerk_id).await?
+            && let Some(replayed) = recorded_result(&mut self.0, event, clerk_id).await?
         {
-            return Ok(replayed);
+            return Ok((Some(replayed), Existing::Missing));
         }
-        let existing = load_existing(&mut tx, key).await?;
-        let now = super::now();
-        let plan = decide(existing, now)?;
-        apply(&mut tx, &plan.change, now).await?;
-        if let (Some(event), UserKey::ClerkId(clerk_id)) = (event, key) {
-            record_event(&mut tx, event, clerk_id, &plan.result, now).await?;
+        Ok((None, load_existing(&mut self.0, key).await?))
+    }
+
+    async fn apply(&mut self, change: &Change, record: Option<Record<'_>>, now: DateTime<Utc>) -> Result<()> {
+        apply(&mut self.0, change, now).await?;
+        if let Some(record) = record {
+            record_event(&mut self.0, record, now).await?;
         }
-        tx.commit().await?;
-        Ok(plan.result)
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+#[async_trait]
+impl DataTx for SqliteTx {
+    async fn lock_user(&mut self, user: &UserKey) -> Result<Option<(Uuid, String)>> {
+        // The write lock taken by BEGIN IMMEDIATE already serialises edits.
+        let (filter, bind) = user_where(user);
+        let found: Option<(Hyphenated, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select u.id, u.clerk_id from users u where {filter}"
+        )))
+        .bind(bind)
+        .fetch_optional(&mut *self.0)
+        .await?;
+        Ok(found.map(|(id, clerk_id)| (id.into_uuid(), clerk_id)))
+    }
+
+    async fn is_tombstoned(&mut self, user: &UserKey) -> Result<bool> {
+        is_tombstoned(&mut self.0, user).await
+    }
+
+    async fn entries(&mut self, user_id: Uuid, keys: &[&str]) -> Result<Vec<DataEntry>> {
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "select key, value, version, updated_at from user_data \
+             where user_id = $1 and key in (select value from json_each($2))",
+        )
+        .bind(text_id(user_id))
+        .bind(json_list(keys))
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(rows.into_iter().map(entry).collect())
+    }
+
+    async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {
+        recorded_result(&mut self.0, event, clerk_id).await
+    }
+
+    async fn write_changes(
+        &mut self,
+        user_id: Uuid,
+        changes: BTreeMap<String, Option<Value>>,
+        entries: BTreeMap<String, DataEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, DataEntry>> {
+        write_changes(&mut self.0, user_id, changes, entries, now).await
+    }
+
+    async fn record(&mut self, record: Record<'_>, now: DateTime<Utc>) -> Result<()> {
+        record_event(&mut self.0, record, now).await
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(self.0.commit().await?)
     }
 }
 
@@ -414,10 +478,18 @@ impl Store for SqliteStore {
         self.pool.close().await;
     }
 
+    fn pool_stats(&self) -> (u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (self.pool.size().saturating_sub(idle), idle)
+    }
+
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
         let key = UserKey::ClerkId(cmd.clerk_id.clone());
         let event = cmd.event.clone();
-        self.write(&key, event.as_ref(), |existing, now| write::plan_create(cmd, existing, now)).await
+        txn::write_user(SqliteTx::begin(&self.pool).await?, &key, event.as_ref(), |existing, now| {
+            write::plan_create(cmd, existing, now)
+        })
+        .await
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
@@ -460,13 +532,19 @@ impl Store for SqliteStore {
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        self.write(&key, event.as_ref(), |existing, now| write::plan_update(cmd, existing, now)).await
+        txn::write_user(SqliteTx::begin(&self.pool).await?, &key, event.as_ref(), |existing, now| {
+            write::plan_update(cmd, existing, now)
+        })
+        .await
     }
 
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        self.write(&key, event.as_ref(), |existing, _| write::plan_delete(cmd, existing)).await
+        txn::write_user(SqliteTx::begin(&self.pool).await?, &key, event.as_ref(), |existing, _| {
+            write::plan_delete(cmd, existing)
+        })
+        .await
     }
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
@@ -517,49 +595,7 @@ impl Store for SqliteStore {
         event: Option<&EventContext>,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (filter, bind) = user_where(user);
-        let found: Option<(Hyphenated, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select u.id, u.clerk_id from users u where {filter}"
-        )))
-        .bind(bind)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((user_id, clerk_id)) = found else {
-            return match event {
-                Some(_) if is_tombstoned(&mut tx, user).await? => {
-                    Ok(DataWrite { outcome: Some(write::Outcome::UserDeleted), ..Default::default() })
-                }
-                _ => Err(Error::NotFound { resource: "user", key: user.to_string() }),
-            };
-        };
-        let user_id = user_id.into_uuid();
-        let rows: Vec<EntryRow> = sqlx::query_as(
-            "select key, value, version, updated_at from user_data \
-             where user_id = $1 and key in (select value from json_each($2))",
-        )
-        .bind(text_id(user_id))
-        .bind(json_list(keys))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut set = DataSet::new(rows.into_iter().map(entry));
-        if let Some(event) = event
-            && recorded_result(&mut tx, event, &clerk_id).await?.is_some()
-        {
-            let (entries, _) = set.into_changes();
-            return Ok(DataWrite { entries, outcome: Some(write::Outcome::Applied), replayed: true });
-        }
-        edit(&mut set)?;
-        let (current, changes) = set.into_changes();
-        let now = super::now();
-        let entries = write_changes(&mut tx, user_id, changes, current, now).await?;
-        let outcome = event.map(|_| write::Outcome::Applied);
-        if let Some(event) = event {
-            let result = WriteResult { user: None, outcome, replayed: false };
-            record_event(&mut tx, event, &clerk_id, &result, now).await?;
-        }
-        tx.commit().await?;
-        Ok(DataWrite { entries, outcome, replayed: false })
+        txn::edit_data(SqliteTx::begin(&self.pool).await?, user, keys, event, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {

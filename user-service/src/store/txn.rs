@@ -1,0 +1,139 @@
+//! The two write algorithms of the store, written once. Each backend supplies
+//! the steps (its SQL) by implementing [`UserTx`] and [`DataTx`] on its
+//! transaction type, so Postgres and SQLite cannot drift apart on the order
+//! of checks that makes writes idempotent, ordered and resurrection-proof.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{DataEdit, DataEntry, DataSet, DataWrite};
+use crate::{
+    domain::{
+        user::UserKey,
+        write::{Change, EventContext, Existing, Outcome, Plan, WriteResult},
+    },
+    error::{Error, Result},
+};
+
+/// An event to record with a write: its context, the user's `clerk_id`, and
+/// the answer to replay for a redelivery.
+pub(super) type Record<'a> = (&'a EventContext, &'a str, &'a WriteResult);
+
+/// The steps of a user write, inside one transaction that already holds
+/// whatever lock serialises writes for the user.
+#[async_trait]
+pub(super) trait UserTx: Send {
+    /// The recorded result of `event` (a redelivery), and the stored user,
+    /// locked for the rest of the transaction.
+    async fn load(
+        &mut self,
+        key: &UserKey,
+        event: Option<&EventContext>,
+    ) -> Result<(Option<WriteResult>, Existing)>;
+
+    /// Makes the planned change and records the event.
+    async fn apply(&mut self, change: &Change, record: Option<Record<'_>>, now: DateTime<Utc>) -> Result<()>;
+
+    /// Commits.
+    async fn commit(self) -> Result<()>;
+}
+
+/// Runs one user write: replay check, decide, apply and record, commit.
+/// Dropping `tx` on an early return rolls it back.
+pub(super) async fn write_user<T: UserTx>(
+    mut tx: T,
+    key: &UserKey,
+    event: Option<&EventContext>,
+    decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
+) -> Result<WriteResult> {
+    let (replayed, existing) = tx.load(key, event).await?;
+    if let Some(replayed) = replayed {
+        return Ok(replayed);
+    }
+    let now = super::now();
+    let plan = decide(existing, now)?;
+    // Events are only ever keyed by clerk_id (the gRPC layer insists).
+    let record = match (event, key) {
+        (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id.as_str(), &plan.result)),
+        _ => None,
+    };
+    if record.is_some() || !matches!(plan.change, Change::None) {
+        tx.apply(&plan.change, record, now).await?;
+    }
+    tx.commit().await?;
+    Ok(plan.result)
+}
+
+/// The steps of a user data edit, inside one transaction.
+#[async_trait]
+pub(super) trait DataTx: Send {
+    /// Locks the user against concurrent edits; `(id, clerk_id)`, or `None`
+    /// when there is no such user.
+    async fn lock_user(&mut self, user: &UserKey) -> Result<Option<(Uuid, String)>>;
+
+    /// Whether the user was deleted.
+    async fn is_tombstoned(&mut self, user: &UserKey) -> Result<bool>;
+
+    /// The stored entries of `keys`.
+    async fn entries(&mut self, user_id: Uuid, keys: &[&str]) -> Result<Vec<DataEntry>>;
+
+    /// The recorded result of an event, if it was seen before.
+    async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>>;
+
+    /// Writes `changes` (`None` deletes) and returns `entries` updated.
+    async fn write_changes(
+        &mut self,
+        user_id: Uuid,
+        changes: BTreeMap<String, Option<Value>>,
+        entries: BTreeMap<String, DataEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, DataEntry>>;
+
+    /// Records an event so a redelivery is recognised.
+    async fn record(&mut self, record: Record<'_>, now: DateTime<Utc>) -> Result<()>;
+
+    /// Commits.
+    async fn commit(self) -> Result<()>;
+}
+
+/// Runs one data edit: lock the user, replay check, edit, write, record,
+/// commit. A deleted user gets `Outcome::UserDeleted` for an event (so the
+/// sender stops retrying) and `NOT_FOUND` otherwise.
+pub(super) async fn edit_data<T: DataTx>(
+    mut tx: T,
+    user: &UserKey,
+    keys: &[&str],
+    event: Option<&EventContext>,
+    edit: DataEdit,
+) -> Result<DataWrite> {
+    let Some((user_id, clerk_id)) = tx.lock_user(user).await? else {
+        return match event {
+            Some(_) if tx.is_tombstoned(user).await? => {
+                Ok(DataWrite { outcome: Some(Outcome::UserDeleted), ..Default::default() })
+            }
+            _ => Err(Error::NotFound { resource: "user", key: user.to_string() }),
+        };
+    };
+    let mut set = DataSet::new(tx.entries(user_id, keys).await?);
+    if let Some(event) = event
+        && tx.recorded(event, &clerk_id).await?.is_some()
+    {
+        let (entries, _) = set.into_changes();
+        return Ok(DataWrite { entries, outcome: Some(Outcome::Applied), replayed: true });
+    }
+    edit(&mut set)?;
+    let (current, changes) = set.into_changes();
+    let now = super::now();
+    let entries = tx.write_changes(user_id, changes, current, now).await?;
+    let outcome = event.map(|_| Outcome::Applied);
+    if let Some(event) = event {
+        let result = WriteResult { user: None, outcome, replayed: false };
+        tx.record((event, &clerk_id, &result), now).await?;
+    }
+    tx.commit().await?;
+    Ok(DataWrite { entries, outcome, replayed: false })
+}
