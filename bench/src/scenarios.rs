@@ -67,7 +67,10 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
                     role: Role::User,
                     status: Status::Active,
                     signup_source: SignupSource::Clerk,
-                    event: Some(EventContext { idempotency_key: format!("msg_{clerk_id}"), source_time_ms: now_ms() }),
+                    event: Some(EventContext {
+                        idempotency_key: format!("msg_{clerk_id}"),
+                        source_time_ms: now_ms(),
+                    }),
                 };
                 s.create_user(cmd).await.map(|_| ()).map_err(|e| e.to_string())
             }
@@ -90,7 +93,9 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
     out.push(
         load::run("store list users (50)", p.ops, p.concurrency, move |_| {
             let s = s.clone();
-            async move { s.list_users(&UserFilter::default(), None, 51).await.map(|_| ()).map_err(|e| e.to_string()) }
+            async move {
+                s.list_users(&UserFilter::default(), None, 51).await.map(|_| ()).map_err(|e| e.to_string())
+            }
         })
         .await,
     );
@@ -111,14 +116,17 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
             let s = s.clone();
             async move {
                 let key = UserKey::ClerkId(seed_clerk_id(pick(i, 3, seeded)));
-                let patch = preferences::PreferencesPatch {
-                    notifications: Some(i % 2 == 0),
-                    ..Default::default()
-                };
-                s.edit_data(&key, &[PREFERENCES], None, Box::new(move |set| preferences::update(set, patch, None)))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let patch =
+                    preferences::PreferencesPatch { notifications: Some(i % 2 == 0), ..Default::default() };
+                s.edit_data(
+                    &key,
+                    &[PREFERENCES],
+                    None,
+                    Box::new(move |set| preferences::update(set, patch, None)),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
         })
         .await,
@@ -146,10 +154,15 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
                     ip: Some("203.0.113.7".into()),
                     success: true,
                 };
-                s.edit_data(&key, &activity::KEYS, None, Box::new(move |set| activity::update(set, |a| a.record_login(entry))))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                s.edit_data(
+                    &key,
+                    &activity::KEYS,
+                    None,
+                    Box::new(move |set| activity::update(set, |a| a.record_login(entry))),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
         })
         .await,
@@ -182,7 +195,8 @@ pub async fn grpc(addr: SocketAddr, p: &Params) -> Result<Vec<load::Stats>> {
         load::run("grpc GetUser", p.ops, p.concurrency, move |i| {
             let mut client = users(&c, i);
             async move {
-                let req = pb::GetUserRequest { clerk_id: seed_clerk_id(pick(i, 1, seeded)), ..Default::default() };
+                let req =
+                    pb::GetUserRequest { clerk_id: seed_clerk_id(pick(i, 1, seeded)), ..Default::default() };
                 client.get_user(req).await.map(|_| ()).map_err(code)
             }
         })
@@ -193,7 +207,11 @@ pub async fn grpc(addr: SocketAddr, p: &Params) -> Result<Vec<load::Stats>> {
         load::run("grpc ListUsers (50)", p.ops, p.concurrency, move |i| {
             let mut client = users(&c, i);
             async move {
-                client.list_users(pb::ListUsersRequest { page_size: 50, ..Default::default() }).await.map(|_| ()).map_err(code)
+                client
+                    .list_users(pb::ListUsersRequest { page_size: 50, ..Default::default() })
+                    .await
+                    .map(|_| ())
+                    .map_err(code)
             }
         })
         .await,
@@ -203,7 +221,10 @@ pub async fn grpc(addr: SocketAddr, p: &Params) -> Result<Vec<load::Stats>> {
         load::run("grpc GetPreferences", p.ops, p.concurrency, move |i| {
             let mut client = data(&c, i);
             async move {
-                let req = pb::GetPreferencesRequest { clerk_id: seed_clerk_id(pick(i, 2, seeded)), ..Default::default() };
+                let req = pb::GetPreferencesRequest {
+                    clerk_id: seed_clerk_id(pick(i, 2, seeded)),
+                    ..Default::default()
+                };
                 client.get_preferences(req).await.map(|_| ()).map_err(code)
             }
         })
@@ -275,7 +296,12 @@ pub struct Delivery {
 /// Posts deliveries to the gateway at fixed concurrency over keep-alive
 /// connections; each is signed just before it is sent (Svix signs every
 /// attempt with its own timestamp).
-pub async fn post_all(name: &str, http: SocketAddr, deliveries: Vec<Delivery>, concurrency: usize) -> load::Stats {
+pub async fn post_all(
+    name: &str,
+    http: SocketAddr,
+    deliveries: Vec<Delivery>,
+    concurrency: usize,
+) -> load::Stats {
     let secret = SigningSecret::parse(SECRET).expect("benchmark secret is valid");
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("http client");
     let url = format!("http://{http}/webhooks/clerk");
@@ -304,7 +330,10 @@ pub fn created_events(run: &str, n: usize) -> Vec<Delivery> {
     (0..n)
         .map(|i| {
             let clerk_id = format!("user_{run}_wh_{i}");
-            Delivery { msg_id: format!("msg_{run}_c{i}"), body: Arc::new(events::user_created(&clerk_id, i, t)) }
+            Delivery {
+                msg_id: format!("msg_{run}_c{i}"),
+                body: Arc::new(events::user_created(&clerk_id, i, t)),
+            }
         })
         .collect()
 }

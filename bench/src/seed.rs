@@ -57,7 +57,11 @@ pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<
                 "insert into user_data (user_id, key, value, created_at, updated_at) \
                  select id, 'feature_flags', '{\"beta\":true,\"checkout.v2\":false}', now(), now() from users",
             ] {
-                sqlx::query(sql).bind(users as i64).execute(&mut conn).await.with_context(|| format!("seed: {sql}"))?;
+                sqlx::query(sql)
+                    .bind(users as i64)
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("seed: {sql}"))?;
             }
             conn.execute("analyze").await?;
         }
@@ -79,7 +83,11 @@ pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<
                  select id, 'feature_flags', '{\"beta\":true,\"checkout.v2\":false}', \
                         '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00' from users",
             ] {
-                sqlx::query(sql).bind(users as i64).execute(&mut conn).await.with_context(|| format!("seed: {sql}"))?;
+                sqlx::query(sql)
+                    .bind(users as i64)
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("seed: {sql}"))?;
             }
             conn.execute("analyze").await?;
         }

@@ -70,7 +70,10 @@ fn binary(name: &str) -> Result<PathBuf> {
     let dir = std::env::current_exe()?.parent().context("executable directory")?.to_path_buf();
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} not found: build it with `cargo build --release -p user-service -p gateway`", path.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p user-service -p gateway`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -119,5 +122,10 @@ pub async fn start(database_url: &str, pool_size: u32) -> Result<(Service, Servi
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((Service { child: users, name: "user-service" }, Service { child: gateway, name: "gateway" }, grpc, http))
+    Ok((
+        Service { child: users, name: "user-service" },
+        Service { child: gateway, name: "gateway" },
+        grpc,
+        http,
+    ))
 }

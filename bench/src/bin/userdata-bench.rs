@@ -2,12 +2,6 @@
 //! directly, on PostgreSQL and SQLite, and prints each end-to-end figure
 //! beside its store baseline. See BENCHMARKS.md for how to run it.
 
-mod events;
-mod load;
-mod scenarios;
-mod seed;
-mod services;
-
 use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Result;
@@ -15,10 +9,11 @@ use clap::Parser;
 use serde::Serialize;
 use user_service::store::{self, ConnectOptions};
 
-use crate::{
+use userdata_bench::{
     load::{Stats, ms},
-    scenarios::Params,
-    seed::Backend,
+    scenarios::{self, Params},
+    seed::{self, Backend},
+    services,
 };
 
 /// Benchmark the gateway, user-service and the store.
@@ -83,7 +78,8 @@ async fn run_backend(cli: &Cli, backend: Backend) -> Result<BackendReport> {
     eprintln!("[{backend:?}] seeding {} users…", cli.seed_users);
     let db = seed::prepare(backend, &cli.database_url, cli.seed_users).await?;
     let run = format!("{}", chrono::Utc::now().timestamp_millis());
-    let params = Params { ops: cli.ops, concurrency: cli.concurrency, seeded: cli.seed_users, run: run.clone() };
+    let params =
+        Params { ops: cli.ops, concurrency: cli.concurrency, seeded: cli.seed_users, run: run.clone() };
 
     eprintln!("[{backend:?}] store baseline…");
     let url_backend = store::Backend::from_url(&db.url).map_err(anyhow::Error::msg)?;
@@ -129,7 +125,9 @@ async fn run_backend(cli: &Cli, backend: Backend) -> Result<BackendReport> {
     .await;
 
     let peak_rss_mib =
-        [(users.name, users.usage().peak_rss_mib), (gateway.name, gateway.usage().peak_rss_mib)].into_iter().collect();
+        [(users.name, users.usage().peak_rss_mib), (gateway.name, gateway.usage().peak_rss_mib)]
+            .into_iter()
+            .collect();
     users.stop().await;
     gateway.stop().await;
     Ok(BackendReport {
@@ -166,7 +164,8 @@ fn print(report: &BackendReport) {
     println!("| step | ops | ops/s | p50 ms | p95 ms | p99 ms | max ms | errors | vs store |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|---:|");
     for s in report.store.iter().chain(&report.grpc).chain(&report.webhooks) {
-        let ratio = baseline(report, &s.name).map_or_else(String::new, |b| format!("{:.2}×", s.rate / b.rate));
+        let ratio =
+            baseline(report, &s.name).map_or_else(String::new, |b| format!("{:.2}×", s.rate / b.rate));
         let errors = if s.errors.is_empty() {
             "0".to_owned()
         } else {
