@@ -46,8 +46,9 @@ pub struct Config {
     /// Bearer tokens file; turns authentication on. One client per line:
     /// `name scopes token`, scopes a comma-separated list of `read`, `write`
     /// and `admin` (each named explicitly: `admin` does not imply the others),
-    /// the token in clear or as `sha256:<64 hex digits>` (the SHA-256 of the
-    /// token). `#` starts a comment.
+    /// the token in clear (at least 16 characters) or as
+    /// `sha256:<64 hex digits>` (the SHA-256 of the token). A word starting
+    /// with `#` starts a comment. A malformed line stops startup.
     #[arg(long = "auth-tokens", env = "USER_SERVICE_AUTH_TOKENS_FILE", value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
 
@@ -73,7 +74,7 @@ pub struct Config {
     pub no_reflection: bool,
 
     /// Longest time one call may take before it fails with DEADLINE_EXCEEDED.
-    #[arg(long, env = "USER_SERVICE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime_duration)]
+    #[arg(long, env = "USER_SERVICE_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub request_timeout: Duration,
 
     /// Calls served at once; calls beyond it fail at once with UNAVAILABLE
@@ -143,6 +144,14 @@ pub fn humantime_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Like [`humantime_duration`], but refuses zero.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?} must be more than zero")),
+        duration => Ok(duration),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +162,8 @@ mod tests {
         assert_eq!(humantime_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert!(humantime_duration("7").is_err());
         assert!(humantime_duration("x").is_err());
+        assert!(positive_duration("0s").is_err());
+        assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //! in one place.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
+pub mod middleware;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;

@@ -1,7 +1,7 @@
 //! Test support: start a real user-service on a random port over a fresh
 //! database, PostgreSQL or SQLite. Enabled by the `testing` feature.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, sync::Arc, time::Duration};
 
 use sqlx::{Connection, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -9,8 +9,8 @@ use tonic::transport::Channel;
 use userdata_proto::v1::user_service_client::UserServiceClient;
 
 use crate::{
-    app::App,
-    config::{Config, LogFormat},
+    app::{App, StartupError},
+    config::{Config, LogFormat, MetricsListen},
     store::{self, Backend, ConnectOptions, Store},
 };
 
@@ -119,6 +119,8 @@ async fn drop_stale_databases(conn: &mut PgConnection) {
 pub struct TestServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where it serves `/metrics`, if it does (off unless a test turns it on).
+    pub metrics_addr: Option<SocketAddr>,
     /// Direct access to its store (for checks the API does not expose).
     pub store: Arc<dyn Store>,
     /// Its database.
@@ -130,19 +132,50 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a fresh database of the given kind.
     pub async fn start(db: Db) -> Self {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// Starts a server on a fresh database of the given kind, with the test
+    /// configuration changed by `tweak` (e.g. to turn authentication on).
+    pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Self {
         let database = TestDatabase::create(db).await;
-        Self::start_on(database, "127.0.0.1:0".parse().expect("address")).await
+        Self::try_start(database, "127.0.0.1:0".parse().expect("address"), tweak)
+            .await
+            .unwrap_or_else(|err| panic!("start the test server: {err}"))
     }
 
     /// Starts a server on an existing database and address.
     pub async fn start_on(database: TestDatabase, listen: SocketAddr) -> Self {
-        let config = test_config(&database.url, listen);
-        let options =
-            ConnectOptions { max_connections: 4, acquire_timeout: config.acquire_timeout, migrate: true };
+        Self::try_start(database, listen, |_| {})
+            .await
+            .unwrap_or_else(|err| panic!("start the test server: {err}"))
+    }
+
+    /// Starts a server on an existing database and address with the test
+    /// configuration changed by `tweak`, or says why it would not start.
+    pub async fn try_start(
+        database: TestDatabase,
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self, StartupError> {
+        let mut config = test_config(&database.url, listen);
+        tweak(&mut config);
+        let options = ConnectOptions {
+            max_connections: config.max_connections,
+            acquire_timeout: config.acquire_timeout,
+            migrate: true,
+        };
         let backend = Backend::from_url(&database.url).expect("test database URL");
         let store = store::connect(&backend, &options).await.expect("connect to the test database");
-        let app = App::with_store(config, store.clone()).await.expect("bind the test server");
+        let app = match App::with_store(config, store.clone()).await {
+            Ok(app) => app,
+            Err(err) => {
+                store.close().await;
+                return Err(err);
+            }
+        };
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             app.run_until(async {
@@ -151,7 +184,7 @@ impl TestServer {
             .await
             .expect("test server failed");
         });
-        Self { addr, store, database, shutdown: Some(tx), task: Some(task) }
+        Ok(Self { addr, metrics_addr, store, database, shutdown: Some(tx), task: Some(task) })
     }
 
     /// `http://addr`, for clients.
@@ -191,7 +224,8 @@ impl Drop for TestServer {
     }
 }
 
-/// A config like the binary's defaults, for a test database and address.
+/// A config like the binary's defaults, for a test database and address;
+/// except that `/metrics` is off.
 pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
     Config {
         listen,
@@ -202,5 +236,14 @@ pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
         health_check_interval: Duration::from_millis(200),
         idempotency_retention: Duration::from_secs(7 * 86_400),
         log_format: LogFormat::Human,
+        auth_tokens: None,
+        insecure: false,
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
+        no_reflection: false,
+        request_timeout: Duration::from_secs(10),
+        max_concurrent_requests: NonZeroUsize::new(256).expect("non-zero"),
+        metrics_listen: MetricsListen::Off,
     }
 }

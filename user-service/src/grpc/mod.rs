@@ -22,9 +22,13 @@ use crate::store::Store;
 /// Largest request or response message accepted, in bytes.
 pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
-/// Builds every gRPC service this server exposes, and returns the health
-/// reporter so the caller can keep it in step with the database.
-pub fn routes(store: Arc<dyn Store>) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
+/// Builds every gRPC service this server exposes (reflection only when
+/// `reflection` is true), and returns the health reporter so the caller can
+/// keep it in step with the database.
+pub fn routes(
+    store: Arc<dyn Store>,
+    reflection: bool,
+) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let descriptor_sets = [
         userdata_proto::FILE_DESCRIPTOR_SET,
@@ -43,11 +47,10 @@ pub fn routes(store: Arc<dyn Store>) -> Result<(Routes, HealthReporter), tonic_r
     let data = UserDataServiceServer::new(UserDataApi::new(store))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let routes = Routes::new(health)
-        .add_service(users)
-        .add_service(data)
-        .add_service(v1.build_v1()?)
-        .add_service(v1alpha.build_v1alpha()?);
+    let mut routes = Routes::new(health).add_service(users).add_service(data);
+    if reflection {
+        routes = routes.add_service(v1.build_v1()?).add_service(v1alpha.build_v1alpha()?);
+    }
     Ok((routes, health_reporter))
 }
 

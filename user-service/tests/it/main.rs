@@ -4,5 +4,7 @@
 mod data;
 mod events;
 mod helpers;
+mod observability;
 mod operations;
+mod security;
 mod users;

@@ -1,0 +1,136 @@
+//! Prometheus metrics, served as text on a separate plain-HTTP listener.
+//!
+//! The recorder belongs to the [`Metrics`] value, not to the process: two
+//! servers in one process (as in tests) keep separate counts.
+
+use std::{sync::Arc, time::Duration};
+
+use ::metrics::{Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::{middleware::code_name, store::Store};
+
+/// Calls handled, by method and gRPC code.
+pub const REQUESTS_TOTAL: &str = "grpc_server_requests_total";
+/// Call latency, by method.
+pub const REQUEST_DURATION: &str = "grpc_server_request_duration_seconds";
+/// Database pool connections, by state (`idle`, `in_use`).
+pub const POOL_CONNECTIONS: &str = "db_pool_connections";
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
+
+/// This server's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with the metrics described.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), &LATENCY_BUCKETS)
+            // Fails only for an empty list of buckets, which this is not.
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        recorder.describe_counter(
+            REQUESTS_TOTAL.into(),
+            None,
+            "gRPC calls handled, by method and status code.".into(),
+        );
+        recorder.describe_histogram(
+            REQUEST_DURATION.into(),
+            Some(Unit::Seconds),
+            "Time from receiving a gRPC call to its final status, by method.".into(),
+        );
+        recorder.describe_gauge(
+            POOL_CONNECTIONS.into(),
+            None,
+            "Database pool connections, by state (idle, in_use).".into(),
+        );
+        let handle = recorder.handle();
+        Self { recorder, handle }
+    }
+
+    /// Counts one finished call.
+    pub fn record_call(&self, method: &'static str, code: Code, elapsed: Duration) {
+        let code = code_name(code);
+        let counter = Key::from_parts(
+            REQUESTS_TOTAL,
+            vec![Label::from_static_parts("method", method), Label::from_static_parts("code", code)],
+        );
+        self.recorder.register_counter(&counter, &METADATA).increment(1);
+        let histogram = Key::from_parts(REQUEST_DURATION, vec![Label::from_static_parts("method", method)]);
+        self.recorder.register_histogram(&histogram, &METADATA).record(elapsed.as_secs_f64());
+    }
+
+    /// Sets the pool gauges.
+    pub fn set_pool(&self, in_use: u32, idle: u32) {
+        for (state, value) in [("in_use", in_use), ("idle", idle)] {
+            let key = Key::from_parts(POOL_CONNECTIONS, vec![Label::from_static_parts("state", state)]);
+            self.recorder.register_gauge(&key, &METADATA).set(f64::from(value));
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; call it every few
+    /// seconds so memory stays flat between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, sampling
+/// the pool of `store` at each scrape; runs upkeep every 5 seconds.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>) {
+    use axum::{Router, http::header, routing::get};
+
+    let upkeep = {
+        let metrics = metrics.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    };
+    let scrape = move || {
+        let (in_use, idle) = store.pool_stats();
+        metrics.set_pool(in_use, idle);
+        let body = metrics.render();
+        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+    };
+    let app = Router::new().route("/metrics", get(scrape));
+    tokio::select! {
+        () = upkeep => {}
+        served = axum::serve(listener, app) => {
+            if let Err(err) = served {
+                tracing::error!(error = %err, "metrics endpoint failed");
+            }
+        }
+    }
+}

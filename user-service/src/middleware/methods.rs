@@ -1,0 +1,136 @@
+//! Every RPC this server knows, with who may call it. The auth layer and the
+//! metrics labels both read this one table.
+
+use crate::auth::Scope;
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token (health and reflection).
+    Public,
+    /// Clients whose token has this scope.
+    Scope(Scope),
+}
+
+/// Services served without authentication.
+const PUBLIC_SERVICES: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Our RPCs, as `(HTTP path, scope)`.
+const RPCS: [(&str, Scope); 23] = {
+    use Scope::{Admin, Read, Write};
+    [
+        ("/userdata.v1.UserService/CreateUser", Write),
+        ("/userdata.v1.UserService/GetUser", Read),
+        ("/userdata.v1.UserService/ListUsers", Read),
+        ("/userdata.v1.UserService/UpdateUser", Write),
+        ("/userdata.v1.UserService/DeleteUser", Write),
+        ("/userdata.v1.UserDataService/GetPreferences", Read),
+        ("/userdata.v1.UserDataService/UpdatePreferences", Write),
+        ("/userdata.v1.UserDataService/ListFeatureFlags", Read),
+        ("/userdata.v1.UserDataService/GetFeatureFlag", Read),
+        ("/userdata.v1.UserDataService/UpdateFeatureFlags", Write),
+        ("/userdata.v1.UserDataService/CheckFeatureFlagForUsers", Read),
+        ("/userdata.v1.UserDataService/CheckFeatureFlags", Read),
+        ("/userdata.v1.UserDataService/GetOnboarding", Read),
+        ("/userdata.v1.UserDataService/AdvanceOnboarding", Write),
+        ("/userdata.v1.UserDataService/ResetOnboarding", Admin),
+        ("/userdata.v1.UserDataService/GetActivity", Read),
+        ("/userdata.v1.UserDataService/RecordLogin", Write),
+        ("/userdata.v1.UserDataService/RecordActivity", Write),
+        ("/userdata.v1.UserDataService/GetUserHistory", Read),
+        ("/userdata.v1.UserDataService/GetUserData", Read),
+        ("/userdata.v1.UserDataService/ListUserData", Read),
+        ("/userdata.v1.UserDataService/SetUserData", Write),
+        ("/userdata.v1.UserDataService/DeleteUserData", Write),
+    ]
+};
+
+/// Public RPCs that get their own metrics label.
+const PUBLIC_RPCS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// Label for every path not in the tables (bounds the metrics' cardinality).
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// Who may call `path` (`/package.Service/Method`). Anything not known,
+/// including new `userdata.v1` methods, needs `admin`: closed by default.
+pub fn access(path: &str) -> Access {
+    if PUBLIC_SERVICES.iter().any(|service| path.starts_with(service)) {
+        return Access::Public;
+    }
+    RPCS.iter().find(|(rpc, _)| *rpc == path).map_or(Access::Scope(Scope::Admin), |(_, s)| Access::Scope(*s))
+}
+
+/// A bounded label for `path`: `package.Service/Method` for a known RPC,
+/// [`UNKNOWN_METHOD`] otherwise.
+pub fn label(path: &str) -> &'static str {
+    RPCS.iter()
+        .map(|(rpc, _)| *rpc)
+        .chain(PUBLIC_RPCS)
+        .find(|rpc| *rpc == path)
+        .map_or(UNKNOWN_METHOD, |rpc| &rpc[1..])
+}
+
+/// Whether `path` is a health check (exempt from the concurrency limit, so
+/// that an overloaded server is not also reported dead).
+pub fn is_health(path: &str) -> bool {
+    path.starts_with(PUBLIC_SERVICES[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use prost_types::FileDescriptorSet;
+
+    use super::*;
+
+    #[test]
+    fn every_rpc_in_the_protos_has_an_explicit_scope() {
+        let set = FileDescriptorSet::decode(userdata_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut paths = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+        let ours: Vec<&String> = paths.iter().filter(|p| p.starts_with("/userdata.v1.")).collect();
+        assert_eq!(ours.len(), RPCS.len(), "{ours:?}");
+        for path in ours {
+            assert!(RPCS.iter().any(|(rpc, _)| rpc == path), "{path} has no scope in the table");
+        }
+    }
+
+    #[test]
+    fn reads_writes_and_admin_calls_need_their_scope() {
+        assert_eq!(access("/userdata.v1.UserService/GetUser"), Access::Scope(Scope::Read));
+        assert_eq!(access("/userdata.v1.UserDataService/CheckFeatureFlags"), Access::Scope(Scope::Read));
+        assert_eq!(access("/userdata.v1.UserDataService/SetUserData"), Access::Scope(Scope::Write));
+        assert_eq!(access("/userdata.v1.UserDataService/ResetOnboarding"), Access::Scope(Scope::Admin));
+    }
+
+    #[test]
+    fn unknown_methods_need_admin_and_health_and_reflection_are_public() {
+        assert_eq!(access("/userdata.v1.UserService/DropAllUsers"), Access::Scope(Scope::Admin));
+        assert_eq!(access("/other.Service/Method"), Access::Scope(Scope::Admin));
+        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Public);
+        assert_eq!(access("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Access::Public);
+    }
+
+    #[test]
+    fn labels_are_known_names_or_unknown() {
+        assert_eq!(label("/userdata.v1.UserService/GetUser"), "userdata.v1.UserService/GetUser");
+        assert_eq!(label("/grpc.health.v1.Health/Check"), "grpc.health.v1.Health/Check");
+        assert_eq!(label("/userdata.v1.UserService/Nope"), UNKNOWN_METHOD);
+        assert_eq!(label("/x"), UNKNOWN_METHOD);
+    }
+}
