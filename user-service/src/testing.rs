@@ -96,8 +96,14 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-/// Drops test databases left by earlier runs, once per process. Databases in
-/// use by a running test refuse to drop, which is fine.
+/// How old a test database must be before a later run drops it. Test
+/// processes may run side by side (e.g. under nextest), so a fresh database
+/// might belong to a live test even when nobody is connected to it right now.
+const STALE_AFTER_MS: u128 = 60 * 60 * 1000;
+
+/// Drops test databases left by earlier runs, once per process. The name's
+/// UUIDv7 carries its creation time, so only old ones are dropped; one still
+/// in use refuses to drop, which is fine.
 async fn drop_stale_databases(conn: &mut PgConnection) {
     static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     ONCE.get_or_init(|| async {
@@ -106,7 +112,18 @@ async fn drop_stale_databases(conn: &mut PgConnection) {
             .fetch_all(&mut *conn)
             .await
             .unwrap_or_default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let created_ms = |name: &str| {
+            name.strip_prefix(TEST_DB_PREFIX)
+                .and_then(|id| id.get(..12))
+                .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+        };
         for (name,) in names {
+            if created_ms(&name).is_some_and(|created| now_ms.saturating_sub(created) < STALE_AFTER_MS) {
+                continue;
+            }
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {name}")))
                 .execute(&mut *conn)
                 .await;

@@ -8,7 +8,7 @@ use userdata_proto::v1::{SignupSource, User, UserRole, UserStatus};
 
 use crate::{
     clerk::ClerkUser,
-    support::{Db, Harness, unix_now},
+    support::{Db, Harness, millis, unix_now},
 };
 
 crate::on_both_backends!(
@@ -126,10 +126,8 @@ async fn assert_stored(harness: &Harness, expected: &Expected) -> User {
 }
 
 async fn delivers_own_fixture(db: Db, file: &str) {
-    let expected = OWN_FIXTURES
-        .iter()
-        .find(|e| e.file == file)
-        .unwrap_or_else(|| panic!("no expectation for {file}"));
+    let expected =
+        OWN_FIXTURES.iter().find(|e| e.file == file).unwrap_or_else(|| panic!("no expectation for {file}"));
     let harness = Harness::start(db).await;
     let body = read(&own_fixture_dir().join(file));
 
@@ -158,8 +156,9 @@ async fn blank_fields_of_a_first_seen_update_are_stored_as_absent(db: Db) {
 #[test]
 fn every_own_fixture_file_has_a_test() {
     let files: Vec<String> = json_files(&own_fixture_dir()).iter().map(|p| file_name(p)).collect();
-    let covered: Vec<String> = OWN_FIXTURES.iter().map(|e| e.file.to_owned()).collect();
-    assert_eq!(files, covered, "tests/fixtures/ and OWN_FIXTURES must list the same files, in name order");
+    let mut covered: Vec<String> = OWN_FIXTURES.iter().map(|e| e.file.to_owned()).collect();
+    covered.sort();
+    assert_eq!(files, covered, "tests/fixtures/ and OWN_FIXTURES must list the same files");
 }
 
 /// A string field of `data`, absent when null or blank (as Clerk means it).
@@ -178,14 +177,23 @@ fn implied_email(data: &Value) -> Option<String> {
         .and_then(|address| text(address, "email_address"))
 }
 
+/// Creates `clerk_id` with our own data, stamped before `at` (ms), so a
+/// payload about an existing user can be checked against it.
+async fn seed_user(harness: &Harness, clerk_id: &str, at: i64, context: &str) {
+    let existing = ClerkUser::new(clerk_id).at(at - 60_000);
+    harness.post(existing.created(), "msg_e2e_shared_seed").await.assert_outcome("applied", context);
+    harness.existing_user(clerk_id).await;
+}
+
 async fn every_shared_clerk_payload_is_accepted_and_read_back(db: Db) {
     let dir = shared_fixture_dir();
     if !dir.is_dir() {
         println!("shared Clerk fixtures not found at {}; skipping", dir.display());
         return;
     }
-    // Payloads share Clerk ids (the catalog examples all use one user), so
-    // each user payload gets its own user-service; other types share one.
+    // Payloads share Clerk ids (the catalog examples reuse a few users), so
+    // each user or session payload gets its own user-service; the ignored
+    // types share one.
     let others = Harness::start(db).await;
     let mut checked = 0;
     for (index, path) in json_files(&dir).iter().enumerate() {
@@ -194,6 +202,7 @@ async fn every_shared_clerk_payload_is_accepted_and_read_back(db: Db) {
         let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
         let event_type = json["type"].as_str().unwrap_or_else(|| panic!("{name}: no type")).to_owned();
         let data = &json["data"];
+        let at = json["timestamp"].as_i64().unwrap_or(0);
         let msg_id = format!("msg_e2e_shared_{index}");
         match event_type.as_str() {
             "user.created" | "user.updated" => {
@@ -216,15 +225,36 @@ async fn every_shared_clerk_payload_is_accepted_and_read_back(db: Db) {
                 let harness = Harness::start(db).await;
                 let clerk_id = data["id"].as_str().unwrap_or_else(|| panic!("{name}: no data.id"));
                 // The user must exist first, or "gone afterwards" proves nothing.
-                let deleted_at = json["timestamp"].as_i64().unwrap_or(0);
-                let existing = ClerkUser::new(clerk_id).at(deleted_at - 60_000);
-                harness.post(existing.created(), "msg_e2e_shared_seed").await.assert_outcome("applied", &name);
-                harness.existing_user(clerk_id).await;
+                seed_user(&harness, clerk_id, at, &name).await;
 
                 let delivery = harness.post(&body, &msg_id).await;
 
                 delivery.assert_outcome("applied", &name);
                 harness.assert_not_found(clerk_id, &name).await;
+            }
+            session if session.starts_with("session.") => {
+                // Session events are recorded as the user's activity; for a
+                // user not created yet the gateway answers 503 on purpose
+                // (STATUS_CODES.md), so the user is created first.
+                let harness = Harness::start(db).await;
+                let clerk_id = data["user_id"].as_str().unwrap_or_else(|| panic!("{name}: no data.user_id"));
+                seed_user(&harness, clerk_id, at, &name).await;
+
+                let delivery = harness.post(&body, &msg_id).await;
+
+                delivery.assert_outcome("applied", &name);
+                let activity = harness.activity(clerk_id).await;
+                if session == "session.created" {
+                    assert_eq!(activity.session_count, 1, "{name}: {activity:?}");
+                    assert_eq!(activity.login_history.len(), 1, "{name}: {activity:?}");
+                    assert!(activity.login_history[0].success, "{name}: {activity:?}");
+                    let created_at = data["created_at"].as_i64();
+                    assert_eq!(millis(activity.last_active.as_ref()), created_at, "{name}: last_active");
+                } else {
+                    assert_eq!(activity.session_count, 0, "{name}: {activity:?}");
+                    let last_active_at = data["last_active_at"].as_i64();
+                    assert_eq!(millis(activity.last_active.as_ref()), last_active_at, "{name}: last_active");
+                }
             }
             _ => {
                 let delivery = others.post(&body, &msg_id).await;
@@ -235,5 +265,5 @@ async fn every_shared_clerk_payload_is_accepted_and_read_back(db: Db) {
         checked += 1;
     }
     assert!(checked > 0, "no payloads in {}", dir.display());
-    assert!(others.all_users().await.is_empty(), "non-user events must not create users");
+    assert!(others.all_users().await.is_empty(), "ignored events must not create users");
 }

@@ -68,7 +68,8 @@ async fn twenty_concurrent_deliveries_of_one_create_have_one_effect(db: Db) {
     let harness = Harness::start(db).await;
     let id = "user_e2eConcurrentCreate";
 
-    let deliveries = harness.post_concurrently(&ClerkUser::new(id).created(), "msg_e2e_conc_create", 20).await;
+    let deliveries =
+        harness.post_concurrently(&ClerkUser::new(id).created(), "msg_e2e_conc_create", 20).await;
 
     assert_one_applied(&deliveries, 20);
     let users = harness.all_users().await;

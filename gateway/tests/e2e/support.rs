@@ -211,6 +211,30 @@ impl Harness {
         deliveries
     }
 
+    /// Delivers several `(body, msg_id)` messages at once: all are signed
+    /// first, then released together. Answers come back in the given order.
+    pub async fn post_all_at_once(&self, messages: &[(String, String)]) -> Vec<Delivery> {
+        let barrier = Arc::new(Barrier::new(messages.len()));
+        let tasks: Vec<_> = messages
+            .iter()
+            .map(|(body, msg_id)| {
+                let poster = self.poster();
+                let headers = poster.sign(body.as_bytes(), msg_id);
+                let body = body.as_bytes().to_vec();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    poster.send(headers, body).await
+                })
+            })
+            .collect();
+        let mut deliveries = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            deliveries.push(task.await.unwrap_or_else(|e| panic!("delivery task failed: {e}")));
+        }
+        deliveries
+    }
+
     /// A `UserService` client on user-service (not through the gateway).
     pub fn users(&self) -> UserServiceClient<Channel> {
         UserServiceClient::new(self.channel.clone())
@@ -290,8 +314,12 @@ impl Harness {
 
     /// Users with this email address.
     pub async fn users_with_email(&self, email: &str) -> Vec<User> {
-        self.list_users(ListUsersRequest { page_size: 1000, email: email.into(), ..ListUsersRequest::default() })
-            .await
+        self.list_users(ListUsersRequest {
+            page_size: 1000,
+            email: email.into(),
+            ..ListUsersRequest::default()
+        })
+        .await
     }
 
     async fn list_users(&self, request: ListUsersRequest) -> Vec<User> {
@@ -333,6 +361,11 @@ impl Drop for Harness {
 /// A channel to user-service that connects on first use (and reconnects).
 fn lazy_channel(addr: SocketAddr) -> Channel {
     Endpoint::from(url_of(addr)).connect_timeout(Duration::from_secs(5)).connect_lazy()
+}
+
+/// A protobuf time as Unix milliseconds (how Clerk writes times).
+pub fn millis(time: Option<&prost_types::Timestamp>) -> Option<i64> {
+    time.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
 /// The row version in an etag made by user-service (`"N"`).
