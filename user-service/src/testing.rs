@@ -112,9 +112,8 @@ async fn drop_stale_databases(conn: &mut PgConnection) {
             .fetch_all(&mut *conn)
             .await
             .unwrap_or_default();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let created_ms = |name: &str| {
             name.strip_prefix(TEST_DB_PREFIX)
                 .and_then(|id| id.get(..12))

@@ -127,13 +127,67 @@ async fn begin(pool: &PgPool, key: &UserKey) -> Result<Transaction<'static, Post
     })
 }
 
-/// A stable 64-bit lock key for a `clerk_id`.
+/// A stable 64-bit lock key for a `clerk_id`: the first 8 bytes of its
+/// SHA-256, big-endian. The `users_refuse_deleted` trigger computes the same.
 fn lock_key(clerk_id: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(clerk_id.as_bytes());
     let mut bytes = [0; 8];
     bytes.copy_from_slice(&digest[..8]);
-    i64::from_le_bytes(bytes)
+    i64::from_be_bytes(bytes)
+}
+
+/// Inserts a new user, its initial data and its event record in one
+/// autocommit statement, or nothing at all when the `clerk_id` exists (the
+/// unique index), is deleted (the `users_refuse_deleted` trigger) or the
+/// event was recorded for another user (the primary key; an error).
+const INSERT_IF_NEW: &str = "with u as (insert into users (id, clerk_id, email, first_name, last_name, username, \
+         image_url, role, status, created_at, updated_at, source_updated_at, version) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         on conflict (clerk_id) do nothing returning id), \
+     d as (insert into user_data (user_id, key, value, created_at, updated_at) \
+         select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
+     e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
+         select $17, $2, $18, $19, now() from u where $17::text is not null) \
+     select count(*) from u";
+
+/// The fast path of a create: one round trip when the user is new, which is
+/// what almost every `user.created` is. `None` means "not new after all"
+/// (exists, deleted, replayed, raced): the caller runs the full write, which
+/// decides with the user locked.
+async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteResult>> {
+    let now = super::now();
+    let plan = write::plan_create(cmd.clone(), Existing::Missing, now)?;
+    let Change::Insert { user, data } = &plan.change else { return Ok(None) };
+    let (keys, values): (Vec<&str>, Vec<Json<&Value>>) = data.iter().map(|(k, v)| (*k, Json(v))).unzip();
+    let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(INSERT_IF_NEW)
+        .bind(user.id)
+        .bind(&user.clerk_id)
+        .bind(&user.profile.email)
+        .bind(&user.profile.first_name)
+        .bind(&user.profile.last_name)
+        .bind(&user.profile.username)
+        .bind(&user.profile.image_url)
+        .bind(user.role.as_str())
+        .bind(user.status.as_str())
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .bind(user.source_updated_at)
+        .bind(user.version)
+        .bind(now)
+        .bind(keys)
+        .bind(values)
+        .bind(cmd.event.as_ref().map(|e| e.idempotency_key.as_str()))
+        .bind(plan.result.outcome.map_or("none", write::Outcome::as_str))
+        .bind(Json(&plan.result))
+        .fetch_one(pool)
+        .await;
+    match inserted {
+        Ok(1) => Ok(Some(plan.result)),
+        Ok(_) => Ok(None),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Everything a user write needs to know, read in one statement after the
@@ -510,6 +564,9 @@ impl Store for PgStore {
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
+        if let Some(created) = create_if_new(&self.pool, &cmd).await? {
+            return Ok(created);
+        }
         let key = UserKey::ClerkId(cmd.clerk_id.clone());
         let event = cmd.event.clone();
         txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, now| {

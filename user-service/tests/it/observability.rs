@@ -229,13 +229,17 @@ impl RowLock {
         Self { conn }
     }
 
-    /// Waits until some other session waits for a lock.
+    /// Waits until some other session waits for a lock in this test's
+    /// database (other tests' databases have waiters of their own).
     async fn wait_for_a_waiter(&mut self) {
         for _ in 0..100 {
-            let (waiting,): (i64,) = sqlx::query_as("select count(*) from pg_locks where not granted")
-                .fetch_one(&mut self.conn)
-                .await
-                .unwrap();
+            let (waiting,): (i64,) = sqlx::query_as(
+                "select count(*) from pg_stat_activity \
+                 where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut self.conn)
+            .await
+            .unwrap();
             if waiting > 0 {
                 return;
             }
