@@ -35,6 +35,19 @@ impl Violations {
         result.map_err(|reason| self.add(field, reason)).ok()
     }
 
+    /// The parsed value when no violation was recorded, otherwise
+    /// `InvalidArgument` with all of them. Every check that yields `None`
+    /// records a violation, so `None` with none recorded is a bug.
+    pub fn finish_parsed<T>(self, parsed: Option<T>) -> Result<T, Error> {
+        match (self.0.is_empty(), parsed) {
+            (true, Some(value)) => Ok(value),
+            (true, None) => {
+                Err(Error::Internal("a request field failed to parse without a violation".into()))
+            }
+            (false, _) => Err(Error::InvalidArgument(self.0)),
+        }
+    }
+
     /// `Ok(value)` when no violation was recorded, otherwise `InvalidArgument`
     /// with all of them.
     pub fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, Error> {

@@ -200,7 +200,7 @@ pub fn create_user(req: pb::CreateUserRequest) -> Result<CreateUser> {
 pub fn get_user(req: &pb::GetUserRequest) -> Result<UserKey> {
     let mut v = Violations::default();
     let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
-    v.finish(|| key.unwrap_or(UserKey::Id(uuid::Uuid::nil())))
+    v.finish_parsed(key)
 }
 
 /// Default and maximum `ListUsers` page sizes.
@@ -312,13 +312,8 @@ pub fn update_user(req: pb::UpdateUserRequest) -> Result<UpdateUser> {
     let changed_by =
         if req.changed_by.is_empty() { None } else { v.check("changed_by", parse_clerk_id(&req.changed_by)) };
     let expected_version = parse_expected_version(&mut v, &req.etag);
-    v.finish(|| UpdateUser {
-        key: key.unwrap_or(UserKey::Id(uuid::Uuid::nil())),
-        patch,
-        expected_version,
-        changed_by,
-        event,
-    })
+    let key = v.finish_parsed(key)?;
+    Ok(UpdateUser { key, patch, expected_version, changed_by, event })
 }
 
 /// The fields an update touches: the mask's paths, `*` for all, or (AIP-134)
@@ -367,7 +362,8 @@ pub fn delete_user(req: &pb::DeleteUserRequest) -> Result<DeleteUser> {
         v.add("clerk_id", "is required with an event context");
     }
     let expected_version = parse_expected_version(&mut v, &req.etag);
-    v.finish(|| DeleteUser { key: key.unwrap_or(UserKey::Id(uuid::Uuid::nil())), expected_version, event })
+    let key = v.finish_parsed(key)?;
+    Ok(DeleteUser { key, expected_version, event })
 }
 
 /// Builds a `CreateUserResponse`.

@@ -52,7 +52,7 @@ impl UserDataApi {
 fn user_only(user_id: &str, clerk_id: &str) -> Result<UserKey> {
     let mut v = Violations::default();
     let key = parse_key(&mut v, "user_id", user_id, clerk_id);
-    v.finish(|| key.unwrap_or(UserKey::Id(Uuid::nil())))
+    v.finish_parsed(key)
 }
 
 fn etag_of(entry: Option<&DataEntry>) -> String {
@@ -287,7 +287,7 @@ impl UserDataService for UserDataApi {
         let prefs = req.preferences.unwrap_or_default();
         let patch = preference_patch(&mut v, &prefs, req.update_mask.as_ref());
         let expected = parse_expected_version(&mut v, &req.etag);
-        let user = v.finish(|| user)?.unwrap_or(UserKey::Id(Uuid::nil()));
+        let user = v.finish_parsed(user)?;
         let write = self
             .store
             .edit_data(
@@ -326,10 +326,7 @@ impl UserDataService for UserDataApi {
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let flag = v.check("flag_key", flags::parse_flag_key(&req.flag_key));
-        let (user, flag) = v.finish(|| (user, flag))?;
-        let (Some(user), Some(flag)) = (user, flag) else {
-            return Err(Error::Internal("unparsed".into()).into());
-        };
+        let (user, flag) = v.finish_parsed(user.zip(flag))?;
         let found = self.store.read_data(&user, &[FEATURE_FLAGS]).await?;
         let flags = flags::from_value(find(&found, FEATURE_FLAGS).map(|e| &e.value));
         let enabled = *flags.get(&flag).ok_or_else(|| Error::NotFound {
@@ -361,7 +358,7 @@ impl UserDataService for UserDataApi {
             v.add("clear", format!("{both:?} is both set and cleared"));
         }
         let expected = parse_expected_version(&mut v, &req.etag);
-        let user = v.finish(|| user)?.unwrap_or(UserKey::Id(Uuid::nil()));
+        let user = v.finish_parsed(user)?;
         let write = self
             .store
             .edit_data(
@@ -437,7 +434,7 @@ impl UserDataService for UserDataApi {
             v.add("flag_keys", format!("at most {MAX_BATCH} flags per call"));
         }
         let wanted = parse_flag_keys(&mut v, "flag_keys", &req.flag_keys);
-        let user = v.finish(|| user)?.unwrap_or(UserKey::Id(Uuid::nil()));
+        let user = v.finish_parsed(user)?;
         let found = self.store.read_data(&user, &[FEATURE_FLAGS]).await?;
         let all = flags::from_value(find(&found, FEATURE_FLAGS).map(|e| &e.value));
         let flags = wanted.into_iter().filter_map(|k| all.get(&k).map(|on| (k, *on))).collect();
@@ -469,8 +466,7 @@ impl UserDataService for UserDataApi {
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let step = onboarding_step(&mut v, req.step);
         let expected = parse_expected_version(&mut v, &req.etag);
-        let (user, step) =
-            v.finish(|| (user.unwrap_or(UserKey::Id(Uuid::nil())), step.unwrap_or_default()))?;
+        let (user, step) = v.finish_parsed(user.zip(step))?;
         let now = crate::store::now();
         let write = self
             .store
@@ -530,10 +526,7 @@ impl UserDataService for UserDataApi {
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let entry = login_entry(&mut v, req.login.as_ref());
         let event = parse_event(&mut v, req.event_context.as_ref());
-        let (user, entry) = v.finish(|| (user, entry))?;
-        let (Some(user), Some(entry)) = (user, entry) else {
-            return Err(Error::Internal("unparsed".into()).into());
-        };
+        let (user, entry) = v.finish_parsed(user.zip(entry))?;
         let (activity, replayed, outcome) =
             self.activity_edit(user, event, move |a| a.record_login(entry)).await?;
         Ok(Response::new(pb::RecordLoginResponse { activity: Some(activity), replayed, outcome }))
@@ -552,8 +545,7 @@ impl UserDataService for UserDataApi {
             Some(ts) => v.check("active_at", super::convert::time_from_proto(ts)),
         };
         let event = parse_event(&mut v, req.event_context.as_ref());
-        let (user, at) =
-            v.finish(|| (user.unwrap_or(UserKey::Id(Uuid::nil())), at.unwrap_or_else(Utc::now)))?;
+        let (user, at) = v.finish_parsed(user.zip(at))?;
         let (activity, replayed, outcome) = self.activity_edit(user, event, move |a| a.touch(at)).await?;
         Ok(Response::new(pb::RecordActivityResponse { activity: Some(activity), replayed, outcome }))
     }
@@ -604,7 +596,7 @@ impl UserDataService for UserDataApi {
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let key = data_key(&mut v, &req.key);
-        let (user, key) = v.finish(|| (user.unwrap_or(UserKey::Id(Uuid::nil())), key.unwrap_or_default()))?;
+        let (user, key) = v.finish_parsed(user.zip(key))?;
         let found = self.store.read_data(&user, &[key.as_str()]).await?;
         let entry = find(&found, &key).ok_or_else(|| Error::NotFound {
             resource: "user data",
@@ -634,7 +626,7 @@ impl UserDataService for UserDataApi {
         } else {
             v.check("page_token", parse_page_token(&req.page_token))
         };
-        let user = v.finish(|| user.unwrap_or(UserKey::Id(Uuid::nil())))?;
+        let user = v.finish_parsed(user)?;
         let mut found = self.store.list_data(&user, after.as_deref(), page_size + 1).await?;
         let next_page_token = if found.len() > page_size as usize {
             found.truncate(page_size as usize);
@@ -665,10 +657,7 @@ impl UserDataService for UserDataApi {
             Some(value) => v.check("value", json::to_json(value)),
         };
         let expected = parse_expected_version(&mut v, &req.etag);
-        let (user, key, value) = v.finish(|| (user, key, value))?;
-        let (Some(user), Some(key), Some(value)) = (user, key, value) else {
-            return Err(Error::Internal("unparsed".into()).into());
-        };
+        let ((user, key), value) = v.finish_parsed(user.zip(key).zip(value))?;
         let edited = key.clone();
         let write = self
             .store
@@ -693,7 +682,7 @@ impl UserDataService for UserDataApi {
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let key = data_key(&mut v, &req.key);
         let expected = parse_expected_version(&mut v, &req.etag);
-        let (user, key) = v.finish(|| (user.unwrap_or(UserKey::Id(Uuid::nil())), key.unwrap_or_default()))?;
+        let (user, key) = v.finish_parsed(user.zip(key))?;
         let edited = key.clone();
         self.store
             .edit_data(
