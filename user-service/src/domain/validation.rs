@@ -19,14 +19,35 @@ impl FieldViolation {
     }
 }
 
+/// Most violations reported for one request. The rest are summed up in one
+/// more entry: the details travel in HTTP/2 trailers, which are small, and a
+/// caller learns as much from 20 as from 100,000.
+pub const MAX_REPORTED: usize = 20;
+
 /// Accumulates violations while a request is parsed.
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    list: Vec<FieldViolation>,
+    /// Violations past [`MAX_REPORTED`]: how many, and the first one's field.
+    omitted: Option<(usize, String)>,
+}
 
 impl Violations {
     /// Records a violation.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        if self.list.len() < MAX_REPORTED {
+            self.list.push(FieldViolation::new(field, description));
+        } else {
+            let (count, _) = self.omitted.get_or_insert_with(|| (0, field.into()));
+            *count += 1;
+        }
+    }
+
+    fn into_error(mut self) -> Error {
+        if let Some((count, field)) = self.omitted.take() {
+            self.list.push(FieldViolation::new(field, format!("and {count} more violations, not listed")));
+        }
+        Error::InvalidArgument(self.list)
     }
 
     /// Runs a check and records its error under `field`, keeping the value when
@@ -39,19 +60,19 @@ impl Violations {
     /// `InvalidArgument` with all of them. Every check that yields `None`
     /// records a violation, so `None` with none recorded is a bug.
     pub fn finish_parsed<T>(self, parsed: Option<T>) -> Result<T, Error> {
-        match (self.0.is_empty(), parsed) {
+        match (self.list.is_empty(), parsed) {
             (true, Some(value)) => Ok(value),
             (true, None) => {
                 Err(Error::Internal("a request field failed to parse without a violation".into()))
             }
-            (false, _) => Err(Error::InvalidArgument(self.0)),
+            (false, _) => Err(self.into_error()),
         }
     }
 
     /// `Ok(value)` when no violation was recorded, otherwise `InvalidArgument`
     /// with all of them.
     pub fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, Error> {
-        if self.0.is_empty() { Ok(value()) } else { Err(Error::InvalidArgument(self.0)) }
+        if self.list.is_empty() { Ok(value()) } else { Err(self.into_error()) }
     }
 }
 
@@ -88,6 +109,22 @@ mod tests {
         assert!(text("abcdef", 5).is_err());
         assert!(text("a\u{0}b", 5).is_err());
         assert!(text("Zoë", 5).is_ok());
+    }
+
+    #[test]
+    fn past_the_limit_violations_are_summed_up() {
+        let mut v = Violations::default();
+        for i in 0..1000 {
+            v.add(format!("ids[{i}]"), "bad");
+        }
+        match v.finish(|| ()) {
+            Err(Error::InvalidArgument(list)) => {
+                assert_eq!(list.len(), MAX_REPORTED + 1);
+                assert_eq!(list[MAX_REPORTED].field, format!("ids[{MAX_REPORTED}]"));
+                assert!(list[MAX_REPORTED].description.contains("980 more"));
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
     }
 
     #[test]
