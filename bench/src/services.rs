@@ -104,6 +104,11 @@ pub async fn start(database_url: &str, pool_size: u32) -> Result<(Service, Servi
         .arg(http.to_string())
         .arg("--user-service-url")
         .arg(format!("http://{grpc}"))
+        // All benchmark traffic comes from one address: no per-source limit.
+        .arg("--rate-limit")
+        .arg("0")
+        .arg("--metrics-listen")
+        .arg("off")
         .env("CLERK_WEBHOOK_SIGNING_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -1,26 +1,23 @@
-//! Building and running the HTTP server.
+//! Building and running the servers: the webhook endpoint (HTTP or HTTPS)
+//! and, on its own listener, `/metrics`.
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
-use axum::Router;
-use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_client::HealthClient;
+use axum::{Router, serve::ListenerExt};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::{
     apply::UserSync,
-    config::{Config, ConfigError},
-    routes,
+    config::{Config, ConfigError, MetricsListen},
+    metrics::{self, Metrics},
+    rate_limit::{RateLimitState, RateLimiter},
+    routes::{self, Layers},
     state::AppState,
+    tls::{self, TlsListener},
+    upstream::{ReplicaWatcher, Upstream},
     verify::Verifier,
 };
-
-/// Interval of HTTP/2 pings on the user-service connection. Pings detect a
-/// dead peer (e.g. a restarted pod behind a stale connection) before a
-/// webhook has to wait for it.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a ping may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,36 +33,123 @@ pub enum StartError {
         /// The OS error.
         source: io::Error,
     },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address we tried.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The HTTPS certificate or key is missing, unreadable or invalid.
+    #[error("cannot set up HTTPS: {0}")]
+    Tls(String),
+    /// The TLS files for user-service are missing, unreadable or invalid.
+    #[error("cannot set up the connection to user-service: {0}")]
+    Upstream(String),
 }
 
 /// A bound, ready-to-run gateway.
-#[derive(Debug)]
 pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
     router: Router,
+    metrics: Option<(Arc<Metrics>, TcpListener)>,
+    watcher: Option<ReplicaWatcher>,
+    summary: Summary,
+}
+
+/// What the startup log line states.
+#[derive(Debug)]
+struct Summary {
+    replicas: usize,
+    upstream_tls: bool,
+    upstream_token: bool,
+    upstream_public: bool,
+    insecure: bool,
+    rate_limit: Option<(u32, u32)>,
+    trust_forwarded_for: bool,
+    signing_secrets: usize,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("local_addr", &self.local_addr)
+            .field("https", &self.tls.is_some())
+            .field("metrics_addr", &self.metrics_addr())
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
 }
 
 impl App {
-    /// Validates `config`, binds the listener and prepares the (lazily
-    /// connecting) gRPC channel to user-service. Nothing is contacted yet, so
-    /// the gateway starts even while user-service is down; `/readyz` tells.
+    /// Validates `config`, reads the TLS files, binds the listeners and
+    /// prepares the (lazily connecting) gRPC channels to user-service.
+    /// Nothing is contacted yet, so the gateway starts even while
+    /// user-service is down; `/readyz` tells.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.validate()?;
+        let tls = match &config.tls {
+            Some(files) => Some(tls::server_config(&files.cert, &files.key).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let metrics = match config.metrics_listen {
+            MetricsListen::Off => None,
+            MetricsListen::On(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::MetricsBind { addr, source })?;
+                Some((Arc::new(Metrics::new()), listener))
+            }
+        };
+        let recorder = metrics.as_ref().map(|(metrics, _)| metrics.clone());
+        let upstream = Upstream::new(&config, recorder.clone()).map_err(StartError::Upstream)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let local_addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
 
-        let channel = user_service_channel(&config);
+        let summary = Summary {
+            replicas: upstream.replicas.len(),
+            upstream_tls: config.user_service_uses_tls(),
+            upstream_token: config.user_service_token.is_some(),
+            upstream_public: config.user_service_urls().any(|url| !is_loopback_host(url)),
+            insecure: config.insecure,
+            rate_limit: config
+                .rate_limit
+                .is_on()
+                .then_some((config.rate_limit.per_second, config.rate_limit.burst)),
+            trust_forwarded_for: config.trust_forwarded_for,
+            signing_secrets: config.signing_secrets.len(),
+        };
         let state = AppState {
             verifier: Verifier::new(config.signing_secrets.clone()),
-            users: UserSync::new(channel.clone(), config.upstream_timeout),
-            health: HealthClient::new(channel),
+            users: UserSync::new(upstream.channel.clone(), config.upstream_timeout)
+                .with_metrics(recorder.clone())
+                .with_failover(upstream.failover.clone()),
+            replicas: upstream.replicas.clone(),
             readiness_timeout: config.readiness_timeout,
         };
-        Ok(Self { listener, local_addr, router: routes::router(state) })
+        let layers = Layers {
+            rate_limit: RateLimiter::new(config.rate_limit).map(|limiter| RateLimitState {
+                limiter: Arc::new(limiter),
+                trust_forwarded_for: config.trust_forwarded_for,
+                metrics: recorder.clone(),
+            }),
+            metrics: recorder,
+        };
+        Ok(Self {
+            listener,
+            local_addr,
+            tls,
+            router: routes::router(state, layers),
+            metrics,
+            watcher: upstream.watcher,
+            summary,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -73,24 +157,86 @@ impl App {
         self.local_addr
     }
 
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(_, listener)| listener.local_addr().ok())
+    }
+
+    /// Whether the webhook endpoint serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting connections and
     /// waits for in-flight requests to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        self.log_startup();
+        let Self { listener, tls, router, metrics, watcher, .. } = self;
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        if let Some((metrics, listener)) = metrics {
+            tasks.push(tokio::spawn(metrics::serve(listener, metrics)));
+        }
+        if let Some(watcher) = watcher {
+            tasks.push(tokio::spawn(watcher.run()));
+        }
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = match tls {
+            None => {
+                let listener = listener.tap_io(|stream| {
+                    let _ = stream.set_nodelay(true);
+                });
+                axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+            }
+            Some(config) => {
+                let listener = TlsListener::new(listener, config).tap_io(|stream| {
+                    let _ = stream.get_ref().0.set_nodelay(true);
+                });
+                axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+            }
+        };
+        for task in tasks {
+            task.abort();
+        }
+        served
+    }
+
+    /// One line on how the gateway is set up, and a warning for each risky
+    /// choice. No secret, URL credential or client address is logged.
+    fn log_startup(&self) {
+        let summary = &self.summary;
+        let listen = self.local_addr;
+        tracing::info!(
+            %listen,
+            https = self.tls.is_some(),
+            metrics = %self.metrics_addr().map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
+            user_service_replicas = summary.replicas,
+            user_service_tls = summary.upstream_tls,
+            user_service_token = summary.upstream_token,
+            rate_limit = %summary.rate_limit.map_or_else(|| "off".to_owned(), |(rate, burst)| format!("{rate}/s burst {burst}")),
+            trust_forwarded_for = summary.trust_forwarded_for,
+            signing_secrets = summary.signing_secrets,
+            "gateway listening"
+        );
+        if self.tls.is_none() && summary.insecure && !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                "--insecure: serving plain HTTP on a non-loopback address; a proxy in front must terminate TLS"
+            );
+        }
+        if summary.upstream_token && !summary.upstream_tls && summary.upstream_public {
+            tracing::warn!("the user-service token travels in clear text: use https:// user-service URLs");
+        }
+        if !summary.upstream_token {
+            tracing::info!("no user-service token configured: calls to user-service are unauthenticated");
+        }
     }
 }
 
-/// The channel to user-service: connects on first use and reconnects by
-/// itself, so neither startup order nor upstream restarts matter.
-fn user_service_channel(config: &Config) -> Channel {
-    Endpoint::from(config.user_service_url.clone())
-        // A connect attempt may not outlast the call it serves.
-        .connect_timeout(config.upstream_timeout)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_lazy()
+/// Whether a URL names this machine (`localhost` or a loopback address).
+fn is_loopback_host(url: &http::Uri) -> bool {
+    let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Completes on SIGTERM (what orchestrators send) or Ctrl-C.

@@ -20,10 +20,14 @@
 //! Request-level failures (bad signature, headers, body) are in
 //! [`crate::error::WebhookError`] and `gateway/STATUS_CODES.md`.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use prost_types::{FieldMask, Timestamp};
-use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, Status, metadata::MetadataValue};
 use userdata_proto::v1::{
     CreateUserRequest, DeleteUserRequest, EventContext, EventOutcome, LoginRecord, RecordActivityRequest,
     RecordLoginRequest, SignupSource, UpdateUserRequest, User,
@@ -33,8 +37,24 @@ use userdata_proto::v1::{
 use crate::{
     clerk::{DeletedUserJson, Event, Payload, SessionJson, UserJson},
     error::WebhookError,
+    metrics::Metrics,
     request_id::{REQUEST_ID, RequestId},
+    upstream::{Failover, UpstreamChannel},
 };
+
+/// gRPC method names, as the `method` label of the upstream metrics.
+pub mod methods {
+    /// `UserService/CreateUser`.
+    pub const CREATE_USER: &str = "userdata.v1.UserService/CreateUser";
+    /// `UserService/UpdateUser`.
+    pub const UPDATE_USER: &str = "userdata.v1.UserService/UpdateUser";
+    /// `UserService/DeleteUser`.
+    pub const DELETE_USER: &str = "userdata.v1.UserService/DeleteUser";
+    /// `UserDataService/RecordLogin`.
+    pub const RECORD_LOGIN: &str = "userdata.v1.UserDataService/RecordLogin";
+    /// `UserDataService/RecordActivity`.
+    pub const RECORD_ACTIVITY: &str = "userdata.v1.UserDataService/RecordActivity";
+}
 
 /// The profile fields a Clerk update overwrites (all Clerk-owned fields;
 /// `role` and `status` belong to this application and are never named).
@@ -105,6 +125,14 @@ pub enum Call {
     Delete,
     /// `RecordLogin` or `RecordActivity` for a session event.
     Session,
+}
+
+/// One of the gateway's calls: which kind (for error mapping) and its gRPC
+/// method (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rpc {
+    call: Call,
+    method: &'static str,
 }
 
 /// Maps a failed gRPC call to an outcome (when the event's goal is met anyway)
@@ -273,19 +301,40 @@ pub fn activity_request(
 /// Applies events to user-service.
 #[derive(Debug, Clone)]
 pub struct UserSync {
-    client: UserServiceClient<Channel>,
-    data: UserDataServiceClient<Channel>,
+    client: UserServiceClient<UpstreamChannel>,
+    data: UserDataServiceClient<UpstreamChannel>,
     timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+    failover: Option<Failover>,
 }
 
 impl UserSync {
-    /// Calls user-service over `channel` with `timeout` as each call's deadline.
-    pub fn new(channel: Channel, timeout: Duration) -> Self {
+    /// Calls user-service over `channel` with `timeout` as each event's
+    /// deadline.
+    pub fn new(channel: UpstreamChannel, timeout: Duration) -> Self {
         Self {
             client: UserServiceClient::new(channel.clone()),
             data: UserDataServiceClient::new(channel),
             timeout,
+            metrics: None,
+            failover: None,
         }
+    }
+
+    /// Counts every call in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// With several replicas: a call failing with `UNAVAILABLE` has the
+    /// replicas re-checked through `failover` and is retried once, within
+    /// the same deadline.
+    #[must_use]
+    pub fn with_failover(mut self, failover: Option<Failover>) -> Self {
+        self.failover = failover;
+        self
     }
 
     /// Applies one verified event; `idempotency_key` is its `svix-id`.
@@ -296,72 +345,139 @@ impl UserSync {
         request_id: &RequestId,
     ) -> Result<Outcome, WebhookError> {
         let now = Timestamp::from(std::time::SystemTime::now());
-        let mut client = self.client.clone();
+        let (users, data, id) = (&self.client, &self.data, request_id);
         match &event.payload {
             Payload::UserCreated(user) => {
                 let message = create_request(user, event.timestamp, idempotency_key, now);
-                let reply = client.create_user(self.request(message, request_id));
-                self.call(Call::Create, reply, |r| (r.outcome, r.replayed)).await
+                self.call(
+                    Rpc { call: Call::Create, method: methods::CREATE_USER },
+                    users,
+                    message,
+                    id,
+                    |mut client, request| async move { client.create_user(request).await },
+                    |reply| (reply.outcome, reply.replayed),
+                )
+                .await
             }
             Payload::UserUpdated(user) => {
                 let message = update_request(user, event.timestamp, idempotency_key, now);
-                let reply = client.update_user(self.request(message, request_id));
-                self.call(Call::Update, reply, |r| (r.outcome, r.replayed)).await
+                self.call(
+                    Rpc { call: Call::Update, method: methods::UPDATE_USER },
+                    users,
+                    message,
+                    id,
+                    |mut client, request| async move { client.update_user(request).await },
+                    |reply| (reply.outcome, reply.replayed),
+                )
+                .await
             }
             Payload::UserDeleted(deleted) => {
                 let message = delete_request(deleted, event.timestamp, idempotency_key, now);
-                let reply = client.delete_user(self.request(message, request_id));
-                self.call(Call::Delete, reply, |r| (r.outcome, r.replayed)).await
+                self.call(
+                    Rpc { call: Call::Delete, method: methods::DELETE_USER },
+                    users,
+                    message,
+                    id,
+                    |mut client, request| async move { client.delete_user(request).await },
+                    |reply| (reply.outcome, reply.replayed),
+                )
+                .await
             }
             Payload::SessionCreated(session) => {
                 let message = login_request(session, event.timestamp, idempotency_key, now);
-                let mut data = self.data.clone();
-                let reply = data.record_login(self.request(message, request_id));
-                self.call(Call::Session, reply, |r| (r.outcome, r.replayed)).await
+                self.call(
+                    Rpc { call: Call::Session, method: methods::RECORD_LOGIN },
+                    data,
+                    message,
+                    id,
+                    |mut client, request| async move { client.record_login(request).await },
+                    |reply| (reply.outcome, reply.replayed),
+                )
+                .await
             }
             Payload::SessionActivity(session) => {
                 let message = activity_request(session, event.timestamp, idempotency_key, now);
-                let mut data = self.data.clone();
-                let reply = data.record_activity(self.request(message, request_id));
-                self.call(Call::Session, reply, |r| (r.outcome, r.replayed)).await
+                self.call(
+                    Rpc { call: Call::Session, method: methods::RECORD_ACTIVITY },
+                    data,
+                    message,
+                    id,
+                    |mut client, request| async move { client.record_activity(request).await },
+                    |reply| (reply.outcome, reply.replayed),
+                )
+                .await
             }
             Payload::Unhandled => Ok(Outcome::Ignored),
         }
     }
 
-    /// Wraps a message with the deadline and the request id metadata.
-    fn request<T>(&self, message: T, request_id: &RequestId) -> tonic::Request<T> {
+    /// Wraps a message with the deadline left and the request id metadata.
+    fn request<T>(message: T, request_id: &RequestId, timeout: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         // Sent as `grpc-timeout` so user-service can give up too, and
         // enforced client-side by tonic.
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
             request.metadata_mut().insert(REQUEST_ID, value);
         }
         request
     }
 
-    /// Runs a call under the deadline and turns its reply, via `outcome_of`
-    /// (which picks `outcome` and `replayed`), or its error into an outcome.
-    async fn call<R>(
+    /// Sends `message` with `send` on a clone of `client` under the deadline
+    /// and turns the reply, via `outcome_of` (which picks `outcome` and
+    /// `replayed`), or the error into an outcome. See [`Self::with_failover`]
+    /// for the one retry.
+    async fn call<C, M, R, F>(
         &self,
-        call: Call,
-        reply: impl Future<Output = Result<tonic::Response<R>, Status>>,
+        rpc: Rpc,
+        client: &C,
+        message: M,
+        request_id: &RequestId,
+        send: impl Fn(C, tonic::Request<M>) -> F,
         outcome_of: impl FnOnce(&R) -> (i32, bool),
-    ) -> Result<Outcome, WebhookError> {
-        // tonic's own timeout starts when the request is dispatched; this one
-        // also covers waiting for a (lazy) connection, so Svix always gets an
-        // answer within the deadline.
-        let result = match tokio::time::timeout(self.timeout, reply).await {
-            Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded("user-service did not answer within the deadline")),
-        };
-        match result {
-            Ok(response) => {
-                let (outcome, replayed) = outcome_of(response.get_ref());
-                Ok(Outcome::from_reply(outcome, replayed))
+    ) -> Result<Outcome, WebhookError>
+    where
+        C: Clone,
+        M: Clone,
+        F: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut may_retry = self.failover.is_some();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let reply = send(client.clone(), Self::request(message.clone(), request_id, left));
+            // tonic's own timeout starts when the request is dispatched; this
+            // one also covers waiting for a (lazy) connection, so Svix always
+            // gets an answer within the deadline.
+            let result = match tokio::time::timeout_at(deadline.into(), reply).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded("user-service did not answer within the deadline")),
+            };
+            if let Some(metrics) = &self.metrics {
+                let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+                metrics.record_upstream(rpc.method, code, started.elapsed());
             }
-            Err(status) => classify_status(call, &status),
+            match result {
+                Ok(response) => {
+                    let (outcome, replayed) = outcome_of(response.get_ref());
+                    return Ok(Outcome::from_reply(outcome, replayed));
+                }
+                Err(status) if may_retry && status.code() == Code::Unavailable => {
+                    may_retry = false;
+                    tracing::warn!(
+                        grpc_message = %status.message(),
+                        "user-service replica unavailable; re-checking the replicas and retrying once"
+                    );
+                    if let Some(failover) = &self.failover {
+                        let _ = tokio::time::timeout_at(deadline.into(), failover.recheck()).await;
+                    }
+                    if Instant::now() >= deadline {
+                        return classify_status(rpc.call, &status);
+                    }
+                }
+                Err(status) => return classify_status(rpc.call, &status),
+            }
         }
     }
 }

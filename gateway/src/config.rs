@@ -5,13 +5,34 @@
 //! They are read from [`SIGNING_SECRET_ENV`] by [`SigningSecrets::from_env`],
 //! whose errors name the variable and never the value.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::Uri;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 /// Environment variable holding the Clerk (Svix) webhook signing secret(s).
 pub const SIGNING_SECRET_ENV: &str = "CLERK_WEBHOOK_SIGNING_SECRET";
+
+/// Environment variable holding user-service's bearer token itself (the
+/// alternative to `--user-service-token-file`).
+pub const USER_SERVICE_TOKEN_ENV: &str = "USER_SERVICE_TOKEN";
+
+/// Default address of the Prometheus endpoint.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
+
+/// Default per-client rate: requests per second.
+pub const DEFAULT_RATE_LIMIT: u32 = 200;
+/// Default per-client burst: requests accepted at once before the rate applies.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 400;
 
 /// Svix gives up on a delivery attempt after 15 s.
 pub const SVIX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -85,13 +106,64 @@ pub enum LogFormat {
 /// Options of `gateway serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for HTTP (port 0 picks a free port).
+    /// Address to listen on for webhooks (port 0 picks a free port). A
+    /// non-loopback address needs `--tls-cert`/`--tls-key` or `--insecure`.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// gRPC endpoint of user-service (plain `http://`; TLS is not built in).
-    #[arg(long, env = "USER_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
-    pub user_service_url: Uri,
+    /// TLS certificate chain (PEM) to serve HTTPS with; needs `--tls-key`.
+    #[arg(long, env = "GATEWAY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) to serve HTTPS with; needs `--tls-cert`.
+    #[arg(long, env = "GATEWAY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP on a non-loopback address, e.g. behind a proxy that
+    /// terminates TLS. Logged as a warning.
+    #[arg(long, env = "GATEWAY_INSECURE")]
+    pub insecure: bool,
+
+    /// gRPC endpoint of user-service, `http://host:port` or `https://host:port`.
+    /// Several replicas, separated by commas, share the calls; a replica that
+    /// fails its health check gets none until it recovers.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ',',
+        value_parser = parse_uri
+    )]
+    pub user_service_url: Vec<Uri>,
+
+    /// File holding the bearer token sent to user-service (surrounding
+    /// whitespace is ignored). Alternatively set `USER_SERVICE_TOKEN`.
+    #[arg(long, env = "USER_SERVICE_TOKEN_FILE", value_name = "FILE")]
+    pub user_service_token_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that user-service's certificate must chain to,
+    /// instead of the system's roots. Needs https:// URLs.
+    #[arg(long, env = "USER_SERVICE_CA", value_name = "FILE")]
+    pub user_service_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to user-service (mutual TLS); needs
+    /// `--user-service-client-key` and https:// URLs.
+    #[arg(long, env = "USER_SERVICE_CLIENT_CERT", value_name = "FILE", requires = "user_service_client_key")]
+    pub user_service_client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of `--user-service-client-cert`.
+    #[arg(long, env = "USER_SERVICE_CLIENT_KEY", value_name = "FILE", requires = "user_service_client_cert")]
+    pub user_service_client_key: Option<PathBuf>,
+
+    /// With several user-service URLs: how often each replica's health is
+    /// checked to take it out of (or back into) the balancer.
+    #[arg(
+        long,
+        env = "GATEWAY_USER_SERVICE_CHECK_INTERVAL",
+        default_value = "2s",
+        value_parser = parse_duration
+    )]
+    pub user_service_check_interval: Duration,
 
     /// gRPC deadline for each call to user-service, e.g. `5s` or `1500ms`.
     /// At most 10s, to stay well below Svix's 15 s delivery timeout.
@@ -101,6 +173,25 @@ pub struct ServeArgs {
     /// How long `/readyz` waits for user-service's health check.
     #[arg(long, env = "GATEWAY_READINESS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub readiness_timeout: Duration,
+
+    /// Requests per second accepted from one client IP (an IPv6 client is
+    /// its /64); `0` turns the limit off. Excess requests get 429.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Requests one client IP may send at once before `--rate-limit` applies.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_limit_burst: u32,
+
+    /// Take the client IP for rate limiting from the last `X-Forwarded-For`
+    /// entry (the one the proxy in front of the gateway added). Only set it
+    /// behind such a proxy: otherwise clients choose their own IP.
+    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
+    pub metrics_listen: MetricsListen,
 }
 
 /// Options of `gateway send`.
@@ -135,51 +226,243 @@ pub struct SendArgs {
 pub struct Config {
     /// Address to bind; port 0 picks a free port (see `App::local_addr`).
     pub listen: SocketAddr,
-    /// gRPC endpoint of user-service, `http://host:port`.
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<ServerTls>,
+    /// Allow plain HTTP on a non-loopback address.
+    pub insecure: bool,
+    /// gRPC endpoint of user-service, `http(s)://host:port`; the first
+    /// replica when there are several.
     pub user_service_url: Uri,
+    /// Further user-service replicas, balanced with `user_service_url`.
+    pub user_service_replicas: Vec<Uri>,
+    /// Bearer token sent to user-service on every call, if any.
+    pub user_service_token: Option<UserServiceToken>,
+    /// TLS settings for https:// user-service URLs.
+    pub user_service_tls: UpstreamTls,
+    /// With several replicas: how often each one's health is checked.
+    pub replica_check_interval: Duration,
     /// Deadline of each call to user-service (also its connect timeout).
     pub upstream_timeout: Duration,
     /// How long `/readyz` waits for user-service's health check.
     pub readiness_timeout: Duration,
     /// Secrets accepted on incoming webhooks; any one may verify.
     pub signing_secrets: SigningSecrets,
+    /// Per-client-IP rate limit.
+    pub rate_limit: RateLimit,
+    /// Take the client IP from `X-Forwarded-For` (set by a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: MetricsListen,
+}
+
+/// The certificate and key the webhook endpoint serves HTTPS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// TLS towards user-service (used with https:// URLs only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) to trust instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; goes with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM); goes with `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl UpstreamTls {
+    /// Whether any TLS option is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+}
+
+/// A token bucket per client IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per second; 0 turns the limit off.
+    pub per_second: u32,
+    /// Bucket size: requests accepted at once.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// No limit.
+    pub const OFF: Self = Self { per_second: 0, burst: 0 };
+
+    /// Whether requests are limited at all.
+    pub fn is_on(&self) -> bool {
+        self.per_second > 0
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { per_second: DEFAULT_RATE_LIMIT, burst: DEFAULT_RATE_LIMIT_BURST }
+    }
+}
+
+/// Where `/metrics` is served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// No metrics endpoint, and nothing recorded.
+    Off,
+    /// Serve on this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        text.parse()
+            .map(Self::On)
+            .map_err(|_| format!("`{text}` is neither an address like 127.0.0.1:9465 nor `off`"))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::On(addr) => addr.fmt(f),
+        }
+    }
 }
 
 impl Config {
-    /// A config with the documented defaults and the given secrets.
+    /// A config with the command line's defaults and the given secrets,
+    /// except that `/metrics` is off: a library user (or test) opts in.
     pub fn new(signing_secrets: SigningSecrets) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            insecure: false,
             user_service_url: Uri::from_static("http://127.0.0.1:50051"),
+            user_service_replicas: Vec::new(),
+            user_service_token: None,
+            user_service_tls: UpstreamTls::default(),
+            replica_check_interval: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(5),
             readiness_timeout: Duration::from_secs(1),
             signing_secrets,
+            rate_limit: RateLimit::default(),
+            trust_forwarded_for: false,
+            metrics_listen: MetricsListen::Off,
         }
     }
 
-    /// Validates the parsed arguments and reads the signing secrets from
-    /// [`SIGNING_SECRET_ENV`].
+    /// Validates the parsed arguments, reads the signing secrets from
+    /// [`SIGNING_SECRET_ENV`] and the user-service token from its file or
+    /// [`USER_SERVICE_TOKEN_ENV`].
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let mut urls = args.user_service_url.into_iter();
+        let user_service_url = urls.next().ok_or(ConfigError::UserServiceUrl)?;
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::ServerTlsPair),
+        };
+        let env_token = match std::env::var(USER_SERVICE_TOKEN_ENV) {
+            // Blank counts as unset, as a compose file passing an empty
+            // variable through would have it; the token is optional.
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(text),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::TokenMalformed { origin: USER_SERVICE_TOKEN_ENV.into() });
+            }
+        };
+        let user_service_token = match (args.user_service_token_file, env_token) {
+            (Some(_), Some(_)) => return Err(ConfigError::TokenConflict),
+            (Some(path), None) => Some(UserServiceToken::from_file(&path)?),
+            (None, Some(text)) => Some(UserServiceToken::parse(&text, USER_SERVICE_TOKEN_ENV)?),
+            (None, None) => None,
+        };
         let config = Self {
             listen: args.listen,
-            user_service_url: args.user_service_url,
+            tls,
+            insecure: args.insecure,
+            user_service_url,
+            user_service_replicas: urls.collect(),
+            user_service_token,
+            user_service_tls: UpstreamTls {
+                ca: args.user_service_ca,
+                client_cert: args.user_service_client_cert,
+                client_key: args.user_service_client_key,
+            },
+            replica_check_interval: args.user_service_check_interval,
             upstream_timeout: args.upstream_timeout,
             readiness_timeout: args.readiness_timeout,
             signing_secrets: SigningSecrets::from_env()?,
+            rate_limit: RateLimit { per_second: args.rate_limit, burst: args.rate_limit_burst },
+            trust_forwarded_for: args.trust_forwarded_for,
+            metrics_listen: args.metrics_listen,
         };
         config.validate()?;
         Ok(config)
     }
 
+    /// Every user-service replica: `user_service_url`, then the others.
+    pub fn user_service_urls(&self) -> impl Iterator<Item = &Uri> {
+        std::iter::once(&self.user_service_url).chain(self.user_service_replicas.iter())
+    }
+
+    /// Replaces the user-service replicas; does nothing for an empty list.
+    pub fn set_user_service_urls(&mut self, urls: impl IntoIterator<Item = Uri>) {
+        let mut urls = urls.into_iter();
+        if let Some(first) = urls.next() {
+            self.user_service_url = first;
+            self.user_service_replicas = urls.collect();
+        }
+    }
+
+    /// Whether user-service is reached over TLS (all URLs are https://).
+    pub fn user_service_uses_tls(&self) -> bool {
+        self.user_service_url.scheme_str() == Some("https")
+    }
+
     /// Checks the cross-field rules clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // tonic is built without TLS, so an https URL would only fail later,
-        // on the first webhook; refuse it at startup instead.
-        if self.user_service_url.scheme_str() != Some("http") || self.user_service_url.authority().is_none() {
-            return Err(ConfigError::UserServiceUrl);
+        let tls = self.user_service_uses_tls();
+        for url in self.user_service_urls() {
+            let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+            // Credentials in the URL would be logged with it and are not how
+            // gRPC authenticates; the token has its own setting.
+            let authority_ok = url.authority().is_some_and(|a| !a.as_str().contains('@'));
+            if !scheme_ok || !authority_ok {
+                return Err(ConfigError::UserServiceUrl);
+            }
+            if (url.scheme_str() == Some("https")) != tls {
+                return Err(ConfigError::MixedSchemes);
+            }
+        }
+        if self.user_service_tls.is_set() && !tls {
+            return Err(ConfigError::UpstreamTlsNeedsHttps);
+        }
+        if self.user_service_tls.client_cert.is_some() != self.user_service_tls.client_key.is_some() {
+            return Err(ConfigError::ClientCertPair);
         }
         check_deadline("--upstream-timeout", self.upstream_timeout)?;
         check_deadline("--readiness-timeout", self.readiness_timeout)?;
+        if self.replica_check_interval.is_zero() {
+            return Err(ConfigError::CheckInterval);
+        }
+        if self.rate_limit.is_on() && self.rate_limit.burst == 0 {
+            return Err(ConfigError::RateLimitBurst);
+        }
+        if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::PlainHttpOnPublicAddress(self.listen));
+        }
         Ok(())
     }
 }
@@ -213,9 +496,61 @@ pub enum ConfigError {
         /// How many secrets the variable holds.
         count: usize,
     },
-    /// The user-service URL is not plain `http://host:port`.
-    #[error("--user-service-url / USER_SERVICE_URL must be an http://host:port URL (TLS is not supported)")]
+    /// A user-service URL is not `http(s)://host:port`.
+    #[error(
+        "--user-service-url / USER_SERVICE_URL must be one or more http://host:port or https://host:port \
+         URLs separated by commas, without credentials"
+    )]
     UserServiceUrl,
+    /// Some user-service URLs are https:// and others http://.
+    #[error("--user-service-url / USER_SERVICE_URL: all replicas must use the same scheme (http or https)")]
+    MixedSchemes,
+    /// A user-service TLS option was given for http:// URLs.
+    #[error(
+        "--user-service-ca, --user-service-client-cert and --user-service-client-key need https:// \
+         user-service URLs"
+    )]
+    UpstreamTlsNeedsHttps,
+    /// Only one of the client certificate and key was given.
+    #[error("--user-service-client-cert and --user-service-client-key go together")]
+    ClientCertPair,
+    /// Only one of `--tls-cert` and `--tls-key` was given.
+    #[error("--tls-cert and --tls-key go together")]
+    ServerTlsPair,
+    /// Both a token file and the token variable are set.
+    #[error(
+        "set either --user-service-token-file / USER_SERVICE_TOKEN_FILE or {USER_SERVICE_TOKEN_ENV}, not both"
+    )]
+    TokenConflict,
+    /// The token file cannot be read.
+    #[error("cannot read the user-service token file {}: {reason}", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The token is blank or not one word of visible ASCII.
+    #[error(
+        "{origin}: the user-service token must be one word of visible ASCII characters (the token alone, \
+         no `Bearer`)"
+    )]
+    TokenMalformed {
+        /// Where the token came from: the file or the variable.
+        origin: String,
+    },
+    /// Plain HTTP on a non-loopback address without `--insecure`.
+    #[error(
+        "refusing to serve plain HTTP on {0}: give --tls-cert and --tls-key, or --insecure when a proxy \
+         in front terminates TLS"
+    )]
+    PlainHttpOnPublicAddress(SocketAddr),
+    /// The rate limit is on with a burst of zero, which would refuse everything.
+    #[error("--rate-limit-burst must be at least 1 while --rate-limit is on (0 turns the limit off)")]
+    RateLimitBurst,
+    /// The replica check interval is zero.
+    #[error("--user-service-check-interval must be greater than 0")]
+    CheckInterval,
     /// A deadline is zero or above [`MAX_DEADLINE`].
     #[error("{flag} must be greater than 0 and at most 10s (Svix gives up after 15s)")]
     Deadline {
@@ -308,6 +643,55 @@ impl SigningSecrets {
     pub fn is_empty(&self) -> bool {
         false
     }
+}
+
+/// The bearer token the gateway presents to user-service (a client with the
+/// `write` scope in user-service's tokens file).
+///
+/// `Debug` is redacted and the value is marked sensitive, so HTTP/2 header
+/// compression never indexes it; there is no way to read it back as text.
+#[derive(Clone)]
+pub struct UserServiceToken(AsciiMetadataValue);
+
+impl UserServiceToken {
+    /// Parses a token: surrounding whitespace is ignored, the rest must be one
+    /// word of visible ASCII. `origin` names where it came from, for the
+    /// error (never the value).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let token = text.trim();
+        let malformed = || ConfigError::TokenMalformed { origin: origin.to_owned() };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(malformed());
+        }
+        let mut value: AsciiMetadataValue =
+            MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| malformed())?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+
+    /// Reads a token file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::TokenFile { path: path.to_owned(), reason: err.to_string() })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The `authorization` metadata value, `Bearer <token>`.
+    pub(crate) fn authorization(&self) -> AsciiMetadataValue {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for UserServiceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserServiceToken([redacted])")
+    }
+}
+
+/// Parses one user-service URL, ignoring surrounding spaces (so `a, b` works).
+pub fn parse_uri(text: &str) -> Result<Uri, String> {
+    let text = text.trim();
+    text.parse().map_err(|_| format!("`{text}` is not a URL like http://host:port"))
 }
 
 /// Parses a duration such as `5s`, `1500ms`, `2m` or a bare number of seconds.
@@ -410,14 +794,111 @@ mod tests {
         assert!(config.validate().is_err());
     }
 
-    #[test]
-    fn user_service_url_must_be_plain_http() {
+    fn test_config() -> Config {
         let Ok(secrets) = SigningSecrets::parse(SECRET_A) else {
             panic!("test secret must parse");
         };
-        let mut config = Config::new(secrets);
+        Config::new(secrets)
+    }
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let argv = ["gateway", "serve"].into_iter().chain(args.iter().copied());
+        match Cli::try_parse_from(argv).and_then(Cli::into_command) {
+            Ok(Command::Serve(args)) => args,
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn user_service_urls_may_be_http_or_https_but_not_mixed() {
+        let mut config = test_config();
         config.user_service_url = Uri::from_static("https://users.internal:50051");
+        assert_eq!(config.validate(), Ok(()));
+        config.user_service_replicas = vec![Uri::from_static("http://users-2.internal:50051")];
+        assert_eq!(config.validate(), Err(ConfigError::MixedSchemes));
+        config.set_user_service_urls([Uri::from_static("ftp://users.internal")]);
         assert_eq!(config.validate(), Err(ConfigError::UserServiceUrl));
+        config.set_user_service_urls([Uri::from_static("http://user:pw@users.internal:50051")]);
+        assert_eq!(config.validate(), Err(ConfigError::UserServiceUrl));
+    }
+
+    #[test]
+    fn a_comma_separated_url_list_becomes_replicas() {
+        let args = serve_args(&["--user-service-url", "http://a:1, http://b:2,http://c:3"]);
+        assert_eq!(args.user_service_url.len(), 3);
+        assert_eq!(args.user_service_url[1], Uri::from_static("http://b:2"));
+    }
+
+    #[test]
+    fn upstream_tls_options_need_https_urls() {
+        let mut config = test_config();
+        config.user_service_tls.ca = Some("ca.pem".into());
+        assert_eq!(config.validate(), Err(ConfigError::UpstreamTlsNeedsHttps));
+        config.user_service_url = Uri::from_static("https://users.internal:50051");
+        assert_eq!(config.validate(), Ok(()));
+        config.user_service_tls.client_cert = Some("client.pem".into());
+        assert_eq!(config.validate(), Err(ConfigError::ClientCertPair));
+    }
+
+    #[test]
+    fn a_client_cert_without_its_key_is_refused_by_the_parser() {
+        let argv = ["gateway", "serve", "--user-service-client-cert", "c.pem"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        assert!(Cli::try_parse_from(["gateway", "serve", "--tls-key", "k.pem"]).is_err());
+    }
+
+    #[test]
+    fn plain_http_on_a_non_loopback_address_needs_insecure() {
+        let mut config = test_config();
+        config.listen = "0.0.0.0:8080".parse().unwrap_or(config.listen);
+        assert!(matches!(config.validate(), Err(ConfigError::PlainHttpOnPublicAddress(_))));
+        config.insecure = true;
+        assert_eq!(config.validate(), Ok(()));
+        config.insecure = false;
+        config.tls = Some(ServerTls { cert: "c.pem".into(), key: "k.pem".into() });
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_rate_limit_without_burst_is_refused_and_zero_turns_it_off() {
+        let mut config = test_config();
+        config.rate_limit = RateLimit { per_second: 10, burst: 0 };
+        assert_eq!(config.validate(), Err(ConfigError::RateLimitBurst));
+        config.rate_limit = RateLimit::OFF;
+        assert_eq!(config.validate(), Ok(()));
+        assert!(!config.rate_limit.is_on());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        assert_eq!("off".parse(), Ok(MetricsListen::Off));
+        assert_eq!("127.0.0.1:9465".parse(), Ok(MetricsListen::On(DEFAULT_METRICS_LISTEN)));
+        assert!("9465".parse::<MetricsListen>().is_err());
+        assert_eq!(serve_args(&[]).metrics_listen, MetricsListen::On(DEFAULT_METRICS_LISTEN));
+    }
+
+    #[test]
+    fn tokens_are_trimmed_and_must_be_one_visible_word() {
+        let token = UserServiceToken::parse("  gateway-token-0123456789\n", "file");
+        let value = token.map(|t| t.authorization());
+        assert_eq!(
+            value.as_ref().map(|v| v.to_str().unwrap_or_default()),
+            Ok("Bearer gateway-token-0123456789")
+        );
+        for bad in ["", "  \n", "two words", "t\u{e9}l\u{e9}phone"] {
+            assert!(UserServiceToken::parse(bad, "file").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn token_errors_and_debug_never_contain_the_token() {
+        let message = UserServiceToken::parse("secret token", "USER_SERVICE_TOKEN")
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(message.contains("USER_SERVICE_TOKEN") && !message.contains("secret"), "{message}");
+        let debug = UserServiceToken::parse("gateway-token-0123456789", "x").map(|t| format!("{t:?}"));
+        let debug = debug.unwrap_or_default();
+        assert!(debug.contains("redacted") && !debug.contains("gateway-token"), "{debug}");
     }
 
     #[test]

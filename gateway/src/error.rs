@@ -85,6 +85,13 @@ pub enum WebhookError {
     /// The gateway itself is misconfigured (500).
     #[error("webhook verifier is misconfigured")]
     Misconfigured,
+    /// The client sent more requests than its rate limit allows (429 with
+    /// `Retry-After`).
+    #[error("too many requests; retry later")]
+    RateLimited {
+        /// Seconds until a request will be accepted again.
+        retry_after: u32,
+    },
 }
 
 /// Which side of the tolerance window a signature timestamp fell on.
@@ -114,6 +121,7 @@ impl WebhookError {
             Self::InvalidSignature | Self::SignatureExpired(_) => StatusCode::UNAUTHORIZED,
             Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed { .. } | Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -131,7 +139,8 @@ impl WebhookError {
             | Self::UpstreamRejected { .. }
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamFailed { .. }
-            | Self::Misconfigured => None,
+            | Self::Misconfigured
+            | Self::RateLimited { .. } => None,
         }
     }
 }
@@ -149,10 +158,15 @@ pub struct ErrorBody {
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECONDS),
+            _ => None,
+        };
         let body = ErrorBody { error: self.to_string(), field: self.field() };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -183,6 +197,13 @@ mod tests {
             message: "pq: relation users does not exist".into(),
         };
         assert!(!error.to_string().contains("relation"));
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_its_own_retry_after() {
+        let response = WebhookError::RateLimited { retry_after: 2 }.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers().get(header::RETRY_AFTER), Some(&HeaderValue::from(2_u32)));
     }
 
     #[test]

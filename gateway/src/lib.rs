@@ -8,6 +8,12 @@
 //! acknowledged and ignored. See `STATUS_CODES.md` for what each
 //! answer means to Svix.
 //!
+//! Production settings: HTTPS on the webhook endpoint ([`tls`]), a refusal to
+//! serve plain HTTP on a public address without `--insecure`, a per-client
+//! rate limit ([`rate_limit`]), a bearer token, TLS and client-side balancing
+//! towards user-service ([`upstream`]), and Prometheus metrics on their own
+//! listener ([`metrics`], `METRICS.md`).
+//!
 //! Entry points: [`app::App`] (build, bind, run), [`config::Config`],
 //! [`sign::sign_headers`] (sign like Svix, for tests and `gateway send`).
 
@@ -16,12 +22,16 @@ pub mod apply;
 pub mod clerk;
 pub mod config;
 pub mod error;
+pub mod metrics;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 pub mod send;
 pub mod sign;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
+pub mod upstream;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -34,15 +44,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let config = Config::from_args(args)?;
-            let upstream = config.user_service_url.clone();
-            let secrets = config.signing_secrets.len();
             let app = App::build(config).await?;
-            tracing::info!(
-                listen = %app.local_addr(),
-                user_service = %upstream,
-                signing_secrets = secrets,
-                "gateway listening"
-            );
             app.run_until(shutdown_signal()).await?;
             tracing::info!("gateway stopped");
             Ok(ExitCode::SUCCESS)

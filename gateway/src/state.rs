@@ -1,22 +1,19 @@
 //! Shared state handed to every request handler.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use tonic::transport::Channel;
-use tonic_health::pb::health_client::HealthClient;
+use crate::{apply::UserSync, upstream::Replicas, verify::Verifier};
 
-use crate::{apply::UserSync, verify::Verifier};
-
-/// What handlers need: the verifier, the user-service client and the health
-/// client. Cloning is cheap (the gRPC channel is shared).
+/// What handlers need: the verifier, the user-service client and the
+/// replicas' health checks. Cloning is cheap (the gRPC channels are shared).
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// Verifies Svix signatures.
     pub verifier: Verifier,
     /// Applies events to user-service.
     pub users: UserSync,
-    /// Asks user-service whether it is serving, for `/readyz`.
-    pub health: HealthClient<Channel>,
-    /// How long `/readyz` waits for the health check.
+    /// Asks each user-service replica whether it is serving, for `/readyz`.
+    pub replicas: Arc<Replicas>,
+    /// How long `/readyz` waits for the health checks.
     pub readiness_timeout: Duration,
 }

@@ -18,6 +18,7 @@ use crate::{
     apply::Outcome,
     clerk::{self, Event, Payload},
     error::WebhookError,
+    metrics::{Delivery, TYPE_UNKNOWN},
     request_id::RequestId,
     routes::MAX_BODY_BYTES,
     state::AppState,
@@ -35,29 +36,42 @@ pub struct OutcomeBody<'a> {
 
 /// Handles one delivery. Errors are answered as described on
 /// [`WebhookError`]; outcomes as 200 with [`OutcomeBody`]. Every answer is
-/// logged once, without the body.
+/// logged once, without the body, and carries a [`Delivery`] extension for
+/// the metrics.
 pub async fn receive(
     State(state): State<AppState>,
     request_id: RequestId,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &request_id, &headers, body).await {
+    let mut event_type = None;
+    let result = handle(&state, &request_id, &headers, body, &mut event_type).await;
+    let delivery = Delivery {
+        event_type: event_type.unwrap_or_else(|| TYPE_UNKNOWN.to_owned()),
+        outcome: result.as_ref().ok().map(|outcome| outcome.as_str()),
+    };
+    let mut response = match result {
         Ok(outcome) => {
             (StatusCode::OK, Json(OutcomeBody { outcome: outcome.as_str(), request_id: request_id.as_str() }))
                 .into_response()
         }
         Err(error) => error.into_response(),
-    }
+    };
+    response.extensions_mut().insert(delivery);
+    response
 }
 
+/// Does the work; sets `event_type` (the metrics label) once the event is
+/// verified and parsed.
 async fn handle(
     state: &AppState,
     request_id: &RequestId,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    event_type: &mut Option<String>,
 ) -> Result<Outcome, WebhookError> {
     let (msg_id, event) = authenticate(state, headers, body).inspect_err(log_rejection)?;
+    *event_type = Some(Delivery::label_for(&event.event_type));
 
     // From here on the request is genuine: log with what identifies it.
     let span = tracing::info_span!(
@@ -160,6 +174,9 @@ fn log_rejection(error: &WebhookError) {
         // Logged with the message id where it is detected.
         WebhookError::InvalidEvent(_) => {}
         WebhookError::Misconfigured => tracing::error!(status, %error, "webhook refused"),
+        // Counted in the metrics; a log line per refused request would let a
+        // flood fill the logs.
+        WebhookError::RateLimited { .. } => {}
         WebhookError::UnsupportedMediaType
         | WebhookError::PayloadTooLarge { .. }
         | WebhookError::UnreadableBody
@@ -185,6 +202,18 @@ fn log_upstream_error(error: &WebhookError) {
         | WebhookError::UpstreamRejected { code, message } => {
             tracing::warn!(status, grpc_code = ?code, grpc_message = %message, "webhook not applied");
         }
+        WebhookError::UpstreamFailed { code, message }
+            if matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) =>
+        {
+            tracing::error!(
+                status,
+                grpc_code = ?code,
+                grpc_message = %message,
+                hint = "check the user-service token (--user-service-token-file or USER_SERVICE_TOKEN) \
+                        and that its client has the `write` scope",
+                "webhook not applied: user-service refused the gateway's credentials"
+            );
+        }
         WebhookError::UpstreamFailed { code, message } => {
             tracing::error!(status, grpc_code = ?code, grpc_message = %message, "webhook not applied");
         }
@@ -197,7 +226,8 @@ fn log_upstream_error(error: &WebhookError) {
         | WebhookError::InvalidSignature
         | WebhookError::SignatureExpired(_)
         | WebhookError::InvalidEvent(_)
-        | WebhookError::Misconfigured => tracing::error!(status, %error, "webhook not applied"),
+        | WebhookError::Misconfigured
+        | WebhookError::RateLimited { .. } => tracing::error!(status, %error, "webhook not applied"),
     }
 }
 

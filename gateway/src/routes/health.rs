@@ -7,7 +7,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::state::AppState;
 
@@ -19,21 +18,32 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// `GET /readyz`: 200 when user-service's `grpc.health.v1.Health/Check` for
 /// the whole server (service `""`) answers `SERVING` within the readiness
-/// timeout, else 503 with the reason.
+/// timeout, on any one replica when there are several; else 503 with the
+/// reason.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let mut client = state.health.clone();
-    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
-    request.set_timeout(state.readiness_timeout);
-    let reply = tokio::time::timeout(state.readiness_timeout, client.check(request)).await;
-    let not_ready = match reply {
-        Ok(Ok(response)) => match response.get_ref().status() {
-            ServingStatus::Serving => {
-                return (StatusCode::OK, Json(json!({"status": "ready"}))).into_response();
-            }
-            other => format!("user-service reports {}", other.as_str_name()),
-        },
-        Ok(Err(status)) => format!("user-service health check failed: {:?}", status.code()),
-        Err(_) => "user-service health check timed out".to_owned(),
+    let results = state.replicas.check_all(state.readiness_timeout).await;
+    let serving = results.iter().filter(|result| result.is_ok()).count();
+    if serving > 0 {
+        let body = if results.len() > 1 {
+            json!({"status": "ready", "replicas_serving": serving, "replicas": results.len()})
+        } else {
+            json!({"status": "ready"})
+        };
+        return (StatusCode::OK, Json(body)).into_response();
+    }
+    let not_ready = match results.as_slice() {
+        [Err(reason)] => reason.clone(),
+        // Replicas by position: their URLs are internal and this port is not.
+        _ => {
+            let reasons: Vec<String> = results
+                .iter()
+                .enumerate()
+                .filter_map(|(index, result)| {
+                    result.as_ref().err().map(|r| format!("replica {}: {r}", index + 1))
+                })
+                .collect();
+            format!("no user-service replica is serving ({})", reasons.join("; "))
+        }
     };
     // Debug, not info: probes repeat every few seconds during an outage.
     tracing::debug!(reason = %not_ready, "not ready");

@@ -1,7 +1,7 @@
 //! The HTTP surface: which path goes to which handler, and the layers around
 //! them.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -12,7 +12,13 @@ use axum::{
 };
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{config::SVIX_DELIVERY_TIMEOUT, request_id, state::AppState};
+use crate::{
+    config::SVIX_DELIVERY_TIMEOUT,
+    metrics::{self, Metrics},
+    rate_limit::{self, RateLimitState},
+    request_id,
+    state::AppState,
+};
 
 pub mod clerk_webhook;
 pub mod health;
@@ -28,14 +34,33 @@ pub const REQUEST_TIMEOUT: Duration = SVIX_DELIVERY_TIMEOUT.saturating_sub(Durat
 /// Path of the Clerk webhook endpoint.
 pub const CLERK_WEBHOOK_PATH: &str = "/webhooks/clerk";
 
-/// Builds the router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The optional layers around the routes.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    /// Per-client rate limit; none when off.
+    pub rate_limit: Option<RateLimitState>,
+    /// Webhook metrics; none when metrics are off.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Builds the router. From the outside in: request id (so every answer and
+/// log line has one), webhook metrics (so 429 and 408 answers are counted),
+/// rate limit, whole-request timeout, body limit on the webhook route.
+///
+/// The rate limit needs the peer address: serve the router with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(state: AppState, layers: Layers) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route(CLERK_WEBHOOK_PATH, post(clerk_webhook::receive).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        // Outermost, so even timeouts and 404s carry a request id.
-        .layer(middleware::from_fn(request_id::middleware))
-        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
+    if let Some(limit) = layers.rate_limit {
+        router = router.layer(middleware::from_fn_with_state(limit, rate_limit::limit));
+    }
+    if let Some(metrics) = layers.metrics {
+        router = router.layer(middleware::from_fn_with_state(metrics, metrics::observe_webhooks));
+    }
+    // Outermost, so even timeouts, 429s and 404s carry a request id.
+    router.layer(middleware::from_fn(request_id::middleware)).with_state(state)
 }

@@ -1,10 +1,19 @@
-//! Integration tests: the real gateway over HTTP against a fake user-service
-//! over gRPC, both on 127.0.0.1:0.
+//! Integration tests: the real gateway over HTTP (or HTTPS) against a fake
+//! user-service over gRPC, or a real one (`user_service::testing`) where the
+//! behaviour depends on it, all on 127.0.0.1 with OS-chosen ports.
 
 mod cli;
 mod forged;
+mod forged_storm;
+mod fuzz;
 mod health;
 mod lifecycle;
+mod metrics;
+mod observability;
+mod pki;
+mod rate_limit;
+mod replicas;
+mod security;
 mod support;
 mod upstream;
 mod webhook;

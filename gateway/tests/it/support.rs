@@ -233,12 +233,15 @@ pub async fn dead_address() -> SocketAddr {
 }
 
 /// The gateway config used by tests: port 0, the given upstream and secrets.
+/// The rate limit is off (every test client is 127.0.0.1, and storms would
+/// otherwise test the limit); the rate-limit tests turn it on.
 pub fn config(upstream: Uri, secrets: &str) -> Config {
     let mut config = Config::new(SigningSecrets::parse(secrets).unwrap());
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.user_service_url = upstream;
     config.upstream_timeout = UPSTREAM_TIMEOUT;
     config.readiness_timeout = Duration::from_millis(500);
+    config.rate_limit = gateway::config::RateLimit::OFF;
     config
 }
 
@@ -246,6 +249,8 @@ pub fn config(upstream: Uri, secrets: &str) -> Config {
 pub struct Gateway {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves `/metrics`, if it does.
+    pub metrics_addr: Option<SocketAddr>,
     /// HTTP client for requests to it.
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -262,11 +267,20 @@ impl Gateway {
     pub async fn start_with(config: Config) -> Self {
         let app = App::build(config).await.unwrap();
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stop.await;
         }));
-        Self { addr, http: reqwest::Client::new(), shutdown: Some(shutdown), task }
+        Self { addr, metrics_addr, http: reqwest::Client::new(), shutdown: Some(shutdown), task }
+    }
+
+    /// The text of `/metrics`; fails the test when metrics are off.
+    pub async fn metrics(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics are on");
+        let response = self.http.get(format!("http://{addr}/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
     }
 
     /// Full URL of `path`.

@@ -1,0 +1,316 @@
+//! Prometheus metrics, served as text on a separate plain-HTTP listener.
+//!
+//! Each [`Metrics`] value owns its recorder (nothing is installed globally),
+//! so two gateways in one process, as in tests, keep separate counts. The
+//! metrics are described in `gateway/METRICS.md`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ::metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
+use axum::{
+    extract::{Request, State},
+    http::{Method, StatusCode},
+    middleware::Next,
+    response::Response,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::routes::CLERK_WEBHOOK_PATH;
+
+/// Webhook deliveries answered, by event type and outcome.
+pub const WEBHOOK_EVENTS_TOTAL: &str = "webhook_events_total";
+/// Time to answer a webhook delivery.
+pub const WEBHOOK_REQUEST_DURATION: &str = "webhook_request_duration_seconds";
+/// gRPC calls made to user-service, by method and status code.
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "upstream_requests_total";
+/// Time of each gRPC call to user-service, by method.
+pub const UPSTREAM_REQUEST_DURATION: &str = "upstream_request_duration_seconds";
+/// 1 while a user-service replica receives calls, 0 while it is left out.
+pub const UPSTREAM_REPLICA_UP: &str = "upstream_replica_up";
+/// Requests (any path) refused by the per-client rate limit.
+pub const RATE_LIMITED_TOTAL: &str = "http_requests_rate_limited_total";
+
+/// `type` label of a delivery whose event was never verified (refused before,
+/// or rate limited).
+pub const TYPE_UNKNOWN: &str = "unknown";
+/// `type` label of a verified event whose type is not a plain dotted name.
+pub const TYPE_OTHER: &str = "other";
+
+/// Outcome of a delivery answered 4xx (except 429): Svix retries, but only a
+/// fix and a replay can help.
+pub const OUTCOME_REJECTED: &str = "rejected";
+/// Outcome of a delivery answered 429 or 5xx: a retry is expected to work.
+pub const OUTCOME_RETRY_ASKED: &str = "retry_asked";
+
+/// Webhook latency buckets, in seconds, up to Svix's 15 s timeout.
+const WEBHOOK_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0];
+/// gRPC latency buckets, in seconds, up to the 10 s longest deadline.
+const UPSTREAM_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
+
+/// What the webhook handler tells the metrics layer about a delivery: put in
+/// the response's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The verified event type, or [`TYPE_UNKNOWN`].
+    pub event_type: String,
+    /// The outcome of a 2xx answer (`applied`, `duplicate`, ...).
+    pub outcome: Option<&'static str>,
+}
+
+impl Delivery {
+    /// The `type` label for a verified event type: the type itself when it
+    /// looks like Clerk's (`user.created`), else [`TYPE_OTHER`]. Only Clerk
+    /// can sign events, so the set of values stays small.
+    pub fn label_for(event_type: &str) -> String {
+        let plain = (1..=64).contains(&event_type.len())
+            && event_type
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+        if plain { event_type.to_owned() } else { TYPE_OTHER.to_owned() }
+    }
+}
+
+/// The `outcome` label of an answer: the handler's outcome for 2xx,
+/// [`OUTCOME_RETRY_ASKED`] for 429 and 5xx, [`OUTCOME_REJECTED`] for other 4xx.
+pub fn outcome_label(status: StatusCode, delivery: Option<&Delivery>) -> &'static str {
+    if status.is_success() {
+        delivery.and_then(|d| d.outcome).unwrap_or("unknown")
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        OUTCOME_RETRY_ASKED
+    } else {
+        OUTCOME_REJECTED
+    }
+}
+
+/// The gateway's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with every metric described.
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new();
+        // Only an empty bucket list is refused, and these are not empty.
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Full(WEBHOOK_REQUEST_DURATION.to_owned()), &WEBHOOK_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(UPSTREAM_REQUEST_DURATION.to_owned()),
+                    &UPSTREAM_BUCKETS,
+                )
+            })
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let counters = [
+            (WEBHOOK_EVENTS_TOTAL, "Webhook deliveries answered, by event type and outcome."),
+            (UPSTREAM_REQUESTS_TOTAL, "gRPC calls to user-service, by method and status code."),
+            (RATE_LIMITED_TOTAL, "Requests refused with 429 by the per-client rate limit."),
+        ];
+        for (name, help) in counters {
+            recorder.describe_counter(name.into(), None, help.into());
+        }
+        recorder.describe_histogram(
+            WEBHOOK_REQUEST_DURATION.into(),
+            Some(Unit::Seconds),
+            "Time from receiving a webhook delivery to its answer.".into(),
+        );
+        recorder.describe_histogram(
+            UPSTREAM_REQUEST_DURATION.into(),
+            Some(Unit::Seconds),
+            "Time of each gRPC call to user-service, by method.".into(),
+        );
+        recorder.describe_gauge(
+            UPSTREAM_REPLICA_UP.into(),
+            None,
+            "1 while a user-service replica receives calls, 0 while it is left out.".into(),
+        );
+        let handle = recorder.handle();
+        Self { recorder, handle }
+    }
+
+    /// Counts one answered webhook delivery.
+    pub fn record_webhook(&self, event_type: String, outcome: &'static str, elapsed: Duration) {
+        let labels = vec![Label::new("type", event_type), Label::from_static_parts("outcome", outcome)];
+        self.recorder
+            .register_counter(&Key::from_parts(WEBHOOK_EVENTS_TOTAL, labels), &METADATA)
+            .increment(1);
+        self.recorder
+            .register_histogram(&Key::from_name(WEBHOOK_REQUEST_DURATION), &METADATA)
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Counts one finished gRPC call to user-service.
+    pub fn record_upstream(&self, method: &'static str, code: Code, elapsed: Duration) {
+        let labels = vec![
+            Label::from_static_parts("method", method),
+            Label::from_static_parts("code", code_name(code)),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(UPSTREAM_REQUESTS_TOTAL, labels), &METADATA)
+            .increment(1);
+        let key =
+            Key::from_parts(UPSTREAM_REQUEST_DURATION, vec![Label::from_static_parts("method", method)]);
+        self.recorder.register_histogram(&key, &METADATA).record(elapsed.as_secs_f64());
+    }
+
+    /// Sets whether the replica `replica` (its URL) receives calls.
+    pub fn set_replica_up(&self, replica: impl Into<SharedString>, up: bool) {
+        let key = Key::from_parts(UPSTREAM_REPLICA_UP, vec![Label::new("replica", replica.into())]);
+        self.recorder.register_gauge(&key, &METADATA).set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Counts one request refused by the rate limit.
+    pub fn record_rate_limited(&self) {
+        self.recorder.register_counter(&Key::from_name(RATE_LIMITED_TOTAL), &METADATA).increment(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds histogram samples into their buckets; run every few seconds so
+    /// memory stays flat between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+/// Times and counts every `POST` to the webhook path; other requests pass
+/// untouched. Must sit outside the rate limit and the timeout so their
+/// answers (429, 408) are counted too.
+pub async fn observe_webhooks(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let is_webhook = request.method() == Method::POST && request.uri().path() == CLERK_WEBHOOK_PATH;
+    if !is_webhook {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let delivery = response.extensions().get::<Delivery>();
+    let outcome = outcome_label(response.status(), delivery);
+    let event_type = delivery.map_or_else(|| TYPE_UNKNOWN.to_owned(), |d| d.event_type.clone());
+    metrics.record_webhook(event_type, outcome, started.elapsed());
+    response
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, and folds
+/// histogram samples every few seconds.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    use axum::{Router, http::header, routing::get};
+
+    let upkeep = {
+        let metrics = metrics.clone();
+        async move {
+            let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    };
+    let scrape = move || {
+        let body = metrics.render();
+        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+    };
+    let app = Router::new().route("/metrics", get(scrape));
+    tokio::select! {
+        () = upkeep => {}
+        served = axum::serve(listener, app) => {
+            if let Err(error) = served {
+                tracing::error!(%error, "metrics endpoint failed");
+            }
+        }
+    }
+}
+
+/// The canonical name of a gRPC code (`NOT_FOUND`), as user-service labels
+/// its own metrics.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(outcome: &'static str) -> Delivery {
+        Delivery { event_type: "user.created".into(), outcome: Some(outcome) }
+    }
+
+    #[test]
+    fn answers_map_to_outcomes_by_status_class() {
+        assert_eq!(outcome_label(StatusCode::OK, Some(&ok("stale"))), "stale");
+        assert_eq!(outcome_label(StatusCode::UNAUTHORIZED, None), OUTCOME_REJECTED);
+        assert_eq!(outcome_label(StatusCode::REQUEST_TIMEOUT, None), OUTCOME_REJECTED);
+        assert_eq!(outcome_label(StatusCode::TOO_MANY_REQUESTS, None), OUTCOME_RETRY_ASKED);
+        assert_eq!(outcome_label(StatusCode::SERVICE_UNAVAILABLE, None), OUTCOME_RETRY_ASKED);
+        assert_eq!(outcome_label(StatusCode::INTERNAL_SERVER_ERROR, None), OUTCOME_RETRY_ASKED);
+    }
+
+    #[test]
+    fn odd_event_types_are_labelled_other() {
+        assert_eq!(Delivery::label_for("session.created"), "session.created");
+        assert_eq!(Delivery::label_for("User.Created"), TYPE_OTHER);
+        assert_eq!(Delivery::label_for(""), TYPE_OTHER);
+        assert_eq!(Delivery::label_for(&"a".repeat(65)), TYPE_OTHER);
+    }
+
+    #[test]
+    fn recorded_values_are_rendered_with_their_labels() {
+        let metrics = Metrics::new();
+        metrics.record_webhook("user.created".into(), "applied", Duration::from_millis(3));
+        metrics.record_upstream("userdata.v1.UserService/CreateUser", Code::Ok, Duration::from_millis(2));
+        let text = metrics.render();
+        assert!(text.contains(r#"webhook_events_total{type="user.created",outcome="applied"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"upstream_requests_total{method="userdata.v1.UserService/CreateUser",code="OK"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

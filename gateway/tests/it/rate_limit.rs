@@ -1,0 +1,107 @@
+//! The per-client rate limit, through the real gateway (every test client is
+//! 127.0.0.1).
+
+use std::time::Duration;
+
+use gateway::config::RateLimit;
+
+use crate::support::{FakeUpstream, Gateway, SECRET, config, user_event};
+
+/// A gateway allowing `burst` requests at once, refilled at `per_second`.
+async fn limited_gateway(
+    upstream: &FakeUpstream,
+    per_second: u32,
+    burst: u32,
+    trust_forwarded_for: bool,
+) -> Gateway {
+    let mut config = config(upstream.url(), SECRET);
+    config.rate_limit = RateLimit { per_second, burst };
+    config.trust_forwarded_for = trust_forwarded_for;
+    Gateway::start_with(config).await
+}
+
+/// GETs `/healthz` as the client `forwarded_for` claims to be, if any.
+async fn status_as(gateway: &Gateway, forwarded_for: Option<&str>) -> (u16, Option<String>) {
+    let mut request = gateway.http.get(gateway.url("/healthz"));
+    if let Some(client) = forwarded_for {
+        request = request.header("x-forwarded-for", client);
+    }
+    let response = request.send().await.unwrap();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (response.status().as_u16(), retry_after)
+}
+
+#[tokio::test]
+async fn requests_beyond_the_burst_get_429_with_retry_after() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 1, 3, false).await;
+
+    for _ in 0..3 {
+        assert_eq!(status_as(&gateway, None).await.0, 200);
+    }
+    let (status, retry_after) = status_as(&gateway, None).await;
+
+    assert_eq!(status, 429);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_rate_limited_webhook_is_429_and_never_reaches_user_service() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 1, 1, false).await;
+    assert_eq!(gateway.post_signed("msg_first", &user_event("user.created", "user_rl")).await.status, 200);
+
+    let answer = gateway.post_signed("msg_second", &user_event("user.updated", "user_rl")).await;
+
+    assert_eq!(answer.status, 429);
+    assert!(answer.header("retry-after").is_some());
+    assert!(answer.header("x-request-id").is_some());
+    assert_eq!(upstream.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_limit_recovers_as_the_bucket_refills() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 4, 2, false).await;
+    for _ in 0..2 {
+        assert_eq!(status_as(&gateway, None).await.0, 200);
+    }
+    assert_eq!(status_as(&gateway, None).await.0, 429);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(status_as(&gateway, None).await.0, 200);
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_trusted() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 1, 1, false).await;
+    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 200);
+
+    let (status, _) = status_as(&gateway, Some("198.51.100.2")).await;
+
+    assert_eq!(status, 429, "a client chose its own bucket through X-Forwarded-For");
+}
+
+#[tokio::test]
+async fn trusted_forwarded_for_gives_each_client_its_own_bucket() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 1, 1, true).await;
+    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 200);
+    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 429);
+
+    let (status, _) = status_as(&gateway, Some("203.0.113.5, 198.51.100.2")).await;
+
+    assert_eq!(status, 200, "the last X-Forwarded-For entry is the client");
+}
+
+#[tokio::test]
+async fn a_zero_rate_turns_the_limit_off() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 0, 0, false).await;
+
+    for _ in 0..50 {
+        assert_eq!(status_as(&gateway, None).await.0, 200);
+    }
+}
