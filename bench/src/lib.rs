@@ -7,3 +7,4 @@ pub mod load;
 pub mod scenarios;
 pub mod seed;
 pub mod services;
+pub mod storm;

@@ -5,8 +5,8 @@
 //! strict only where an event could never be applied: a body that is not a
 //! JSON object, a missing `type`, a user event without `data` or `data.id`.
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, value::RawValue};
 
 /// `type` of the event sent when a user signs up or is created by an admin.
 pub const USER_CREATED: &str = "user.created";
@@ -32,8 +32,9 @@ pub struct Envelope {
     /// Event type such as `user.created`; `None` when the body lacks it.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
-    /// The resource the event is about, shaped according to `type`.
-    pub data: Option<Value>,
+    /// The resource the event is about, shaped according to `type`. Kept raw
+    /// so it is parsed once, straight into the type the event needs.
+    pub data: Option<Box<RawValue>>,
     /// Always `"event"` in practice; not checked.
     pub object: Option<String>,
     /// When the event happened, in milliseconds (some spec examples use
@@ -43,7 +44,7 @@ pub struct Envelope {
     pub instance_id: Option<String>,
     /// Request metadata (`http_request.client_ip`, `user_agent`). Kept opaque:
     /// we do not use it and its shape must never fail an event.
-    pub event_attributes: Option<Value>,
+    pub event_attributes: Option<Box<RawValue>>,
 }
 
 /// One of a user's email addresses.
@@ -259,46 +260,75 @@ pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
         .ok_or_else(|| InvalidEvent::new("missing event type", Some("type")))?;
 
     let payload = match event_type.as_str() {
-        USER_CREATED => Payload::UserCreated(user_data(envelope.data)?),
-        USER_UPDATED => Payload::UserUpdated(user_data(envelope.data)?),
-        USER_DELETED => Payload::UserDeleted(user_data(envelope.data)?),
-        SESSION_CREATED => Payload::SessionCreated(session_data(envelope.data)?),
+        USER_CREATED => Payload::UserCreated(typed_data(envelope.data.as_deref(), "user")?),
+        USER_UPDATED => Payload::UserUpdated(typed_data(envelope.data.as_deref(), "user")?),
+        USER_DELETED => Payload::UserDeleted(typed_data(envelope.data.as_deref(), "user")?),
+        SESSION_CREATED => Payload::SessionCreated(typed_data(envelope.data.as_deref(), "session")?),
         SESSION_ENDED | SESSION_REMOVED | SESSION_REVOKED => {
-            Payload::SessionActivity(session_data(envelope.data)?)
+            Payload::SessionActivity(typed_data(envelope.data.as_deref(), "session")?)
         }
         _ => Payload::Unhandled,
     };
     Ok(Event { event_type, timestamp: envelope.timestamp, instance_id: envelope.instance_id, payload })
 }
 
-/// Deserialises a user event's `data`, checking `data.id` first so the error
-/// names the field instead of quoting serde.
-fn user_data<T: serde::de::DeserializeOwned>(data: Option<Value>) -> Result<T, InvalidEvent> {
-    let data = data
-        .filter(|d| !d.is_null())
-        .ok_or_else(|| InvalidEvent::new("user event without data", Some("data")))?;
-    let has_id = data.get("id").and_then(Value::as_str).is_some_and(|id| !id.is_empty());
-    if !has_id {
-        return Err(InvalidEvent::new("user id missing or not a non-empty string", Some("data.id")));
-    }
-    serde_json::from_value(data)
-        .map_err(|e| InvalidEvent::new(format!("invalid user data: {e}"), Some("data")))
+/// An event's `data` object and the field that names whom it is about.
+trait Keyed: DeserializeOwned {
+    /// The field's name in the JSON.
+    const KEY: &'static str;
+    /// Its JSON path, for errors.
+    const KEY_PATH: &'static str;
+    /// Its value.
+    fn key(&self) -> &str;
 }
 
-/// Deserialises a session event's `data`, checking `data.user_id` first.
-fn session_data(data: Option<Value>) -> Result<SessionJson, InvalidEvent> {
-    let data = data
-        .filter(|d| !d.is_null())
-        .ok_or_else(|| InvalidEvent::new("session event without data", Some("data")))?;
-    let has_user = data.get("user_id").and_then(Value::as_str).is_some_and(|id| !id.is_empty());
-    if !has_user {
-        return Err(InvalidEvent::new(
-            "session user_id missing or not a non-empty string",
-            Some("data.user_id"),
-        ));
+impl Keyed for UserJson {
+    const KEY: &'static str = "id";
+    const KEY_PATH: &'static str = "data.id";
+    fn key(&self) -> &str {
+        &self.id
     }
-    serde_json::from_value(data)
-        .map_err(|e| InvalidEvent::new(format!("invalid session data: {e}"), Some("data")))
+}
+
+impl Keyed for DeletedUserJson {
+    const KEY: &'static str = "id";
+    const KEY_PATH: &'static str = "data.id";
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Keyed for SessionJson {
+    const KEY: &'static str = "user_id";
+    const KEY_PATH: &'static str = "data.user_id";
+    fn key(&self) -> &str {
+        &self.user_id
+    }
+}
+
+/// Parses `data` once, straight into `T`; its key field must be a non-empty
+/// string. Only a body that fails is looked at again, to name the field.
+fn typed_data<T: Keyed>(data: Option<&RawValue>, what: &str) -> Result<T, InvalidEvent> {
+    let raw = data
+        .map(RawValue::get)
+        .filter(|raw| raw.trim() != "null")
+        .ok_or_else(|| InvalidEvent::new(format!("{what} event without data"), Some("data")))?;
+    let key_error = || {
+        InvalidEvent::new(format!("{what} {} missing or not a non-empty string", T::KEY), Some(T::KEY_PATH))
+    };
+    match serde_json::from_str::<T>(raw) {
+        Ok(parsed) if !parsed.key().is_empty() => Ok(parsed),
+        Ok(_) => Err(key_error()),
+        Err(error) => {
+            let value: Option<Value> = serde_json::from_str(raw).ok();
+            let key_ok = value.as_ref().and_then(|v| v.get(T::KEY)?.as_str()).is_some_and(|k| !k.is_empty());
+            if key_ok {
+                Err(InvalidEvent::new(format!("invalid {what} data: {error}"), Some("data")))
+            } else {
+                Err(key_error())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

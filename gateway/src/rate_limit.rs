@@ -63,26 +63,45 @@ impl RateLimiter {
         })
     }
 
-    /// Takes a token for `client` at `now`, or says how long until one is
-    /// available.
+    /// Whether `client` may be served at `now`, or how long until it may. A
+    /// request is only charged afterwards, and only if it failed (see
+    /// [`limit`]).
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(client, now, true, |bucket, per_second| {
+            if bucket.tokens >= 1.0 {
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+            }
+        })
+    }
+
+    /// Takes a token from `client`'s bucket (never below empty).
+    pub fn charge(&self, client: IpAddr, now: Instant) {
+        self.with_bucket(client, now, false, |bucket, _| bucket.tokens = (bucket.tokens - 1.0).max(0.0));
+    }
+
+    /// Runs `f` on `client`'s bucket, refilled up to `now`; with `sweep`, first
+    /// drops refilled buckets if there are many.
+    fn with_bucket<T>(
+        &self,
+        client: IpAddr,
+        now: Instant,
+        sweep: bool,
+        f: impl FnOnce(&mut Bucket, f64) -> T,
+    ) -> T {
         let key = bucket_key(client);
         // A panic elsewhere cannot leave a bucket half-updated in a way that
         // matters: at worst one client gets a token more or less.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.map.len() >= buckets.sweep_at {
+        if sweep && buckets.map.len() >= buckets.sweep_at {
             self.sweep(&mut buckets, now);
         }
         let bucket = buckets.map.entry(key).or_insert(Bucket { tokens: self.burst, updated: now });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
-        }
+        f(bucket, self.per_second)
     }
 
     /// How many clients have a bucket (for tests and debugging).
@@ -132,9 +151,12 @@ pub struct RateLimitState {
     pub metrics: Option<Arc<Metrics>>,
 }
 
-/// Answers 429 with `Retry-After` when the client's bucket is empty. A
-/// request without a known peer (no `ConnectInfo`, e.g. a router driven
-/// directly in a test) is not limited.
+/// Answers 429 with `Retry-After` when the client's bucket is empty. Only
+/// requests answered with a 4xx (forged, malformed, unverifiable) take a
+/// token: Svix delivers from a handful of addresses, sometimes in bursts, and
+/// a limit on verified deliveries would throttle Clerk itself, while a
+/// source that keeps failing is cut off. A request without a known peer (no
+/// `ConnectInfo`, e.g. a router driven directly in a test) is not limited.
 pub async fn limit(State(state): State<RateLimitState>, request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
     let forwarded = if state.trust_forwarded_for { forwarded_for(request.headers()) } else { None };
@@ -142,7 +164,13 @@ pub async fn limit(State(state): State<RateLimitState>, request: Request, next: 
         return next.run(request).await;
     };
     match state.limiter.check(client, Instant::now()) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            let response = next.run(request).await;
+            if response.status().is_client_error() {
+                state.limiter.charge(client, Instant::now());
+            }
+            response
+        }
         Err(wait) => {
             if let Some(metrics) = &state.metrics {
                 metrics.record_rate_limited();
@@ -169,6 +197,22 @@ mod tests {
         }
     }
 
+    /// One failed request: checked, then charged.
+    fn take(limiter: &RateLimiter, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        limiter.check(client, now)?;
+        limiter.charge(client, now);
+        Ok(())
+    }
+
+    #[test]
+    fn checking_alone_takes_nothing() {
+        let limiter = limiter(1, 1);
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(limiter.check(CLIENT, now), Ok(()));
+        }
+    }
+
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
 
     #[test]
@@ -176,20 +220,20 @@ mod tests {
         let limiter = limiter(10, 3);
         let start = Instant::now();
         for _ in 0..3 {
-            assert_eq!(limiter.check(CLIENT, start), Ok(()));
+            assert_eq!(take(&limiter, CLIENT, start), Ok(()));
         }
-        let wait = limiter.check(CLIENT, start).unwrap_err();
+        let wait = take(&limiter, CLIENT, start).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
-        assert_eq!(limiter.check(CLIENT, start + Duration::from_millis(100)), Ok(()));
+        assert_eq!(take(&limiter, CLIENT, start + Duration::from_millis(100)), Ok(()));
     }
 
     #[test]
     fn clients_have_separate_buckets() {
         let limiter = limiter(1, 1);
         let now = Instant::now();
-        assert_eq!(limiter.check(CLIENT, now), Ok(()));
-        assert!(limiter.check(CLIENT, now).is_err());
-        assert_eq!(limiter.check(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)), now), Ok(()));
+        assert_eq!(take(&limiter, CLIENT, now), Ok(()));
+        assert!(take(&limiter, CLIENT, now).is_err());
+        assert_eq!(take(&limiter, IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)), now), Ok(()));
     }
 
     #[test]
@@ -199,9 +243,9 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(limiter.check(a, now), Ok(()));
-        assert!(limiter.check(b, now).is_err());
-        assert_eq!(limiter.check(other, now), Ok(()));
+        assert_eq!(take(&limiter, a, now), Ok(()));
+        assert!(take(&limiter, b, now).is_err());
+        assert_eq!(take(&limiter, other, now), Ok(()));
     }
 
     #[test]
@@ -215,10 +259,10 @@ mod tests {
         let start = Instant::now();
         for n in 0..SWEEP_THRESHOLD as u32 {
             let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
-            assert_eq!(limiter.check(ip, start), Ok(()));
+            assert_eq!(take(&limiter, ip, start), Ok(()));
         }
         assert_eq!(limiter.tracked_clients(), SWEEP_THRESHOLD);
-        let _ = limiter.check(CLIENT, start + Duration::from_secs(1));
+        let _ = take(&limiter, CLIENT, start + Duration::from_secs(1));
         assert_eq!(limiter.tracked_clients(), 1);
     }
 

@@ -114,7 +114,16 @@ async fn a_rate_limited_delivery_is_counted_as_retry_asked() {
     config.metrics_listen = MetricsListen::On("127.0.0.1:0".parse().unwrap());
     config.rate_limit = RateLimit { per_second: 1, burst: 1 };
     let gateway = Gateway::start_with(config).await;
-    gateway.post_signed("msg_rl_1", &user_event("user.created", "user_rl")).await;
+    // An unsigned delivery fails (400) and so takes the only token.
+    let forged = gateway
+        .http
+        .post(gateway.url("/webhooks/clerk"))
+        .header("content-type", "application/json")
+        .body(user_event("user.created", "user_rl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
 
     let answer = gateway.post_signed("msg_rl_2", &user_event("user.created", "user_rl")).await;
 

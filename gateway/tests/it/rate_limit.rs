@@ -1,5 +1,6 @@
 //! The per-client rate limit, through the real gateway (every test client is
-//! 127.0.0.1).
+//! 127.0.0.1). Only failed requests (4xx) take tokens, so forged requests
+//! drain a bucket and verified deliveries never do.
 
 use std::time::Duration;
 
@@ -20,9 +21,14 @@ async fn limited_gateway(
     Gateway::start_with(config).await
 }
 
-/// GETs `/healthz` as the client `forwarded_for` claims to be, if any.
+/// POSTs an unsigned (so rejected, 400) webhook as the client
+/// `forwarded_for` claims to be, if any.
 async fn status_as(gateway: &Gateway, forwarded_for: Option<&str>) -> (u16, Option<String>) {
-    let mut request = gateway.http.get(gateway.url("/healthz"));
+    let mut request = gateway
+        .http
+        .post(gateway.url("/webhooks/clerk"))
+        .header("content-type", "application/json")
+        .body(user_event("user.created", "user_forged"));
     if let Some(client) = forwarded_for {
         request = request.header("x-forwarded-for", client);
     }
@@ -37,7 +43,7 @@ async fn requests_beyond_the_burst_get_429_with_retry_after() {
     let gateway = limited_gateway(&upstream, 1, 3, false).await;
 
     for _ in 0..3 {
-        assert_eq!(status_as(&gateway, None).await.0, 200);
+        assert_eq!(status_as(&gateway, None).await.0, 400);
     }
     let (status, retry_after) = status_as(&gateway, None).await;
 
@@ -49,14 +55,27 @@ async fn requests_beyond_the_burst_get_429_with_retry_after() {
 async fn a_rate_limited_webhook_is_429_and_never_reaches_user_service() {
     let upstream = FakeUpstream::start().await;
     let gateway = limited_gateway(&upstream, 1, 1, false).await;
-    assert_eq!(gateway.post_signed("msg_first", &user_event("user.created", "user_rl")).await.status, 200);
+    assert_eq!(status_as(&gateway, None).await.0, 400);
 
     let answer = gateway.post_signed("msg_second", &user_event("user.updated", "user_rl")).await;
 
     assert_eq!(answer.status, 429);
     assert!(answer.header("retry-after").is_some());
     assert!(answer.header("x-request-id").is_some());
-    assert_eq!(upstream.calls().len(), 1);
+    upstream.assert_not_called();
+}
+
+#[tokio::test]
+async fn verified_deliveries_never_take_tokens() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = limited_gateway(&upstream, 1, 1, false).await;
+
+    for i in 0..10 {
+        let answer = gateway.post_signed(&format!("msg_ok{i}"), &user_event("user.created", "user_ok")).await;
+        assert_eq!(answer.status, 200, "delivery {i}");
+    }
+
+    assert_eq!(upstream.calls().len(), 10);
 }
 
 #[tokio::test]
@@ -64,20 +83,20 @@ async fn the_limit_recovers_as_the_bucket_refills() {
     let upstream = FakeUpstream::start().await;
     let gateway = limited_gateway(&upstream, 4, 2, false).await;
     for _ in 0..2 {
-        assert_eq!(status_as(&gateway, None).await.0, 200);
+        assert_eq!(status_as(&gateway, None).await.0, 400);
     }
     assert_eq!(status_as(&gateway, None).await.0, 429);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    assert_eq!(status_as(&gateway, None).await.0, 200);
+    assert_eq!(status_as(&gateway, None).await.0, 400);
 }
 
 #[tokio::test]
 async fn forwarded_for_is_ignored_unless_trusted() {
     let upstream = FakeUpstream::start().await;
     let gateway = limited_gateway(&upstream, 1, 1, false).await;
-    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 200);
+    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 400);
 
     let (status, _) = status_as(&gateway, Some("198.51.100.2")).await;
 
@@ -88,12 +107,12 @@ async fn forwarded_for_is_ignored_unless_trusted() {
 async fn trusted_forwarded_for_gives_each_client_its_own_bucket() {
     let upstream = FakeUpstream::start().await;
     let gateway = limited_gateway(&upstream, 1, 1, true).await;
-    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 200);
+    assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 400);
     assert_eq!(status_as(&gateway, Some("198.51.100.1")).await.0, 429);
 
     let (status, _) = status_as(&gateway, Some("203.0.113.5, 198.51.100.2")).await;
 
-    assert_eq!(status, 200, "the last X-Forwarded-For entry is the client");
+    assert_eq!(status, 400, "the last X-Forwarded-For entry is the client");
 }
 
 #[tokio::test]
@@ -102,6 +121,6 @@ async fn a_zero_rate_turns_the_limit_off() {
     let gateway = limited_gateway(&upstream, 0, 0, false).await;
 
     for _ in 0..50 {
-        assert_eq!(status_as(&gateway, None).await.0, 200);
+        assert_eq!(status_as(&gateway, None).await.0, 400);
     }
 }

@@ -108,23 +108,20 @@ impl TryFrom<UserRow> for User {
     }
 }
 
-/// Starts a transaction. For a `clerk_id`, the same round trip takes a
+/// Starts a transaction. For a `clerk_id`, it then takes a
 /// transaction-scoped advisory lock on it, which serialises every write for
 /// that id, including for users that do not exist yet (a row lock cannot cover
 /// a missing row): a concurrent create and delete must not interleave.
 async fn begin(pool: &PgPool, key: &UserKey) -> Result<Transaction<'static, Postgres>> {
-    Ok(match key {
-        // The lock key is a number computed here, so the statement carries no
-        // caller text.
-        UserKey::ClerkId(clerk_id) => {
-            pool.begin_with(sqlx::AssertSqlSafe(format!(
-                "begin; select pg_advisory_xact_lock({})",
-                lock_key(clerk_id)
-            )))
-            .await?
-        }
-        UserKey::Id(_) => pool.begin().await?,
-    })
+    let mut tx = pool.begin().await?;
+    if let UserKey::ClerkId(clerk_id) = key {
+        // Its own statement, not part of BEGIN: if the caller gives up while
+        // this waits, dropping the transaction rolls it back and frees the
+        // lock. A lock taken by the BEGIN statement itself would stay with the
+        // pooled connection, idle in a transaction, blocking the user.
+        sqlx::query("select pg_advisory_xact_lock($1)").bind(lock_key(clerk_id)).execute(&mut *tx).await?;
+    }
+    Ok(tx)
 }
 
 /// A stable 64-bit lock key for a `clerk_id`: the first 8 bytes of its

@@ -4,7 +4,9 @@
 mod data;
 mod events;
 mod helpers;
+mod hostile;
 mod observability;
 mod operations;
+mod properties;
 mod security;
 mod users;
