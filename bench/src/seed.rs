@@ -48,6 +48,10 @@ pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<
         Backend::Postgres => {
             PgStore::connect(&db.url, &options).await?;
             let mut conn = PgConnection::connect(&db.url).await?;
+            // Skip triggers while seeding: `users_refuse_deleted` takes one
+            // advisory lock per inserted row, and a million locks in one
+            // transaction exhaust the lock table. Nothing is deleted here.
+            conn.execute("set session_replication_role = replica").await?;
             for sql in [
                 "insert into users (id, clerk_id, email, first_name, last_name, created_at, updated_at, source_updated_at) \
                  select gen_random_uuid(), 'user_seed_' || n, 'seed' || n || '@example.org', 'Seed', 'User' || n, \
