@@ -78,8 +78,8 @@ impl Metrics {
     }
 
     /// Sets the pool gauges.
-    pub fn set_pool(&self, in_use: u32, idle: u32) {
-        for (state, value) in [("in_use", in_use), ("idle", idle)] {
+    pub fn set_pool(&self, pool: crate::store::PoolStats) {
+        for (state, value) in [("in_use", pool.in_use), ("idle", pool.idle), ("waiting", pool.waiting)] {
             let key = Key::from_parts(POOL_CONNECTIONS, vec![Label::from_static_parts("state", state)]);
             self.recorder.register_gauge(&key, &METADATA).set(f64::from(value));
         }
@@ -119,8 +119,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn 
         }
     };
     let scrape = move || {
-        let (in_use, idle) = store.pool_stats();
-        metrics.set_pool(in_use, idle);
+        metrics.set_pool(store.pool_stats());
         let body = metrics.render();
         async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
     };

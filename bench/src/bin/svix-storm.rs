@@ -239,7 +239,9 @@ async fn run(cli: Cli) -> Result<bool> {
             // The attempt waiting on the lock when it was released went
             // through; the final-state check below says whether it applied.
             None => {
-                eprintln!("no attempt was sent after the release: the one in flight at the release delivered it");
+                eprintln!(
+                    "no attempt was sent after the release: the one in flight at the release delivered it"
+                );
                 summary.is_clean() && summary.gave_up == 0
             }
         };

@@ -1,6 +1,7 @@
 //! Storage: the [`Store`] trait and its PostgreSQL and SQLite implementations.
 //! SQL lives only below this module.
 
+mod observed;
 mod postgres;
 mod sqlite;
 mod txn;
@@ -68,9 +69,9 @@ pub trait Store: Send + Sync + 'static {
     /// Closes the pool, waiting for connections to be returned.
     async fn close(&self);
 
-    /// Connections in the pool right now, `(in use, idle)`, for metrics.
-    fn pool_stats(&self) -> (u32, u32) {
-        (0, 0)
+    /// The connection pool right now, for metrics.
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::default()
     }
 
     /// Creates a user with its initial user data (see `domain::write`).
@@ -120,6 +121,17 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_processed_events(&self, age: Duration) -> Result<u64>;
 }
 
+/// A snapshot of the connection pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections lent out.
+    pub in_use: u32,
+    /// Connections ready in the pool.
+    pub idle: u32,
+    /// Calls waiting for a connection (known only to [`observed::Observed`]).
+    pub waiting: u32,
+}
+
 /// Which database to use, from a `DATABASE_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -162,10 +174,11 @@ impl Default for ConnectOptions {
 
 /// Connects to the backend and, unless disabled, migrates it.
 pub async fn connect(backend: &Backend, options: &ConnectOptions) -> Result<Arc<dyn Store>> {
-    Ok(match backend {
+    let store: Arc<dyn Store> = match backend {
         Backend::Postgres(url) => Arc::new(PgStore::connect(url, options).await?),
         Backend::Sqlite(url) => Arc::new(SqliteStore::connect(url, options).await?),
-    })
+    };
+    Ok(Arc::new(observed::Observed::new(store)))
 }
 
 /// Turns a failed migration into an error that says what to do.

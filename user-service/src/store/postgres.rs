@@ -13,7 +13,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ConnectOptions, DataEdit, DataEntry, DataWrite, Store, UserFilter, UserValue, migrate_error,
+    ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter, UserValue, migrate_error,
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
@@ -555,9 +555,9 @@ impl Store for PgStore {
         self.pool.close().await;
     }
 
-    fn pool_stats(&self) -> (u32, u32) {
+    fn pool_stats(&self) -> PoolStats {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        (self.pool.size().saturating_sub(idle), idle)
+        PoolStats { in_use: self.pool.size().saturating_sub(idle), idle, waiting: 0 }
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {

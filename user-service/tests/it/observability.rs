@@ -330,3 +330,41 @@ async fn a_call_longer_than_the_request_timeout_fails_with_deadline_exceeded() {
     let after = users.update_user(rename(&user, "After")).await.unwrap().into_inner().user.unwrap();
     assert_eq!(after.first_name.as_deref(), Some("After"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_database_connection_are_shown() {
+    let server = TestServer::start_with(Db::Postgres, |config| {
+        with_metrics(config);
+        config.max_connections = 1;
+        config.acquire_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut users = server.users().await;
+    let user = create(&mut users, "user_pool").await;
+    let mut lock = RowLock::hold(&server.database.url, "user_pool").await;
+    // The only connection waits on the row lock inside an update...
+    let mut blocked_client = users.clone();
+    let blocked_request = rename(&user, "Blocked");
+    let blocked = tokio::spawn(async move { blocked_client.update_user(blocked_request).await });
+    lock.wait_for_a_waiter().await;
+    // ...so a read has to wait for the connection.
+    let mut reader = users.clone();
+    let read = tokio::spawn(async move { get_by_clerk_id(&mut reader, "user_pool").await });
+
+    let mut waiting = None;
+    for _ in 0..50 {
+        let text = scrape(server.metrics_addr.expect("metrics on")).await;
+        waiting = sample(&text, "db_pool_connections", &[("state", "waiting")]);
+        if waiting >= Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, Some(1.0));
+
+    lock.release().await;
+    assert!(blocked.await.unwrap().is_ok());
+    assert!(read.await.unwrap().is_ok());
+    let text = scrape(server.metrics_addr.expect("metrics on")).await;
+    assert_eq!(sample(&text, "db_pool_connections", &[("state", "waiting")]), Some(0.0));
+}
