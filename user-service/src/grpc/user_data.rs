@@ -1,6 +1,6 @@
 //! `userdata.v1.UserDataService`: typed and generic user data.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::Utc;
 use prost_types::FieldMask;
@@ -240,6 +240,11 @@ fn parse_page_token(token: &str) -> Result<String, String> {
 }
 
 impl UserDataApi {
+    /// The stored entry of one key for a user (`NOT_FOUND` for no user).
+    async fn read_one(&self, user: &UserKey, key: &str) -> Result<Option<DataEntry>> {
+        Ok(self.store.read_data(user, &[key]).await?.into_iter().find(|e| e.key == key))
+    }
+
     async fn activity_edit(
         &self,
         user: UserKey,
@@ -268,8 +273,8 @@ impl UserDataService for UserDataApi {
     ) -> Result<Response<pb::GetPreferencesResponse>, Status> {
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
-        let found = self.store.read_data(&user, &[PREFERENCES]).await?;
-        let entry = find(&found, PREFERENCES);
+        let entry = self.read_one(&user, PREFERENCES).await?;
+        let entry = entry.as_ref();
         Ok(Response::new(pb::GetPreferencesResponse {
             preferences: Some(preferences_to_proto(entry)),
             etag: etag_of(entry),
@@ -311,8 +316,8 @@ impl UserDataService for UserDataApi {
     ) -> Result<Response<pb::ListFeatureFlagsResponse>, Status> {
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
-        let found = self.store.read_data(&user, &[FEATURE_FLAGS]).await?;
-        let entry = find(&found, FEATURE_FLAGS);
+        let entry = self.read_one(&user, FEATURE_FLAGS).await?;
+        let entry = entry.as_ref();
         let flags = flags::from_value(entry.map(|e| &e.value)).into_iter().collect();
         Ok(Response::new(pb::ListFeatureFlagsResponse { flags, etag: etag_of(entry) }))
     }
@@ -327,8 +332,8 @@ impl UserDataService for UserDataApi {
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let flag = v.check("flag_key", flags::parse_flag_key(&req.flag_key));
         let (user, flag) = v.finish_parsed(user.zip(flag))?;
-        let found = self.store.read_data(&user, &[FEATURE_FLAGS]).await?;
-        let flags = flags::from_value(find(&found, FEATURE_FLAGS).map(|e| &e.value));
+        let entry = self.read_one(&user, FEATURE_FLAGS).await?;
+        let flags = flags::from_value(entry.as_ref().map(|e| &e.value));
         let enabled = *flags.get(&flag).ok_or_else(|| Error::NotFound {
             resource: "feature flag",
             key: format!("{flag:?} for {user}"),
@@ -412,12 +417,16 @@ impl UserDataService for UserDataApi {
                 enabled: flag_value.unwrap_or(false),
             }
         };
+        // Up to 1000 users each way: look them up by key, not by scanning.
+        let by_id: HashMap<Uuid, &crate::store::UserValue> = found.iter().map(|f| (f.id, f)).collect();
+        let by_clerk_id: HashMap<&str, &crate::store::UserValue> =
+            found.iter().map(|f| (f.clerk_id.as_str(), f)).collect();
         let values = req
             .user_ids
             .iter()
             .zip(&ids)
-            .map(|(given, id)| value_of(found.iter().find(|f| f.id == *id), given.clone()))
-            .chain(clerk_ids.iter().map(|c| value_of(found.iter().find(|f| f.clerk_id == *c), c.clone())))
+            .map(|(given, id)| value_of(by_id.get(id).copied(), given.clone()))
+            .chain(clerk_ids.iter().map(|c| value_of(by_clerk_id.get(c.as_str()).copied(), c.clone())))
             .collect();
         Ok(Response::new(pb::CheckFeatureFlagForUsersResponse { values }))
     }
@@ -435,8 +444,8 @@ impl UserDataService for UserDataApi {
         }
         let wanted = parse_flag_keys(&mut v, "flag_keys", &req.flag_keys);
         let user = v.finish_parsed(user)?;
-        let found = self.store.read_data(&user, &[FEATURE_FLAGS]).await?;
-        let all = flags::from_value(find(&found, FEATURE_FLAGS).map(|e| &e.value));
+        let entry = self.read_one(&user, FEATURE_FLAGS).await?;
+        let all = flags::from_value(entry.as_ref().map(|e| &e.value));
         let flags = wanted.into_iter().filter_map(|k| all.get(&k).map(|on| (k, *on))).collect();
         Ok(Response::new(pb::CheckFeatureFlagsResponse { flags }))
     }
@@ -448,8 +457,8 @@ impl UserDataService for UserDataApi {
     ) -> Result<Response<pb::GetOnboardingResponse>, Status> {
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
-        let found = self.store.read_data(&user, &[ONBOARDING_STATUS]).await?;
-        let entry = find(&found, ONBOARDING_STATUS);
+        let entry = self.read_one(&user, ONBOARDING_STATUS).await?;
+        let entry = entry.as_ref();
         Ok(Response::new(pb::GetOnboardingResponse {
             status: Some(onboarding_to_proto(entry)),
             etag: etag_of(entry),
@@ -597,12 +606,11 @@ impl UserDataService for UserDataApi {
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let key = data_key(&mut v, &req.key);
         let (user, key) = v.finish_parsed(user.zip(key))?;
-        let found = self.store.read_data(&user, &[key.as_str()]).await?;
-        let entry = find(&found, &key).ok_or_else(|| Error::NotFound {
+        let entry = self.read_one(&user, &key).await?.ok_or_else(|| Error::NotFound {
             resource: "user data",
             key: format!("key {key:?} of {user}"),
         })?;
-        Ok(Response::new(pb::GetUserDataResponse { entry: Some(entry_to_proto(entry)) }))
+        Ok(Response::new(pb::GetUserDataResponse { entry: Some(entry_to_proto(&entry)) }))
     }
 
     #[tracing::instrument(skip_all)]
