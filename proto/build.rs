@@ -5,7 +5,11 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["userdata/v1/user_service.proto", "userdata/v1/user_data_service.proto"];
+    let protos = [
+        "userdata/v1/user_service.proto",
+        "userdata/v1/user_data_service.proto",
+        "userdata/v1/change_service.proto",
+    ];
     println!("cargo:rerun-if-changed=userdata");
 
     let descriptors = protox::compile(protos, ["."])?;

@@ -23,6 +23,9 @@ pub enum Scope {
     Write,
     /// Operator actions such as `ResetOnboarding`.
     Admin,
+    /// The change log (`WatchChanges`, `ListChanges`), which carries
+    /// personal data.
+    Audit,
 }
 
 impl Scope {
@@ -32,6 +35,7 @@ impl Scope {
             Self::Read => "read",
             Self::Write => "write",
             Self::Admin => "admin",
+            Self::Audit => "audit",
         }
     }
 
@@ -40,6 +44,7 @@ impl Scope {
             Self::Read => 1,
             Self::Write => 2,
             Self::Admin => 4,
+            Self::Audit => 8,
         }
     }
 
@@ -48,6 +53,7 @@ impl Scope {
             "read" => Some(Self::Read),
             "write" => Some(Self::Write),
             "admin" => Some(Self::Admin),
+            "audit" => Some(Self::Audit),
             _ => None,
         }
     }
@@ -169,7 +175,7 @@ impl Tokens {
             let mut set = Scopes::default();
             for scope in scopes.split(',') {
                 let scope = Scope::parse(scope)
-                    .ok_or_else(|| at("unknown scope: scopes are read, write and admin"))?;
+                    .ok_or_else(|| at("unknown scope: scopes are read, write, admin and audit"))?;
                 set = set.with(scope);
             }
             let digest = token_digest_field(token).map_err(&at)?;

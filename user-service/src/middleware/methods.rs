@@ -20,8 +20,8 @@ const PUBLIC_SERVICES: [&str; 3] = [
 ];
 
 /// Our RPCs, as `(HTTP path, scope)`.
-const RPCS: [(&str, Scope); 23] = {
-    use Scope::{Admin, Read, Write};
+const RPCS: [(&str, Scope); 25] = {
+    use Scope::{Admin, Audit, Read, Write};
     [
         ("/userdata.v1.UserService/CreateUser", Write),
         ("/userdata.v1.UserService/GetUser", Read),
@@ -46,6 +46,8 @@ const RPCS: [(&str, Scope); 23] = {
         ("/userdata.v1.UserDataService/ListUserData", Read),
         ("/userdata.v1.UserDataService/SetUserData", Write),
         ("/userdata.v1.UserDataService/DeleteUserData", Write),
+        ("/userdata.v1.ChangeService/WatchChanges", Audit),
+        ("/userdata.v1.ChangeService/ListChanges", Audit),
     ]
 };
 
