@@ -6,7 +6,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for};
+use super::{
+    change::Actor,
+    user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for},
+};
 use crate::error::{Error, Result};
 
 /// Keys of the `user_data` rows this module writes.
@@ -31,6 +34,8 @@ pub struct EventContext {
     pub idempotency_key: String,
     /// The source's `updated_at` (or event time), ms since the epoch.
     pub source_time_ms: i64,
+    /// The event's type (`user.updated`), for the change log.
+    pub event_type: Option<String>,
 }
 
 /// What an event-driven write did.
@@ -85,6 +90,8 @@ pub struct CreateUser {
     pub signup_source: SignupSource,
     /// Present for Clerk-driven creates.
     pub event: Option<EventContext>,
+    /// Who asks, for the change log.
+    pub actor: Actor,
 }
 
 /// Which fields an update changes; `None` leaves a field as it is.
@@ -156,6 +163,8 @@ pub struct UpdateUser {
     pub changed_by: Option<String>,
     /// Present for Clerk-driven updates.
     pub event: Option<EventContext>,
+    /// Who asks, for the change log.
+    pub actor: Actor,
 }
 
 /// Deletes a user.
@@ -167,6 +176,8 @@ pub struct DeleteUser {
     pub expected_version: Option<i64>,
     /// Present for Clerk-driven deletes.
     pub event: Option<EventContext>,
+    /// Who asks, for the change log.
+    pub actor: Actor,
 }
 
 /// What the store found for the user a write names.
@@ -434,7 +445,7 @@ mod tests {
     use super::*;
 
     fn event(key: &str, ms: i64) -> Option<EventContext> {
-        Some(EventContext { idempotency_key: key.into(), source_time_ms: ms })
+        Some(EventContext { idempotency_key: key.into(), source_time_ms: ms, event_type: None })
     }
 
     fn stored(first: &str, source: Option<i64>) -> User {
@@ -455,6 +466,7 @@ mod tests {
             expected_version: None,
             changed_by: None,
             event,
+            actor: Actor::default(),
         }
     }
 
@@ -524,6 +536,7 @@ mod tests {
                     status: Status::Active,
                     signup_source: SignupSource::Clerk,
                     event: event("k", 99),
+                    actor: Actor::default(),
                 },
                 Existing::Deleted,
                 Utc::now(),

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     domain::{
+        change::Actor,
         data::{
             self, DataEntry, activity, flags,
             keys::{self, FEATURE_FLAGS, ONBOARDING_STATUS, PREFERENCES},
@@ -249,6 +250,7 @@ impl UserDataApi {
         &self,
         user: UserKey,
         event: Option<EventContext>,
+        actor: Actor,
         change: impl FnOnce(&mut activity::ActivityValue) + Send + 'static,
     ) -> Result<(pb::Activity, bool, i32)> {
         let write = self
@@ -257,6 +259,7 @@ impl UserDataApi {
                 &user,
                 &activity::KEYS,
                 event.as_ref(),
+                &actor.with_event(event.as_ref()),
                 Box::new(move |set| activity::update(set, change)),
             )
             .await?;
@@ -286,6 +289,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::UpdatePreferencesRequest>,
     ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -299,6 +303,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[PREFERENCES],
                 None,
+                &actor,
                 Box::new(move |set| preferences::update(set, patch, expected)),
             )
             .await?;
@@ -346,6 +351,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::UpdateFeatureFlagsRequest>,
     ) -> Result<Response<pb::UpdateFeatureFlagsResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -370,6 +376,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[FEATURE_FLAGS],
                 None,
+                &actor,
                 Box::new(move |data| flags::update(data, &set, &clear, expected)),
             )
             .await?;
@@ -470,6 +477,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::AdvanceOnboardingRequest>,
     ) -> Result<Response<pb::AdvanceOnboardingResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -483,6 +491,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[ONBOARDING_STATUS],
                 None,
+                &actor,
                 Box::new(move |set| onboarding::advance_stored(set, step, expected, now)),
             )
             .await?;
@@ -498,6 +507,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::ResetOnboardingRequest>,
     ) -> Result<Response<pb::ResetOnboardingResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
         self.store
@@ -505,6 +515,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[ONBOARDING_STATUS],
                 None,
+                &actor,
                 Box::new(|set| {
                     set.remove(ONBOARDING_STATUS);
                     Ok(())
@@ -530,6 +541,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::RecordLoginRequest>,
     ) -> Result<Response<pb::RecordLoginResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -537,7 +549,7 @@ impl UserDataService for UserDataApi {
         let event = parse_event(&mut v, req.event_context.as_ref());
         let (user, entry) = v.finish_parsed(user.zip(entry))?;
         let (activity, replayed, outcome) =
-            self.activity_edit(user, event, move |a| a.record_login(entry)).await?;
+            self.activity_edit(user, event, actor, move |a| a.record_login(entry)).await?;
         Ok(Response::new(pb::RecordLoginResponse { activity: Some(activity), replayed, outcome }))
     }
 
@@ -546,6 +558,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -555,7 +568,8 @@ impl UserDataService for UserDataApi {
         };
         let event = parse_event(&mut v, req.event_context.as_ref());
         let (user, at) = v.finish_parsed(user.zip(at))?;
-        let (activity, replayed, outcome) = self.activity_edit(user, event, move |a| a.touch(at)).await?;
+        let (activity, replayed, outcome) =
+            self.activity_edit(user, event, actor, move |a| a.touch(at)).await?;
         Ok(Response::new(pb::RecordActivityResponse { activity: Some(activity), replayed, outcome }))
     }
 
@@ -653,6 +667,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::SetUserDataRequest>,
     ) -> Result<Response<pb::SetUserDataResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -673,6 +688,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[key.as_str()],
                 None,
+                &actor,
                 Box::new(move |set| data::set_value(set, &edited, value, expected)),
             )
             .await?;
@@ -685,6 +701,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::DeleteUserDataRequest>,
     ) -> Result<Response<pb::DeleteUserDataResponse>, Status> {
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -697,6 +714,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[key.as_str()],
                 None,
+                &actor,
                 Box::new(move |set| data::delete_value(set, &edited, expected)),
             )
             .await?;

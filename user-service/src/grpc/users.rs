@@ -29,7 +29,8 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let cmd = convert::create_user(request.into_inner())?;
+        let actor = super::caller::actor(&request);
+        let cmd = convert::create_user(request.into_inner(), actor)?;
         let result = self.store.create_user(cmd).await?;
         Ok(Response::new(convert::create_response(result)))
     }
@@ -70,7 +71,8 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let cmd = convert::update_user(request.into_inner())?;
+        let actor = super::caller::actor(&request);
+        let cmd = convert::update_user(request.into_inner(), actor)?;
         let result = self.store.update_user(cmd).await?;
         Ok(Response::new(convert::update_response(result)))
     }
@@ -80,7 +82,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let cmd = convert::delete_user(request.get_ref())?;
+        let cmd = convert::delete_user(request.get_ref(), super::caller::actor(&request))?;
         let result = self.store.delete_user(cmd).await?;
         Ok(Response::new(convert::delete_response(result)))
     }

@@ -1,6 +1,7 @@
 //! Storage: the [`Store`] trait and its PostgreSQL and SQLite implementations.
 //! SQL lives only below this module.
 
+mod changes;
 mod observed;
 mod postgres;
 mod sqlite;
@@ -12,10 +13,15 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use self::{postgres::PgStore, sqlite::SqliteStore};
+pub use self::{
+    changes::{ChangeBatch, ChangeSignal},
+    postgres::PgStore,
+    sqlite::SqliteStore,
+};
 pub use crate::domain::data::DataSet;
 use crate::{
     domain::{
+        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
         user::{Role, Status, User, UserKey},
         write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
     },
@@ -111,6 +117,7 @@ pub trait Store: Send + Sync + 'static {
         user: &UserKey,
         keys: &[&str],
         event: Option<&EventContext>,
+        actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite>;
 
@@ -119,6 +126,40 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes idempotency records older than `age`; returns how many.
     async fn prune_processed_events(&self, age: Duration) -> Result<u64>;
+
+    /// Wakes after commits that recorded changes (here or, on PostgreSQL, on
+    /// another replica).
+    fn change_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Final changes after `after` that match `filter`, in log order, at most
+    /// `limit` (see [`ChangeBatch`]).
+    async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch>;
+
+    /// The position of the newest final change ([`Cursor::START`] when the
+    /// log is empty): where a follower starting "now" begins.
+    async fn change_head(&self) -> Result<Cursor>;
+
+    /// Changes up to this cursor may have been pruned: a follower behind it
+    /// has lost changes.
+    async fn pruned_through(&self) -> Result<Cursor>;
+
+    /// A page of the audit trail after `after` (in the query's order).
+    async fn list_changes(
+        &self,
+        query: &AuditQuery,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<LoggedChange>>;
+
+    /// Removes changes older than `age`; returns how many.
+    async fn prune_changes(&self, age: Duration) -> Result<u64>;
+}
+
+/// The time `age` before now, or `None` when that is before any time the
+/// database can hold (nothing is that old).
+pub(super) fn cutoff(age: Duration) -> Option<chrono::DateTime<chrono::Utc>> {
+    let age = chrono::Duration::from_std(age).ok()?;
+    chrono::Utc::now().checked_sub_signed(age)
 }
 
 /// A snapshot of the connection pool.
