@@ -59,8 +59,8 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Bearer tokens file; turns authentication on. One client per line:
-    /// `name scopes token`, scopes a comma-separated list of `read`, `write`
-    /// and `admin` (each named explicitly: `admin` does not imply the others),
+    /// `name scopes token`, scopes a comma-separated list of `read`, `write`,
+    /// `admin` and `audit` (each named explicitly: none implies another),
     /// the token in clear (at least 16 characters) or as
     /// `sha256:<64 hex digits>` (the SHA-256 of the token). A word starting
     /// with `#` starts a comment. A malformed line stops startup.

@@ -36,6 +36,23 @@ pub struct EventContext {
     pub source_time_ms: i64,
     /// The event's type (`user.updated`), for the change log.
     pub event_type: Option<String>,
+    /// Whose key it is: the authenticated client. Keys are namespaced by
+    /// it, so one client cannot claim (and so block) another's events.
+    pub source: String,
+    /// The kind of write the key was used for (the RPC, and the event type
+    /// when given): the same key for another kind of write is an error, not
+    /// a duplicate.
+    pub kind: String,
+}
+
+impl EventContext {
+    /// The kind recorded for a write by `method` of an event of `event_type`.
+    pub fn kind_of(method: &str, event_type: Option<&str>) -> String {
+        match event_type {
+            Some(event_type) => format!("{method} {event_type}"),
+            None => method.to_owned(),
+        }
+    }
 }
 
 /// What an event-driven write did.
@@ -445,7 +462,13 @@ mod tests {
     use super::*;
 
     fn event(key: &str, ms: i64) -> Option<EventContext> {
-        Some(EventContext { idempotency_key: key.into(), source_time_ms: ms, event_type: None })
+        Some(EventContext {
+            idempotency_key: key.into(),
+            source_time_ms: ms,
+            event_type: None,
+            source: String::new(),
+            kind: String::new(),
+        })
     }
 
     fn stored(first: &str, source: Option<i64>) -> User {

@@ -122,7 +122,12 @@ fn parse_profile(v: &mut Violations, u: &pb::User) -> Profile {
 }
 
 /// Parses an optional event context.
-pub fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option<EventContext> {
+pub fn parse_event(
+    v: &mut Violations,
+    ctx: Option<&pb::EventContext>,
+    actor: &Actor,
+    method: &str,
+) -> Option<EventContext> {
     let ctx = ctx?;
     let key = &ctx.idempotency_key;
     let key_ok = if key.is_empty() {
@@ -151,7 +156,10 @@ pub fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option
             None
         }
     };
-    Some(EventContext { idempotency_key: key.clone(), source_time_ms: time?, event_type }).filter(|_| key_ok)
+    let kind = EventContext::kind_of(method, event_type.as_deref());
+    let source = actor.client.clone();
+    Some(EventContext { idempotency_key: key.clone(), source_time_ms: time?, event_type, source, kind })
+        .filter(|_| key_ok)
 }
 
 /// Parses a user named by exactly one of an id field (called `id_field`) and
@@ -186,7 +194,7 @@ pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUse
     let profile = parse_profile(&mut v, u);
     let role = v.check("user.role", role_from_proto(u.role));
     let status = v.check("user.status", status_from_proto(u.status));
-    let event = parse_event(&mut v, req.event_context.as_ref());
+    let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "CreateUser");
     let signup_source = match pb::SignupSource::try_from(req.signup_source) {
         Ok(pb::SignupSource::Unspecified) if req.event_context.is_some() => Some(SignupSource::Clerk),
         Ok(pb::SignupSource::Unspecified | pb::SignupSource::Admin) => Some(SignupSource::Admin),
@@ -278,7 +286,7 @@ pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUse
         return Err(Error::invalid("user", "is required"));
     };
     let mut v = Violations::default();
-    let event = parse_event(&mut v, req.event_context.as_ref());
+    let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "UpdateUser");
     let key = if req.event_context.is_some() {
         if u.clerk_id.is_empty() {
             v.add("user.clerk_id", "is required with an event context");
@@ -373,7 +381,7 @@ fn mask_paths(v: &mut Violations, mask: Option<&FieldMask>, u: &pb::User) -> Vec
 pub fn delete_user(req: &pb::DeleteUserRequest, actor: Actor) -> Result<DeleteUser> {
     let mut v = Violations::default();
     let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
-    let event = parse_event(&mut v, req.event_context.as_ref());
+    let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "DeleteUser");
     if event.is_some() && !matches!(key, Some(UserKey::ClerkId(_))) && !req.id.is_empty() {
         v.add("clerk_id", "is required with an event context");
     }

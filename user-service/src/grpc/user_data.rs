@@ -546,7 +546,7 @@ impl UserDataService for UserDataApi {
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let entry = login_entry(&mut v, req.login.as_ref());
-        let event = parse_event(&mut v, req.event_context.as_ref());
+        let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "RecordLogin");
         let (user, entry) = v.finish_parsed(user.zip(entry))?;
         let (activity, replayed, outcome) =
             self.activity_edit(user, event, actor, move |a| a.record_login(entry)).await?;
@@ -566,7 +566,7 @@ impl UserDataService for UserDataApi {
             None => Some(Utc::now()),
             Some(ts) => v.check("active_at", super::convert::time_from_proto(ts)),
         };
-        let event = parse_event(&mut v, req.event_context.as_ref());
+        let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "RecordActivity");
         let (user, at) = v.finish_parsed(user.zip(at))?;
         let (activity, replayed, outcome) =
             self.activity_edit(user, event, actor, move |a| a.touch(at)).await?;

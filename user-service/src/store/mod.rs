@@ -230,19 +230,37 @@ fn migrate_error(err: sqlx::migrate::MigrateError) -> Error {
     }
 }
 
+/// An event as recorded under its idempotency key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(super) struct Recorded {
+    /// The user it was for.
+    pub clerk_id: String,
+    /// The kind of write (empty for rows older than kinds).
+    pub kind: String,
+    /// The answer to replay.
+    pub result: Option<sqlx::types::Json<WriteResult>>,
+}
+
 /// Turns a recorded event into the replayed answer, refusing a key reused for
-/// another user (a caller bug that must not silently succeed).
+/// another user or another kind of write (a caller bug, or a client claiming
+/// keys, that must not silently succeed).
 pub(super) fn replay(
-    row: Option<(String, Option<WriteResult>)>,
+    row: Option<Recorded>,
     clerk_id: &str,
+    event: &EventContext,
 ) -> Result<Option<WriteResult>> {
+    const FIELD: &str = "event_context.idempotency_key";
     match row {
         None => Ok(None),
-        Some((recorded, _)) if recorded != clerk_id => Err(Error::invalid(
-            "event_context.idempotency_key",
-            format!("was already used for another user (clerk_id {recorded:?})"),
+        Some(recorded) if recorded.clerk_id != clerk_id => {
+            Err(Error::invalid(FIELD, "was already used for another user"))
+        }
+        Some(recorded) if !recorded.kind.is_empty() && recorded.kind != event.kind => Err(Error::invalid(
+            FIELD,
+            format!("was already used for another kind of write ({})", recorded.kind),
         )),
-        Some((_, result)) => {
+        Some(Recorded { result, .. }) => {
+            let result = result.map(|r| r.0);
             let mut result = result.unwrap_or(WriteResult { user: None, outcome: None, replayed: false });
             result.replayed = true;
             Ok(Some(result))

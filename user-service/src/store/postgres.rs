@@ -229,8 +229,8 @@ const INSERT_IF_NEW: &str = "with u as (insert into users (id, clerk_id, email, 
          on conflict (clerk_id) do nothing returning id), \
      d as (insert into user_data (user_id, key, value, created_at, updated_at) \
          select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
-     e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-         select $17, $2, $18, $19, now() from u where $17::text is not null), \
+     e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         select $17, $2, $18, $19, now(), $26, $27 from u where $17::text is not null), \
      c as (insert into changes (at, user_id, clerk_id, kind, after, actor_client, actor_event_id, \
              actor_event_type, actor_changed_by, actor_request_id) \
          select $14, u.id, $2, 'user_created', $20, $21, $22, $23, $24, $25 from u) \
@@ -272,6 +272,8 @@ async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteRe
         .bind(&actor.event_type)
         .bind(&actor.changed_by)
         .bind(&actor.request_id)
+        .bind(cmd.event.as_ref().map(|e| e.source.as_str()))
+        .bind(cmd.event.as_ref().map(|e| e.kind.as_str()))
         .fetch_one(pool)
         .await;
     match inserted {
@@ -287,6 +289,7 @@ async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteRe
 #[derive(sqlx::FromRow)]
 struct StateRow {
     replay_clerk_id: Option<String>,
+    replay_kind: Option<String>,
     replay_result: Option<Json<WriteResult>>,
     deleted: bool,
     id: Option<Uuid>,
@@ -348,19 +351,27 @@ async fn load_state(
         UserKey::ClerkId(clerk_id) => ("clerk_id = $1", "clerk_id = $1", clerk_id.clone()),
     };
     let row: StateRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select pe.clerk_id as replay_clerk_id, pe.result as replay_result, \
+        "select pe.clerk_id as replay_clerk_id, pe.kind as replay_kind, pe.result as replay_result, \
                 exists(select 1 from deleted_users where {tomb_filter}) as deleted, u.* \
          from (select 1) as one \
-         left join processed_events pe on pe.idempotency_key = $2 \
+         left join lateral (select clerk_id, kind, result from processed_events \
+             where idempotency_key = $2 and source in ($3, '') limit 1) pe on true \
          left join lateral (select {USER_COLUMNS} from users where {user_filter} for update) u on true"
     )))
     .bind(bind)
     .bind(event.map(|e| e.idempotency_key.as_str()))
+    .bind(event.map(|e| e.source.as_str()))
     .fetch_one(tx)
     .await?;
-    let recorded = row.replay_clerk_id.clone().map(|c| (c, row.replay_result.clone().map(|r| r.0)));
-    let replayed = match (recorded, key) {
-        (Some(recorded), UserKey::ClerkId(clerk_id)) => super::replay(Some(recorded), clerk_id)?,
+    let recorded = row.replay_clerk_id.clone().map(|clerk_id| super::Recorded {
+        clerk_id,
+        kind: row.replay_kind.clone().unwrap_or_default(),
+        result: row.replay_result.clone(),
+    });
+    let replayed = match (recorded, key, event) {
+        (Some(recorded), UserKey::ClerkId(clerk_id), Some(event)) => {
+            super::replay(Some(recorded), clerk_id, event)?
+        }
         _ => None,
     };
     let deleted = row.deleted;
@@ -374,8 +385,9 @@ async fn load_state(
 
 /// Parameters `$n` of the idempotency record, shared by every write statement
 /// so each change and its record are one statement.
-const RECORD_EVENT: &str = "e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-     select $20, $21, $22, $23, now() where $20::text is not null on conflict do nothing)";
+const RECORD_EVENT: &str = "e as (insert into processed_events \
+         (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+     select $20, $21, $22, $23, now(), $35, $36 where $20::text is not null on conflict do nothing)";
 
 /// Appends changes to the log: `$14` is the time, `$24`..`$34` the actor
 /// and the changes (see [`bind_changes`]).
@@ -482,7 +494,7 @@ async fn apply(
         Change::Delete { user_id, clerk_id } => (*user_id, Some(clerk_id.as_str())),
         _ => (user.map(|u| u.id), user.map(|u| u.clerk_id.as_str())),
     };
-    // Every statement takes the same 34 parameters; each uses what it needs.
+    // Every statement takes the same 36 parameters; each uses what it needs.
     let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .bind(clerk_id)
@@ -507,10 +519,15 @@ async fn apply(
         .bind(record.map(|(_, c, _)| c))
         .bind(record.map(|(_, _, r)| r.outcome.map_or("none", write::Outcome::as_str)))
         .bind(record.map(|(_, _, r)| Json(r)));
-    bind_changes(query, actor, changes).execute(tx).await.map_err(|e| match user {
-        Some(u) => super::unique_violation(e, &u.clerk_id),
-        None => e.into(),
-    })?;
+    bind_changes(query, actor, changes)
+        .bind(record.map(|(e, _, _)| e.source.as_str()))
+        .bind(record.map(|(e, _, _)| e.kind.as_str()))
+        .execute(tx)
+        .await
+        .map_err(|e| match user {
+            Some(u) => super::unique_violation(e, &u.clerk_id),
+            None => e.into(),
+        })?;
     Ok(())
 }
 
@@ -519,12 +536,15 @@ async fn recorded_result(
     event: &EventContext,
     clerk_id: &str,
 ) -> Result<Option<WriteResult>> {
-    let row: Option<(String, Option<Json<WriteResult>>)> =
-        sqlx::query_as("select clerk_id, result from processed_events where idempotency_key = $1")
-            .bind(&event.idempotency_key)
-            .fetch_optional(tx)
-            .await?;
-    super::replay(row.map(|(c, r)| (c, r.map(|j| j.0))), clerk_id)
+    let row: Option<super::Recorded> = sqlx::query_as(
+        "select clerk_id, kind, result from processed_events \
+         where idempotency_key = $1 and source in ($2, '') limit 1",
+    )
+    .bind(&event.idempotency_key)
+    .bind(&event.source)
+    .fetch_optional(tx)
+    .await?;
+    super::replay(row, clerk_id, event)
 }
 
 async fn record_event(
@@ -534,13 +554,15 @@ async fn record_event(
     result: &WriteResult,
 ) -> Result<()> {
     sqlx::query(
-        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-         values ($1, $2, $3, $4, now()) on conflict do nothing",
+        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         values ($1, $2, $3, $4, now(), $5, $6) on conflict do nothing",
     )
     .bind(&event.idempotency_key)
     .bind(clerk_id)
     .bind(result.outcome.map_or("none", write::Outcome::as_str))
     .bind(Json(result))
+    .bind(&event.source)
+    .bind(&event.kind)
     .execute(tx)
     .await?;
     Ok(())

@@ -138,12 +138,15 @@ async fn recorded_result(
     event: &EventContext,
     clerk_id: &str,
 ) -> Result<Option<WriteResult>> {
-    let row: Option<(String, Option<Json<WriteResult>>)> =
-        sqlx::query_as("select clerk_id, result from processed_events where idempotency_key = $1")
-            .bind(&event.idempotency_key)
-            .fetch_optional(tx)
-            .await?;
-    super::replay(row.map(|(c, r)| (c, r.map(|j| j.0))), clerk_id)
+    let row: Option<super::Recorded> = sqlx::query_as(
+        "select clerk_id, kind, result from processed_events \
+         where idempotency_key = $1 and source in ($2, '') limit 1",
+    )
+    .bind(&event.idempotency_key)
+    .bind(&event.source)
+    .fetch_optional(tx)
+    .await?;
+    super::replay(row, clerk_id, event)
 }
 
 async fn record_event(
@@ -152,14 +155,16 @@ async fn record_event(
     now: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query(
-        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-         values ($1, $2, $3, $4, $5) on conflict do nothing",
+        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
     )
     .bind(&event.idempotency_key)
     .bind(clerk_id)
     .bind(result.outcome.map_or("none", write::Outcome::as_str))
     .bind(Json(result))
     .bind(now)
+    .bind(&event.source)
+    .bind(&event.kind)
     .execute(tx)
     .await?;
     Ok(())
