@@ -72,6 +72,8 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
                         idempotency_key: format!("msg_{clerk_id}"),
                         source_time_ms: now_ms(),
                         event_type: Some("user.created".into()),
+                        source: "bench".into(),
+                        kind: EventContext::kind_of("CreateUser", Some("user.created")),
                     }),
                     actor: Actor::new("bench", None),
                 };
