@@ -1,6 +1,8 @@
 //! Integration tests: the real user-service over gRPC on a random port, each
 //! test on a fresh PostgreSQL database and again on a fresh SQLite file.
 
+mod browser;
+mod clerk;
 mod data;
 mod events;
 mod helpers;
@@ -9,4 +11,5 @@ mod observability;
 mod operations;
 mod properties;
 mod security;
+mod session;
 mod users;
