@@ -4,6 +4,7 @@
 mod browser;
 mod clerk;
 mod data;
+mod end_user;
 mod events;
 mod helpers;
 mod hostile;
