@@ -8,10 +8,12 @@ use tonic::{Request, Response, Status};
 use userdata_proto::v1::{self as pb, change_service_server::ChangeService};
 
 use super::{
+    access,
     convert::{time_from_proto, timestamp},
     json, page_token,
 };
 use crate::{
+    auth::Principal,
     domain::{
         change::{AuditQuery, ChangeFilter, ChangeKind, Cursor, LoggedChange},
         data,
@@ -140,6 +142,7 @@ impl ChangeService for ChangesApi {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let principal = Principal::of(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let cursor = match req.cursor.as_str() {
@@ -157,7 +160,13 @@ impl ChangeService for ChangesApi {
             .filter_map(|(i, k)| v.check(&format!("keys[{i}]"), data::parse_key(k)))
             .collect();
         v.finish(|| ())?;
-        let filter = ChangeFilter { clerk_id: self.clerk_id_of(user).await?, keys };
+        let clerk_id = match principal.signed_in_user() {
+            // A signed-in user follows their own changes, whatever the
+            // request names (the end-user rule `ForcedOwn`).
+            Some(user) => Some(access::own_user(&*self.store, user).await?.clerk_id),
+            None => self.clerk_id_of(user).await?,
+        };
+        let filter = ChangeFilter { clerk_id, keys };
         let events = self.feed.follow(cursor, filter, STREAM_BUFFER).await?;
         let stream = ReceiverStream::new(events).map(|event| event.map(event_to_proto).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

@@ -1,5 +1,6 @@
 //! The gRPC transport: our services plus standard health and reflection.
 
+pub mod access;
 mod caller;
 mod changes;
 mod convert;
