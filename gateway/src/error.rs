@@ -92,6 +92,10 @@ pub enum WebhookError {
         /// Seconds until a request will be accepted again.
         retry_after: u32,
     },
+    /// Too many requests are in progress on the gateway as a whole; refused
+    /// before reading the body.
+    #[error("the gateway is busy; retry later")]
+    Overloaded,
 }
 
 /// Which side of the tolerance window a signature timestamp fell on.
@@ -119,7 +123,7 @@ impl WebhookError {
             | Self::InvalidEvent(_)
             | Self::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::SignatureExpired(_) => StatusCode::UNAUTHORIZED,
-            Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable { .. } | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed { .. } | Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -140,7 +144,8 @@ impl WebhookError {
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamFailed { .. }
             | Self::Misconfigured
-            | Self::RateLimited { .. } => None,
+            | Self::RateLimited { .. }
+            | Self::Overloaded => None,
         }
     }
 }
@@ -160,6 +165,8 @@ impl IntoResponse for WebhookError {
         let status = self.status();
         let retry_after = match &self {
             Self::RateLimited { retry_after } => Some(*retry_after),
+            // Shedding lasts as long as a burst does: come back soon.
+            Self::Overloaded => Some(1),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECONDS),
             _ => None,
         };

@@ -7,6 +7,7 @@ mod forged;
 mod forged_storm;
 mod fuzz;
 mod health;
+mod hostile;
 mod lifecycle;
 mod metrics;
 mod observability;

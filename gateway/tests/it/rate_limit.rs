@@ -17,7 +17,7 @@ async fn limited_gateway(
 ) -> Gateway {
     let mut config = config(upstream.url(), SECRET);
     config.rate_limit = RateLimit { per_second, burst };
-    config.trust_forwarded_for = trust_forwarded_for;
+    config.trusted_proxy_hops = u32::from(trust_forwarded_for);
     Gateway::start_with(config).await
 }
 

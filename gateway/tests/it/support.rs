@@ -242,6 +242,9 @@ pub fn config(upstream: Uri, secrets: &str) -> Config {
     config.upstream_timeout = UPSTREAM_TIMEOUT;
     config.readiness_timeout = Duration::from_millis(500);
     config.rate_limit = gateway::config::RateLimit::OFF;
+    // Probes see every change of user-service's health at once; the cache
+    // has its own tests.
+    config.readiness_cache = Duration::ZERO;
     config
 }
 
