@@ -99,6 +99,8 @@ impl Cli {
 
 /// The gateway's subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `serve`'s many flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Receive Clerk webhooks and apply them to user-service (the default).
     Serve(ServeArgs),

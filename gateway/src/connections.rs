@@ -225,12 +225,12 @@ impl Connections {
         let state = Arc::new(ConnectionState::new(tls));
         table.open.insert(id, Entry { client, state: state.clone() });
         table.by_client.entry(client).or_default().insert(id, state.clone());
-        let open = table.open.len();
-        drop(table);
         if let Some(metrics) = &self.metrics {
             metrics.record_connections_evicted(evicted);
-            metrics.set_connections_open(open);
+            // Evicted connections left the table above.
+            metrics.add_connections_open(1.0 - evicted as f64);
         }
+        drop(table);
         Ok(Ticket { id, state, table: self.clone() })
     }
 
@@ -241,11 +241,11 @@ impl Connections {
 
     fn release(&self, id: u64) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table.remove(id);
-        let open = table.open.len();
+        // An evicted connection has left the table (and the gauge) already.
+        let removed = table.remove(id).is_some();
         drop(table);
-        if let Some(metrics) = &self.metrics {
-            metrics.set_connections_open(open);
+        if let (true, Some(metrics)) = (removed, &self.metrics) {
+            metrics.add_connections_open(-1.0);
         }
     }
 

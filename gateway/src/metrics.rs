@@ -215,9 +215,9 @@ impl Metrics {
         self.recorder.register_counter(&Key::from_name(RATE_LIMITED_TOTAL), &METADATA).increment(1);
     }
 
-    /// Sets the number of open connections.
-    pub fn set_connections_open(&self, open: usize) {
-        self.recorder.register_gauge(&Key::from_name(CONNECTIONS_OPEN), &METADATA).set(open as f64);
+    /// Adds `delta` (+1 opened, -1 closed) to the open connections.
+    pub fn add_connections_open(&self, delta: f64) {
+        self.recorder.register_gauge(&Key::from_name(CONNECTIONS_OPEN), &METADATA).increment(delta);
     }
 
     /// Counts connections closed to make room.
@@ -236,9 +236,9 @@ impl Metrics {
         self.recorder.register_counter(&key, &METADATA).increment(1);
     }
 
-    /// Sets the number of requests in progress.
-    pub fn set_requests_in_flight(&self, in_flight: usize) {
-        self.recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA).set(in_flight as f64);
+    /// Adds `delta` (+1 started, -1 answered) to the requests in progress.
+    pub fn add_requests_in_flight(&self, delta: f64) {
+        self.recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA).increment(delta);
     }
 
     /// Counts one request shed by the in-flight limit.

@@ -41,14 +41,14 @@ impl InFlight {
         let taken = self
             .current
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
-        let now = taken.ok()? + 1;
-        self.publish(now);
+        taken.ok()?;
+        self.publish(1.0);
         Some(Place(self.clone()))
     }
 
-    fn publish(&self, now: usize) {
+    fn publish(&self, delta: f64) {
         if let Some(metrics) = &self.metrics {
-            metrics.set_requests_in_flight(now);
+            metrics.add_requests_in_flight(delta);
         }
     }
 }
@@ -59,8 +59,8 @@ struct Place(Arc<InFlight>);
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let now = self.0.current.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.0.publish(now);
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+        self.0.publish(-1.0);
     }
 }
 

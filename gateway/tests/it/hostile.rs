@@ -87,7 +87,9 @@ async fn closed_by_peer(mut reader: OwnedReadHalf) {
 async fn a_signed_webhook_is_answered_at_once_while_a_host_holds_1200_silent_and_trickling_connections() {
     make_room_for_descriptors(2 * (SILENT + TRICKLING) as u64 + 512);
     let upstream = FakeUpstream::start().await;
-    let timeout = Duration::from_secs(2);
+    // Long enough that all 1,200 connections are open at once even on a
+    // loaded machine, short enough for a test.
+    let timeout = Duration::from_secs(6);
     let mut config = hostile_config(&upstream, timeout);
     // Room for every held connection, so they are closed by the timeouts
     // (the eviction under the per-IP cap has its own test).
@@ -136,7 +138,7 @@ async fn a_signed_webhook_is_answered_at_once_while_a_host_holds_1200_silent_and
     assert_eq!(upstream.calls().len(), 1);
 
     // Every held connection is closed by the gateway once the timeouts run
-    // out (the header-read timeout, 2 s here), trickling ones included.
+    // out (the header-read timeout, 6 s here), trickling ones included.
     let mut closing = JoinSet::new();
     for reader in readers {
         closing.spawn(closed_by_peer(reader));
@@ -153,4 +155,154 @@ async fn a_signed_webhook_is_answered_at_once_while_a_host_holds_1200_silent_and
     tokio::time::timeout(Duration::from_secs(5), trickle).await.expect("trickling stops").unwrap();
     wait_for_metric(&gateway, "http_connections_open", Duration::from_secs(5), |open| open == 0.0).await;
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_over_its_connection_cap_pushes_out_only_its_own_idle_connections() {
+    let upstream = FakeUpstream::start().await;
+    let mut config = hostile_config(&upstream, Duration::from_secs(30));
+    config.connections.max_connections_per_ip = 16;
+    let gateway = Gateway::start_with(config).await;
+    // Another client's idle connection, opened first.
+    let mut bystander = connect_from([127, 0, 0, 2], gateway.addr).await;
+    wait_for_metric(&gateway, "http_connections_open", Duration::from_secs(5), |open| open >= 1.0).await;
+
+    // 200 silent connections from 127.0.0.1: all but the last 16 are pushed
+    // out by the later ones, long before any timeout.
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..200 {
+        let (reader, writer) = TcpStream::connect(gateway.addr).await.unwrap().into_split();
+        readers.push(reader);
+        writers.push(writer);
+    }
+    let mut closing = JoinSet::new();
+    for reader in readers.drain(..184) {
+        closing.spawn(closed_by_peer(reader));
+    }
+    let all_closed = async { while closing.join_next().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(10), all_closed)
+        .await
+        .expect("the oldest connections are pushed out");
+
+    // A genuine delivery from the same address still gets in, by pushing
+    // out one more of that host's silent connections.
+    let answer = gateway.post_signed("msg_same_host", &user_event("user.created", "user_same_host")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    let text = gateway.metrics().await;
+    assert!(sample(&text, "http_connections_evicted_total", &[]) >= 185.0, "{text}");
+
+    // The other client's connection was never touched: it still serves.
+    bystander.write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n").await.unwrap();
+    let mut buf = [0_u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), bystander.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(writers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_forgeries_from_one_address_reach_the_verifier_at_most_burst_times() {
+    const FORGERIES: usize = 500;
+    const BURST: u32 = 20;
+    make_room_for_descriptors(2 * FORGERIES as u64 + 512);
+    let upstream = FakeUpstream::start().await;
+    let mut config = hostile_config(&upstream, Duration::from_secs(10));
+    config.rate_limit = RateLimit { per_second: 1, burst: BURST };
+    config.connections.max_connections_per_ip = 2 * FORGERIES;
+    config.connections.max_in_flight = 2 * FORGERIES;
+    let gateway = Arc::new(Gateway::start_with(config).await);
+    let body = user_event("user.updated", "user_victim");
+
+    let started = Instant::now();
+    let mut storm = JoinSet::new();
+    for n in 0..FORGERIES {
+        let (gateway, body) = (gateway.clone(), body.clone());
+        storm.spawn(async move {
+            let headers = signed(FOREIGN_SECRET, &format!("msg_forged_{n}"), now(), &body);
+            gateway.post(headers, body).await.status.as_u16()
+        });
+    }
+    let statuses = storm.join_all().await;
+    let elapsed = started.elapsed();
+
+    // Tokens refill at 1/s while the storm lasts: those are allowed too.
+    let allowed = BURST as usize + elapsed.as_secs() as usize + 1;
+    let verified = statuses.iter().filter(|&&status| status == 401).count();
+    let limited = statuses.iter().filter(|&&status| status == 429).count();
+    assert_eq!(verified + limited, FORGERIES, "{statuses:?}");
+    assert!(verified <= allowed, "{verified} forgeries reached the verifier (allowed {allowed})");
+    let text = gateway.metrics().await;
+    let rejected = sample(&text, "webhook_events_total", &[("outcome", "rejected")]);
+    assert_eq!(rejected, verified as f64, "{text}");
+    upstream.assert_not_called();
+    eprintln!("{FORGERIES} concurrent forgeries in {elapsed:?}: {verified} verified, {limited} answered 429");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_readyz_probes_costs_one_health_check_per_cache_period() {
+    const PROBES: usize = 300;
+    make_room_for_descriptors(2 * PROBES as u64 + 512);
+    let upstream = FakeUpstream::start().await;
+    let mut config = hostile_config(&upstream, Duration::from_secs(10));
+    config.readiness_cache = gateway::config::MAX_READINESS_CACHE;
+    config.connections.max_connections_per_ip = 2 * PROBES;
+    let gateway = Arc::new(Gateway::start_with(config).await);
+
+    let started = Instant::now();
+    let mut flood = JoinSet::new();
+    for _ in 0..PROBES {
+        let gateway = gateway.clone();
+        flood.spawn(async move { gateway.get("/readyz").await.status.as_u16() });
+    }
+    let statuses = flood.join_all().await;
+    let elapsed = started.elapsed();
+
+    assert!(statuses.iter().all(|&status| status == 200), "{statuses:?}");
+    let text = gateway.metrics().await;
+    let checks = sample(&text, "upstream_requests_total", &[("method", "grpc.health.v1.Health/Check")]);
+    let periods = 1 + (elapsed.as_secs_f64() / gateway::config::MAX_READINESS_CACHE.as_secs_f64()) as usize;
+    assert!(
+        checks >= 1.0 && checks <= periods as f64,
+        "{checks} health checks for {PROBES} probes in {elapsed:?}"
+    );
+}
+
+/// Sends a request head announcing a 1 KiB body and only `sent` bytes of it,
+/// from a raw connection; returns the connection, left open.
+async fn unfinished_post(addr: SocketAddr, sent: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /webhooks/clerk HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+                content-length: 1024\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_in_flight_limit_is_answered_503_with_retry_after_before_its_body() {
+    let upstream = FakeUpstream::start().await;
+    let mut config = hostile_config(&upstream, Duration::from_secs(10));
+    config.connections.max_in_flight = 2;
+    let gateway = Gateway::start_with(config).await;
+    // Two requests whose bodies never finish hold both places.
+    let _first = unfinished_post(gateway.addr, b"{").await;
+    let _second = unfinished_post(gateway.addr, b"{").await;
+    wait_for_metric(&gateway, "http_requests_in_flight", Duration::from_secs(5), |n| n >= 2.0).await;
+
+    // A third whose body never comes is answered at once all the same.
+    let mut third = unfinished_post(gateway.addr, b"").await;
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 1\r\n"), "{head}");
+    let text = gateway.metrics().await;
+    assert_eq!(sample(&text, "http_requests_shed_total", &[]), 1.0, "{text}");
+    upstream.assert_not_called();
 }

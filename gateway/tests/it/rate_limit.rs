@@ -124,3 +124,40 @@ async fn a_zero_rate_turns_the_limit_off() {
         assert_eq!(status_as(&gateway, None).await.0, 400);
     }
 }
+
+#[tokio::test]
+async fn with_two_trusted_hops_the_client_is_the_entry_the_outer_proxy_added() {
+    let upstream = FakeUpstream::start().await;
+    let mut config = config(upstream.url(), SECRET);
+    config.rate_limit = RateLimit { per_second: 1, burst: 1 };
+    config.trusted_proxy_hops = 2;
+    let gateway = Gateway::start_with(config).await;
+    // The client forged the first entry; the outer proxy added 198.51.100.1,
+    // the inner one 10.0.0.2.
+    assert_eq!(status_as(&gateway, Some("203.0.113.7, 198.51.100.1, 10.0.0.2")).await.0, 400);
+
+    let (status, _) = status_as(&gateway, Some("192.0.2.99, 198.51.100.1, 10.0.0.2")).await;
+
+    assert_eq!(status, 429, "a forged first entry chose the bucket");
+    let (status, _) = status_as(&gateway, Some("198.51.100.2, 10.0.0.2")).await;
+    assert_eq!(status, 400, "another client behind the same proxies has its own bucket");
+}
+
+#[tokio::test]
+async fn concurrent_failed_requests_each_take_a_token_on_arrival() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = std::sync::Arc::new(limited_gateway(&upstream, 1, 5, false).await);
+
+    let started = std::time::Instant::now();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let gateway = gateway.clone();
+        requests.spawn(async move { status_as(&gateway, None).await.0 });
+    }
+    let statuses = requests.join_all().await;
+
+    // Five tokens, and those refilled (1/s) while the requests ran.
+    let allowed = 5 + started.elapsed().as_secs() as usize + 1;
+    let failed = statuses.iter().filter(|&&status| status == 400).count();
+    assert!((5..=allowed).contains(&failed), "{failed} requests got past the limit: {statuses:?}");
+}
