@@ -179,9 +179,40 @@ impl IntoResponse for WebhookError {
     }
 }
 
+/// A serde_json error as a reason that names what was expected but never
+/// the value found: serde's own text quotes it (`invalid type: string
+/// "ada@example.com", expected a sequence`), and a webhook's values are
+/// personal data that must not reach logs or the answer to Svix.
+pub fn json_error(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let expected =
+        |rest: &str| rest.split_once(", expected ").map_or(String::new(), |(_, e)| format!(", expected {e}"));
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            // The kind of value (`string`, `integer`, `map`, ...), not the value.
+            let found = rest.split([' ', ',']).next().unwrap_or_default();
+            return format!("{} ({found}){}", kind.trim_end_matches(": "), expected(rest));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return format!("unknown variant{}", expected(rest));
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_errors_name_the_expectation_but_never_the_value() {
+        let error = serde_json::from_str::<Vec<String>>(r#""ada@example.com""#).unwrap_err();
+        let reason = json_error(&error);
+        assert!(reason.starts_with("invalid type (string), expected a sequence"), "{reason}");
+        assert!(!reason.contains("ada"), "{reason}");
+        let syntax = serde_json::from_str::<Vec<String>>("[").unwrap_err();
+        assert_eq!(json_error(&syntax), syntax.to_string());
+    }
 
     #[test]
     fn upstream_unavailable_is_503_with_retry_after_and_no_upstream_message() {

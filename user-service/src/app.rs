@@ -51,6 +51,9 @@ pub enum StartupError {
          the risk, --insecure)"
     )]
     Unauthenticated(SocketAddr),
+    /// `--idempotency-retention` is outside its bounds.
+    #[error("{0}")]
+    IdempotencyRetention(String),
     /// The TLS files are missing, unreadable or do not fit together.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
@@ -72,6 +75,9 @@ impl Security {
     /// Reads the tokens and TLS files, and refuses an open door: no
     /// authentication on a non-loopback address without `--insecure`.
     fn load(config: &Config) -> Result<Self, StartupError> {
+        // Checked here too, for configs built in code rather than parsed.
+        crate::config::check_idempotency_retention(config.idempotency_retention)
+            .map_err(StartupError::IdempotencyRetention)?;
         let tokens = match &config.auth_tokens {
             Some(path) => Some(Arc::new(Tokens::load(path).map_err(StartupError::AuthTokens)?)),
             None => None,

@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod metrics;
 mod observability;
+mod personal_data;
 mod pki;
 mod rate_limit;
 mod replicas;

@@ -695,7 +695,9 @@ impl Store for PgStore {
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else {
+            return Ok(0);
+        };
         let done = sqlx::query("delete from processed_events where processed_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
