@@ -83,8 +83,12 @@ async fn closed_by_peer(mut reader: OwnedReadHalf) {
     }
 }
 
+// The guard is a std mutex on purpose (timed sync tests take it too); each
+// test has its own runtime, so holding it across awaits cannot deadlock.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_webhook_is_answered_at_once_while_a_host_holds_1200_silent_and_trickling_connections() {
+    let _flood = crate::support::cpu_heavy();
     make_room_for_descriptors(2 * (SILENT + TRICKLING) as u64 + 512);
     let upstream = FakeUpstream::start().await;
     // Long enough that all 1,200 connections are open at once even on a
@@ -200,8 +204,10 @@ async fn a_host_over_its_connection_cap_pushes_out_only_its_own_idle_connections
     drop(writers);
 }
 
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_forgeries_from_one_address_reach_the_verifier_at_most_burst_times() {
+    let _flood = crate::support::cpu_heavy();
     const FORGERIES: usize = 500;
     const BURST: u32 = 20;
     make_room_for_descriptors(2 * FORGERIES as u64 + 512);
@@ -238,8 +244,10 @@ async fn five_hundred_concurrent_forgeries_from_one_address_reach_the_verifier_a
     eprintln!("{FORGERIES} concurrent forgeries in {elapsed:?}: {verified} verified, {limited} answered 429");
 }
 
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_readyz_probes_costs_one_health_check_per_cache_period() {
+    let _flood = crate::support::cpu_heavy();
     const PROBES: usize = 300;
     make_room_for_descriptors(2 * PROBES as u64 + 512);
     let upstream = FakeUpstream::start().await;

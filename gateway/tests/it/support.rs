@@ -427,3 +427,12 @@ pub fn deleted_event(clerk_id: &str, timestamp: Option<i64>) -> String {
     }
     event.to_string()
 }
+
+/// Serialises the tests that load the CPU on purpose (connection floods)
+/// with those that time an operation, so one never skews the other.
+static CPU_HEAVY: Mutex<()> = Mutex::new(());
+
+/// Holds the CPU for a flood or a timed measurement until dropped.
+pub fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
