@@ -11,8 +11,9 @@
 //!
 //! Graceful shutdown: the listener is closed, every connection is asked to
 //! finish (HTTP/1.1 closes after the answer in progress, HTTP/2 sends
-//! GOAWAY), and the server returns once they have, or after the longest a
-//! request may take.
+//! GOAWAY); a request in progress may take the longest a request may take,
+//! while a connection without one (silent, trickling its head, idle) is
+//! dropped after a second, so such clients cannot delay a restart.
 
 use std::{convert::Infallible, future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -39,12 +40,13 @@ use crate::{
     routes::REQUEST_TIMEOUT,
 };
 
-/// How long a connection closed for being idle (or evicted) may take to say
-/// goodbye (HTTP/2 GOAWAY) before it is dropped.
+/// How long a connection asked to close, with no request in progress, may
+/// take to say goodbye (HTTP/2 GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// How long, after shutdown starts, a connection may take to finish its
-/// requests: the longest a request may take, plus a margin to send the answer.
+/// How long a connection asked to close (e.g. at shutdown) may take to finish
+/// a request in progress: the longest a request may take, plus a margin to
+/// send the answer.
 const SHUTDOWN_GRACE: Duration = REQUEST_TIMEOUT.saturating_add(Duration::from_secs(1));
 
 /// The webhook server: a bound listener and what each connection needs.
@@ -206,11 +208,11 @@ impl Connection {
         let Self { ticket: _ticket, builder, limits, mut stopped, .. } = self;
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        // Once set, the connection was asked to close and is dropped at this
-        // instant if it has not closed by then.
-        let mut drop_at: Option<Instant> = None;
+        // Once set, the connection was asked to close: `Closing` says when
+        // it is dropped if it has not closed by then.
+        let mut closing: Option<Closing> = None;
         loop {
-            let wake_at = drop_at.unwrap_or_else(|| idle_check_at(&limits, &state));
+            let wake_at = closing.as_ref().map_or_else(|| idle_check_at(&limits, &state), |c| c.drop_at);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -218,24 +220,55 @@ impl Connection {
                     }
                     return;
                 }
-                () = state.evicted(), if drop_at.is_none() => {
+                () = state.evicted(), if closing.is_none() => {
                     connection.as_mut().graceful_shutdown();
-                    drop_at = Some(Instant::now() + close_grace(&state));
+                    closing = Some(Closing::start());
                 }
-                _ = stopped.wait_for(|stop| *stop), if drop_at.is_none() => {
+                _ = stopped.wait_for(|stop| *stop), if closing.is_none() => {
                     connection.as_mut().graceful_shutdown();
-                    drop_at = Some(Instant::now() + SHUTDOWN_GRACE);
+                    closing = Some(Closing::start());
                 }
-                () = tokio::time::sleep_until(wake_at) => {
-                    if drop_at.is_some() {
-                        return;
+                () = tokio::time::sleep_until(wake_at) => match closing.as_mut() {
+                    Some(closing) => {
+                        if !closing.extend_if_busy(&state) {
+                            return;
+                        }
                     }
-                    if idle_check_at(&limits, &state) <= Instant::now() {
-                        connection.as_mut().graceful_shutdown();
-                        drop_at = Some(Instant::now() + close_grace(&state));
+                    None => {
+                        if idle_check_at(&limits, &state) <= Instant::now() {
+                            connection.as_mut().graceful_shutdown();
+                            closing = Some(Closing::start());
+                        }
                     }
-                }
+                },
             }
+        }
+    }
+}
+
+/// A connection asked to close (idle, evicted, or the server stopping). One
+/// without a request in progress gets [`CLOSE_GRACE`] to say goodbye (a
+/// silent or trickling client would otherwise hold it until its timeout); a
+/// request in progress may finish within [`SHUTDOWN_GRACE`].
+struct Closing {
+    drop_at: Instant,
+    latest: Instant,
+}
+
+impl Closing {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self { drop_at: now + CLOSE_GRACE, latest: now + SHUTDOWN_GRACE }
+    }
+
+    /// At `drop_at`: waits on until `latest` if a request is in progress;
+    /// false when the connection is to be dropped now.
+    fn extend_if_busy(&mut self, state: &ConnectionState) -> bool {
+        if state.is_busy() && Instant::now() < self.latest {
+            self.drop_at = self.latest;
+            true
+        } else {
+            false
         }
     }
 }
@@ -247,12 +280,6 @@ fn idle_check_at(limits: &ConnectionLimits, state: &ConnectionState) -> Instant 
         // Busy: a request ends within REQUEST_TIMEOUT; look again after it.
         None => Instant::now() + REQUEST_TIMEOUT,
     }
-}
-
-/// How long a connection asked to close may take: a moment when idle, the
-/// longest request when one is in progress (it is never cut short).
-fn close_grace(state: &ConnectionState) -> Duration {
-    if state.is_busy() { SHUTDOWN_GRACE } else { CLOSE_GRACE }
 }
 
 /// Errors from `accept` that concern one connection are skipped; others

@@ -315,3 +315,56 @@ async fn a_request_beyond_the_in_flight_limit_is_answered_503_with_retry_after_b
     assert_eq!(sample(&text, "http_requests_shed_total", &[]), 1.0, "{text}");
     upstream.assert_not_called();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_is_served_and_closed_once_idle() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = Gateway::start_with(hostile_config(&upstream, Duration::from_secs(1))).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+
+    let response = client.get(gateway.url("/healthz")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    // The client keeps the connection; the gateway closes it when idle.
+    wait_for_metric(&gateway, "http_connections_open", Duration::from_secs(10), |open| open == 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_silent_or_trickling_connections() {
+    let upstream = FakeUpstream::start().await;
+    // Timeouts far longer than the shutdown is allowed to take.
+    let gateway = Gateway::start_with(hostile_config(&upstream, Duration::from_secs(60))).await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+    let mut partial = TcpStream::connect(gateway.addr).await.unwrap();
+    partial.write_all(b"POST /webhooks/clerk HTTP/1.1\r\nhost: gate").await.unwrap();
+    held.push(partial);
+    wait_for_metric(&gateway, "http_connections_open", Duration::from_secs(5), |open| open >= 11.0).await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), gateway.stop()).await;
+
+    assert!(stopped.is_ok(), "shutdown waited for connections that never sent a request");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_progress_longer_than_a_second_still_finishes_after_shutdown_begins() {
+    let upstream = FakeUpstream::start().await;
+    // Longer than the 1 s an idle connection gets to close at shutdown.
+    upstream.reply_with(crate::support::Reply::SlowApplied(Duration::from_millis(1300)));
+    let mut gateway = Gateway::start_with(hostile_config(&upstream, Duration::from_secs(10))).await;
+    let body = user_event("user.created", "user_slow_at_shutdown");
+    let headers = signed(SECRET, "msg_slow_at_shutdown", now(), &body);
+    let (http, url) = (gateway.http.clone(), gateway.url("/webhooks/clerk"));
+    let request = tokio::spawn(async move { http.post(url).headers(headers).body(body).send().await });
+    wait_for_metric(&gateway, "http_requests_in_flight", Duration::from_secs(5), |n| n >= 1.0).await;
+
+    gateway.begin_shutdown();
+    let response = request.await.unwrap().unwrap();
+
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+}
