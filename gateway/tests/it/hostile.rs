@@ -204,6 +204,37 @@ async fn a_host_over_its_connection_cap_pushes_out_only_its_own_idle_connections
     drop(writers);
 }
 
+/// The status code at the start of an HTTP/1.1 answer.
+fn status_of(answer: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(answer);
+    text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// One forgery over a raw connection: its head is sent at once, its body only
+/// once `gate` opens, so it is in progress (past the rate limit or refused by
+/// it) while all the others are. Returns the answer's status.
+async fn gated_forgery(
+    addr: SocketAddr,
+    (head, body): (Vec<u8>, Vec<u8>),
+    mut gate: tokio::sync::watch::Receiver<bool>,
+    answered_early: Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    writer.write_all(&head).await.unwrap();
+    let mut answer = vec![0_u8; 4096];
+    tokio::select! {
+        read = reader.read(&mut answer) => {
+            answered_early.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return status_of(&answer[..read.unwrap_or(0)]);
+        }
+        _ = gate.wait_for(|open| *open) => {}
+    }
+    let _ = writer.write_all(&body).await;
+    let read = reader.read(&mut answer).await.unwrap_or(0);
+    status_of(&answer[..read])
+}
+
+// The guard is held across awaits on purpose, see above.
 #[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_forgeries_from_one_address_reach_the_verifier_at_most_burst_times() {
@@ -212,22 +243,43 @@ async fn five_hundred_concurrent_forgeries_from_one_address_reach_the_verifier_a
     const BURST: u32 = 20;
     make_room_for_descriptors(2 * FORGERIES as u64 + 512);
     let upstream = FakeUpstream::start().await;
-    let mut config = hostile_config(&upstream, Duration::from_secs(10));
+    let mut config = hostile_config(&upstream, Duration::from_secs(30));
     config.rate_limit = RateLimit { per_second: 1, burst: BURST };
     config.connections.max_connections_per_ip = 2 * FORGERIES;
     config.connections.max_in_flight = 2 * FORGERIES;
-    let gateway = Arc::new(Gateway::start_with(config).await);
+    let gateway = Gateway::start_with(config).await;
     let body = user_event("user.updated", "user_victim");
 
     let started = Instant::now();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let answered_early = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut storm = JoinSet::new();
     for n in 0..FORGERIES {
-        let (gateway, body) = (gateway.clone(), body.clone());
-        storm.spawn(async move {
-            let headers = signed(FOREIGN_SECRET, &format!("msg_forged_{n}"), now(), &body);
-            gateway.post(headers, body).await.status.as_u16()
-        });
+        let mut head = format!(
+            "POST /webhooks/clerk HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in &signed(FOREIGN_SECRET, &format!("msg_forged_{n}"), now(), &body) {
+            head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+        }
+        head.push_str("\r\n");
+        let request = (head.into_bytes(), body.clone().into_bytes());
+        storm.spawn(gated_forgery(gateway.addr, request, gate.clone(), answered_early.clone()));
     }
+    // Every forgery is either refused already or in progress past the limit:
+    // only then may their bodies come, so none has failed yet when the last
+    // is let in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_flight = sample(&gateway.metrics().await, "http_requests_in_flight", &[]) as usize;
+        if answered_early.load(std::sync::atomic::Ordering::SeqCst) + in_flight >= FORGERIES {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the forgeries never all arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open.send(true).unwrap();
     let statuses = storm.join_all().await;
     let elapsed = started.elapsed();
 

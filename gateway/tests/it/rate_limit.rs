@@ -142,22 +142,3 @@ async fn with_two_trusted_hops_the_client_is_the_entry_the_outer_proxy_added() {
     let (status, _) = status_as(&gateway, Some("198.51.100.2, 10.0.0.2")).await;
     assert_eq!(status, 400, "another client behind the same proxies has its own bucket");
 }
-
-#[tokio::test]
-async fn concurrent_failed_requests_each_take_a_token_on_arrival() {
-    let upstream = FakeUpstream::start().await;
-    let gateway = std::sync::Arc::new(limited_gateway(&upstream, 1, 5, false).await);
-
-    let started = std::time::Instant::now();
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let gateway = gateway.clone();
-        requests.spawn(async move { status_as(&gateway, None).await.0 });
-    }
-    let statuses = requests.join_all().await;
-
-    // Five tokens, and those refilled (1/s) while the requests ran.
-    let allowed = 5 + started.elapsed().as_secs() as usize + 1;
-    let failed = statuses.iter().filter(|&&status| status == 400).count();
-    assert!((5..=allowed).contains(&failed), "{failed} requests got past the limit: {statuses:?}");
-}
