@@ -252,8 +252,9 @@ impl InvalidEvent {
 
 /// Parses a (verified) webhook body.
 pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| InvalidEvent::new(format!("body is not a JSON event object: {e}"), None))?;
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        InvalidEvent::new(format!("body is not a JSON event object: {}", crate::error::json_error(&e)), None)
+    })?;
     let event_type = envelope
         .event_type
         .filter(|t| !t.is_empty())
@@ -323,7 +324,10 @@ fn typed_data<T: Keyed>(data: Option<&RawValue>, what: &str) -> Result<T, Invali
             let value: Option<Value> = serde_json::from_str(raw).ok();
             let key_ok = value.as_ref().and_then(|v| v.get(T::KEY)?.as_str()).is_some_and(|k| !k.is_empty());
             if key_ok {
-                Err(InvalidEvent::new(format!("invalid {what} data: {error}"), Some("data")))
+                Err(InvalidEvent::new(
+                    format!("invalid {what} data: {}", crate::error::json_error(&error)),
+                    Some("data"),
+                ))
             } else {
                 Err(key_error())
             }

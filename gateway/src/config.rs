@@ -18,6 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::Uri;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
+use crate::limits::{ConnectionArgs, ConnectionLimits};
+
 /// Environment variable holding the Clerk (Svix) webhook signing secret(s).
 pub const SIGNING_SECRET_ENV: &str = "CLERK_WEBHOOK_SIGNING_SECRET";
 
@@ -33,6 +35,17 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 pub const DEFAULT_RATE_LIMIT: u32 = 200;
 /// Default per-client burst: requests accepted at once before the rate applies.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 400;
+
+/// Default `--readiness-cache`: long enough to absorb a flood of probes,
+/// short next to any orchestrator's probe period.
+pub const DEFAULT_READINESS_CACHE: Duration = Duration::from_secs(1);
+/// Longest accepted `--readiness-cache`.
+pub const MAX_READINESS_CACHE: Duration = Duration::from_secs(10);
+
+/// Fewest bytes a signing secret may decode to: Svix's own secrets are 24
+/// random bytes (32 base64 characters), and a shorter one is a truncated paste
+/// or a hand-made secret too weak to trust.
+pub const MIN_SECRET_BYTES: usize = 24;
 
 /// Svix gives up on a delivery attempt after 15 s.
 pub const SVIX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,6 +99,8 @@ impl Cli {
 
 /// The gateway's subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `serve`'s many flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Receive Clerk webhooks and apply them to user-service (the default).
     Serve(ServeArgs),
@@ -183,11 +198,27 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
     pub rate_limit_burst: u32,
 
-    /// Take the client IP for rate limiting from the last `X-Forwarded-For`
-    /// entry (the one the proxy in front of the gateway added). Only set it
-    /// behind such a proxy: otherwise clients choose their own IP.
-    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR")]
+    /// Same as `--trusted-proxy-hops 1` (kept for existing deployments).
+    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR", conflicts_with = "trusted_proxy_hops")]
     pub trust_forwarded_for: bool,
+
+    /// Number of proxies in front of the gateway that append to
+    /// `X-Forwarded-For`. The client IP (for the rate limit) is then the
+    /// entry that many places from the end; a request with fewer entries is
+    /// keyed by its TCP peer. `0` ignores the header: set it only behind such
+    /// proxies, or clients choose their own IP.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: u32,
+
+    /// How long a `/readyz` answer is reused, so a flood of probes does not
+    /// become a flood of health checks (concurrent probes also share one
+    /// check). `0s` checks on every probe.
+    #[arg(long, env = "GATEWAY_READINESS_CACHE", default_value = "1s", value_parser = parse_duration)]
+    pub readiness_cache: Duration,
+
+    /// Timeouts and caps on connections and requests.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 
     /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
@@ -249,8 +280,13 @@ pub struct Config {
     pub signing_secrets: SigningSecrets,
     /// Per-client-IP rate limit.
     pub rate_limit: RateLimit,
-    /// Take the client IP from `X-Forwarded-For` (set by a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Proxies in front that append to `X-Forwarded-For`; 0 ignores the
+    /// header (see [`crate::rate_limit::client_ip`]).
+    pub trusted_proxy_hops: u32,
+    /// How long a `/readyz` answer is reused; zero checks on every probe.
+    pub readiness_cache: Duration,
+    /// Timeouts and caps on connections and requests.
+    pub connections: ConnectionLimits,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: MetricsListen,
 }
@@ -356,7 +392,9 @@ impl Config {
             readiness_timeout: Duration::from_secs(1),
             signing_secrets,
             rate_limit: RateLimit::default(),
-            trust_forwarded_for: false,
+            trusted_proxy_hops: 0,
+            readiness_cache: DEFAULT_READINESS_CACHE,
+            connections: ConnectionLimits::default(),
             metrics_listen: MetricsListen::Off,
         }
     }
@@ -405,7 +443,9 @@ impl Config {
             readiness_timeout: args.readiness_timeout,
             signing_secrets: SigningSecrets::from_env()?,
             rate_limit: RateLimit { per_second: args.rate_limit, burst: args.rate_limit_burst },
-            trust_forwarded_for: args.trust_forwarded_for,
+            trusted_proxy_hops: if args.trust_forwarded_for { 1 } else { args.trusted_proxy_hops },
+            readiness_cache: args.readiness_cache,
+            connections: args.connections.into(),
             metrics_listen: args.metrics_listen,
         };
         config.validate()?;
@@ -463,7 +503,10 @@ impl Config {
         if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
             return Err(ConfigError::PlainHttpOnPublicAddress(self.listen));
         }
-        Ok(())
+        if self.readiness_cache > MAX_READINESS_CACHE {
+            return Err(ConfigError::ReadinessCache);
+        }
+        self.connections.validate()
     }
 }
 
@@ -557,6 +600,32 @@ pub enum ConfigError {
         /// The offending flag.
         flag: &'static str,
     },
+    /// One of the secrets decodes to fewer bytes than Svix's secrets have.
+    #[error(
+        "{SIGNING_SECRET_ENV}: secret {position} of {count} is shorter than Svix's signing secrets \
+         ({MIN_SECRET_BYTES} bytes after base64 decoding)"
+    )]
+    SecretTooShort {
+        /// 1-based position of the short secret in the list.
+        position: usize,
+        /// How many secrets the variable holds.
+        count: usize,
+    },
+    /// `--readiness-cache` is above [`MAX_READINESS_CACHE`].
+    #[error("--readiness-cache must be at most 10s, or /readyz would hide an outage")]
+    ReadinessCache,
+    /// A connection timeout is zero or above a minute.
+    #[error("{flag} must be greater than 0 and at most 60s")]
+    ConnectionTimeout {
+        /// The offending flag.
+        flag: &'static str,
+    },
+    /// A connection or request cap is zero, which would refuse everything.
+    #[error("{flag} must be at least 1")]
+    ZeroCap {
+        /// The offending flag.
+        flag: &'static str,
+    },
 }
 
 /// One Svix signing secret (`whsec_<base64>`), already decoded.
@@ -608,7 +677,13 @@ impl SigningSecrets {
             text.split(|c: char| c == ',' || c.is_whitespace()).filter(|part| !part.is_empty()).collect();
         let count = parts.len();
         let mut secrets = parts.iter().enumerate().map(|(index, part)| {
-            SigningSecret::parse(part).ok_or(ConfigError::SecretMalformed { position: index + 1, count })
+            let position = index + 1;
+            let secret =
+                SigningSecret::parse(part).ok_or(ConfigError::SecretMalformed { position, count })?;
+            if decoded_len(part) < MIN_SECRET_BYTES {
+                return Err(ConfigError::SecretTooShort { position, count });
+            }
+            Ok(secret)
         });
         let first = secrets.next().ok_or(ConfigError::SecretMissing)??;
         let rest = secrets.collect::<Result<Vec<_>, _>>()?;
@@ -643,6 +718,13 @@ impl SigningSecrets {
     pub fn is_empty(&self) -> bool {
         false
     }
+}
+
+/// How many bytes the base64 after `whsec_` decodes to (the text has
+/// already been checked to be valid base64).
+fn decoded_len(text: &str) -> usize {
+    let encoded = text.trim_start_matches("whsec_").trim_end_matches('=');
+    encoded.len() * 6 / 8
 }
 
 /// The bearer token the gateway presents to user-service (a client with the
@@ -714,8 +796,8 @@ mod tests {
     use super::*;
 
     // Throwaway secrets made up for these tests (base64 of ASCII text).
-    const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0xMjM0NTY3OA==";
-    const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0xMjM0NTY3OA==";
+    const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0wMTIzNDU2Nzg5YWJjZA==";
+    const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0wMTIzNDU2Nzg5YWJjZA==";
 
     #[test]
     fn a_single_secret_is_accepted() {
@@ -746,6 +828,46 @@ mod tests {
             SigningSecrets::parse(&text).map(|s| s.len()),
             Err(ConfigError::SecretMalformed { position: 2, count: 2 })
         );
+    }
+
+    #[test]
+    fn a_secret_shorter_than_svix_secrets_is_rejected_by_position() {
+        // 23 bytes: one short of Svix's 24.
+        let short = "whsec_dGVzdC1zZWNyZXQtMDEyMzQ1Njc4OWE=";
+        let text = format!("{SECRET_A} {short}");
+        assert_eq!(
+            SigningSecrets::parse(&text).map(|s| s.len()),
+            Err(ConfigError::SecretTooShort { position: 2, count: 2 })
+        );
+        // Svix's own form: 32 base64 characters, 24 bytes.
+        assert_eq!(SigningSecrets::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").map(|s| s.len()), Ok(1));
+    }
+
+    #[test]
+    fn trust_forwarded_for_means_one_trusted_hop_and_conflicts_with_hops() {
+        assert_eq!(serve_args(&[]).trusted_proxy_hops, 0);
+        let argv = ["gateway", "serve", "--trust-forwarded-for", "--trusted-proxy-hops", "2"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        assert!(serve_args(&["--trust-forwarded-for"]).trust_forwarded_for);
+        assert_eq!(serve_args(&["--trusted-proxy-hops", "2"]).trusted_proxy_hops, 2);
+    }
+
+    #[test]
+    fn connection_limit_flags_reach_the_config_defaults() {
+        let args = serve_args(&["--header-read-timeout", "3s", "--max-connections-per-ip", "7"]);
+        let limits = ConnectionLimits::from(args.connections);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(limits.max_connections_per_ip, 7);
+        assert_eq!(limits.idle_timeout, crate::limits::DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_readiness_cache_above_ten_seconds_is_refused() {
+        let mut config = test_config();
+        config.readiness_cache = Duration::from_secs(11);
+        assert_eq!(config.validate(), Err(ConfigError::ReadinessCache));
+        config.readiness_cache = Duration::ZERO;
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum StartupError {
          (or, to accept the risk, --insecure)"
     )]
     Unauthenticated(SocketAddr),
+    /// `--idempotency-retention` is outside its bounds.
+    #[error("{0}")]
+    IdempotencyRetention(String),
     /// The TLS files are missing, unreadable or do not fit together.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
@@ -106,6 +109,9 @@ impl Security {
     /// refuses an open door: no authentication on a non-loopback address
     /// without `--insecure`.
     fn load(config: &Config) -> Result<Self, StartupError> {
+        // Checked here too, for configs built in code rather than parsed.
+        crate::config::check_idempotency_retention(config.idempotency_retention)
+            .map_err(StartupError::IdempotencyRetention)?;
         let tokens = match &config.auth_tokens {
             Some(path) => Some(Tokens::load(path).map_err(StartupError::AuthTokens)?),
             None => None,

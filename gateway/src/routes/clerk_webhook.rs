@@ -176,7 +176,7 @@ fn log_rejection(error: &WebhookError) {
         WebhookError::Misconfigured => tracing::error!(status, %error, "webhook refused"),
         // Counted in the metrics; a log line per refused request would let a
         // flood fill the logs.
-        WebhookError::RateLimited { .. } => {}
+        WebhookError::RateLimited { .. } | WebhookError::Overloaded => {}
         WebhookError::UnsupportedMediaType
         | WebhookError::PayloadTooLarge { .. }
         | WebhookError::UnreadableBody
@@ -227,7 +227,8 @@ fn log_upstream_error(error: &WebhookError) {
         | WebhookError::SignatureExpired(_)
         | WebhookError::InvalidEvent(_)
         | WebhookError::Misconfigured
-        | WebhookError::RateLimited { .. } => tracing::error!(status, %error, "webhook not applied"),
+        | WebhookError::RateLimited { .. }
+        | WebhookError::Overloaded => tracing::error!(status, %error, "webhook not applied"),
     }
 }
 

@@ -920,7 +920,9 @@ impl Store for PgStore {
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
-        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else {
+            return Ok(0);
+        };
         let done = sqlx::query("delete from processed_events where processed_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
@@ -1008,7 +1010,7 @@ impl Store for PgStore {
     }
 
     async fn prune_changes(&self, age: Duration) -> Result<u64> {
-        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else { return Ok(0) };
         // Moves the mark to the newest pruned change, so a follower behind it
         // learns that it has lost changes.
         let pruned: i64 = sqlx::query_scalar(
