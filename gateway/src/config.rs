@@ -97,6 +97,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Sign a JSON file exactly like Svix does and POST it to a gateway.
     Send(SendArgs),
+    /// Bring user-service to the state of Clerk's Backend API: create missing
+    /// users, update outdated ones, optionally delete those Clerk no longer
+    /// has. Needs CLERK_SECRET_KEY.
+    Reconcile(crate::reconcile::ReconcileArgs),
 }
 
 /// Log output format.
