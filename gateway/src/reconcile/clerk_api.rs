@@ -296,7 +296,23 @@ impl UserPages<'_> {
             let page = if self.by_offset {
                 self.api.page(None, Some(self.listed)).await?
             } else {
-                self.api.page(self.after.as_deref(), None).await?
+                match self.api.page(self.after.as_deref(), None).await {
+                    Ok(page) => page,
+                    // An API (or proxy) that does not know the cursor refuses
+                    // the parameter; `offset` is the documented alternative.
+                    Err(ClerkApiError::Rejected { status, .. })
+                        if self.after.is_some()
+                            && matches!(
+                                status,
+                                StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+                            ) =>
+                    {
+                        tracing::warn!(%status, "Clerk's Backend API refused the starting_after cursor; paging by offset instead");
+                        self.by_offset = true;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             };
             if page.is_empty() {
                 self.done = true;

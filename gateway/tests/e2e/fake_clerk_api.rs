@@ -65,6 +65,7 @@ struct Inner {
     faults: VecDeque<Fault>,
     seen: Vec<Seen>,
     ignore_cursor: bool,
+    refuse_cursor: bool,
 }
 
 /// A running fake.
@@ -133,6 +134,12 @@ impl FakeClerkApi {
     /// Makes the fake ignore `starting_after`, as a naive API would.
     pub fn ignore_cursor(&self) {
         self.inner().ignore_cursor = true;
+    }
+
+    /// Makes the fake answer 422 to `starting_after`, as an API that does not
+    /// know the parameter would.
+    pub fn refuse_cursor(&self) {
+        self.inner().refuse_cursor = true;
     }
 
     /// Every request so far.
@@ -243,6 +250,9 @@ fn answer_list(
         "-created_at" => false,
         _ => return invalid("order_by is not supported by this fake"),
     };
+    if inner.refuse_cursor && query.contains_key("starting_after") {
+        return invalid("starting_after is not a known parameter");
+    }
     let after = if inner.ignore_cursor { None } else { query.get("starting_after") };
     let mut ordered: Vec<&ClerkUser> = inner.users.iter().collect();
     if !ascending {

@@ -304,9 +304,18 @@ async fn newer_local_state_and_deleted_users_are_left_alone(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_that_ignores_the_cursor_is_paged_by_offset() {
+    paged_by_offset(FakeClerkApi::ignore_cursor).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_refuses_the_cursor_is_paged_by_offset() {
+    paged_by_offset(FakeClerkApi::refuse_cursor).await;
+}
+
+async fn paged_by_offset(quirk: fn(&FakeClerkApi)) {
     let users = population("2offset", 25, T0);
     let api = FakeClerkApi::start(users.clone()).await;
-    api.ignore_cursor();
+    quirk(&api);
     let harness = Harness::start(Db::Sqlite).await;
     let mut options = options(&api, &harness);
     options.clerk.page_size = 10;
