@@ -82,16 +82,24 @@ impl Writer {
         mut done: impl FnMut(&str, Written),
     ) {
         let now = Timestamp::from(std::time::SystemTime::now());
-        let mut results = stream::iter(writes)
-            .map(|write| async move { (write.user().id.as_str(), self.write(write, now).await) })
+        // Indices rather than `&Write` closure arguments keep the futures'
+        // lifetimes concrete, so a run can be spawned as a (`Send`) task.
+        let mut results = stream::iter(0..writes.len())
+            .map(|index| {
+                let write = &writes[index];
+                async move { (write.user().id.as_str(), self.write(write, now).await) }
+            })
             .buffer_unordered(concurrency.max(1));
         while let Some((clerk_id, written)) = results.next().await {
             progress.advance(1);
             done(clerk_id, written);
         }
         // Deletions only after every create and update has landed.
-        let mut results = stream::iter(deletes)
-            .map(|clerk_id| async move { (clerk_id.as_str(), self.delete(clerk_id, now).await) })
+        let mut results = stream::iter(0..deletes.len())
+            .map(|index| {
+                let clerk_id = deletes[index].as_str();
+                async move { (clerk_id, self.delete(clerk_id, now).await) }
+            })
             .buffer_unordered(concurrency.max(1));
         while let Some((clerk_id, written)) = results.next().await {
             progress.advance(1);

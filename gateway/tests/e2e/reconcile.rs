@@ -33,6 +33,7 @@ crate::on_both_backends!(
     delete_missing_over_its_limit_refuses_and_writes_nothing,
     forced_deletes_remove_users_clerk_no_longer_lists_for_good,
     newer_local_state_and_deleted_users_are_left_alone,
+    a_run_interrupted_half_way_is_finished_by_the_next,
 );
 
 /// Quick retries: the faults are injected, waiting long proves nothing.
@@ -300,6 +301,39 @@ async fn newer_local_state_and_deleted_users_are_left_alone(db: Db) {
     harness.assert_not_found(&deleted_here.id, "after the reconcile").await;
     let again = run(&options).await;
     assert_eq!((again.counts.stale, again.counts.tombstoned, again.counts.failed), (1, 1, 0), "{again}");
+}
+
+async fn a_run_interrupted_half_way_is_finished_by_the_next(db: Db) {
+    let users = population("2stop", 1_500, T0);
+    let api = FakeClerkApi::start(users.clone()).await;
+    let harness = Harness::start(db).await;
+    let mut options = options(&api, &harness);
+    options.concurrency = 4;
+    let interrupted = {
+        let options = options.clone();
+        tokio::spawn(async move { run(&options).await })
+    };
+    // Stop it (as Ctrl-C would) once some, but not all, users are written.
+    loop {
+        let written = harness.every_user().await.len();
+        assert!(written < users.len(), "the run finished before it could be interrupted");
+        if written >= 100 {
+            interrupted.abort();
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(interrupted.await.is_err_and(|e| e.is_cancelled()), "the run was not interrupted");
+    let partial = harness.every_user().await.len() as u64;
+
+    options.concurrency = 32;
+    let report = run(&options).await;
+
+    assert_eq!(report.verdict, Verdict::InSync, "{report}");
+    // Writes in flight at the abort may have landed after `partial` was read.
+    assert!(report.counts.unchanged >= partial, "{report}");
+    assert_eq!(report.counts.created + report.counts.unchanged + report.counts.stale, 1_500, "{report}");
+    assert_holds_exactly(&harness, &users).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
