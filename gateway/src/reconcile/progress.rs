@@ -13,6 +13,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// How often a log line is written when there is no terminal.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// The bar when the total is known: counts, rate and time left.
+const BAR_TEMPLATE: &str = "{prefix:>20} [{bar:40}] {human_pos}/{human_len} {rate} eta {eta}";
+/// Without a total: a spinner, the count and the rate.
+const SPINNER_TEMPLATE: &str = "{prefix:>20} {spinner} {human_pos} {rate}";
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Display {
@@ -63,7 +68,7 @@ impl Progress {
     pub fn begin(&self, phase: &'static str, total: Option<u64>) {
         let mut state = self.state();
         if let Some(bar) = state.bar.take() {
-            bar.finish();
+            finish_bar(&bar);
         }
         let now = Instant::now();
         state.phase = phase;
@@ -76,13 +81,9 @@ impl Progress {
                 Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
                 None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             };
-            let template = if total.is_some() {
-                "{prefix:>22} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}"
-            } else {
-                "{prefix:>22} {spinner} {human_pos} {per_sec}"
-            };
+            let template = if total.is_some() { BAR_TEMPLATE } else { SPINNER_TEMPLATE };
             if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
+                bar.set_style(style.progress_chars("=> ").with_key("rate", rate));
             }
             bar.set_prefix(phase);
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -106,10 +107,22 @@ impl Progress {
     pub fn finish(&self) {
         let mut state = self.state();
         match state.bar.take() {
-            Some(bar) => bar.finish(),
+            Some(bar) => finish_bar(&bar),
             None => state.log("done"),
         }
     }
+}
+
+/// Draws the bar one last time and moves below it, so what follows (the next
+/// phase, the summary) starts on a line of its own.
+fn finish_bar(bar: &ProgressBar) {
+    bar.finish();
+    eprintln!();
+}
+
+/// `{rate}`: steps per second, whole.
+fn rate(state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write) {
+    let _ = write!(out, "{:.0}/s", state.per_sec());
 }
 
 impl State {
@@ -132,5 +145,29 @@ impl State {
                 "reconcile {what}"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_templates_are_valid() {
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
+    }
+
+    #[test]
+    fn each_phase_counts_from_zero() {
+        let progress = Progress::new(Display::Log);
+        progress.begin("first", Some(10));
+        progress.advance(3);
+        progress.advance(4);
+        assert_eq!(progress.state().done, 7);
+        progress.finish();
+        progress.begin("second", None);
+        let state = progress.state();
+        assert_eq!((state.done, state.total, state.phase), (0, None, "second"));
     }
 }
