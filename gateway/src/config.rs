@@ -105,8 +105,6 @@ impl Cli {
 // Parsed once per process: boxing the larger variants would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-// Parsed once per process: the size of `serve`'s many flags does not matter.
-#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Receive Clerk webhooks and apply them to user-service (the default).
     Serve(ServeArgs),
