@@ -128,7 +128,9 @@ impl WebhookError {
             | Self::InvalidEvent(_)
             | Self::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::SignatureExpired(_) => StatusCode::UNAUTHORIZED,
-            Self::UpstreamUnavailable { .. } | Self::Overloaded | Self::UnknownUser => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable { .. } | Self::Overloaded | Self::UnknownUser => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamFailed { .. } | Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }

@@ -226,7 +226,8 @@ impl App {
             tokio::spawn(prune(store.clone(), config.idempotency_retention, config.change_retention));
         let (metrics, metrics_task) = match metrics {
             Some((metrics, Some(listener))) => {
-                let task = tokio::spawn(metrics::serve(listener, metrics.clone(), store.clone(), feed));
+                let task =
+                    tokio::spawn(metrics::serve(listener, metrics.clone(), store.clone(), feed.clone()));
                 (Some(metrics), Some(task))
             }
             _ => (None, None),
@@ -265,7 +266,10 @@ impl App {
             .max_connection_age_grace(http2::MAX_CONNECTION_AGE_GRACE)
             .layer(layers)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                feed.close();
+            })
             .await;
         health_task.abort();
         prune_task.abort();

@@ -155,7 +155,6 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_changes(&self, age: Duration) -> Result<u64>;
 }
 
-
 /// A snapshot of the connection pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {

@@ -95,11 +95,8 @@ async fn all_changes(client: &mut Changes, clerk_id: &str) -> Vec<pb::Change> {
 /// to a follower (a change is handed out once every older transaction has
 /// ended): a follower starting "now" after this sees none of them.
 async fn wait_final(client: &mut Changes, clerk_id: &str, count: usize) {
-    let from_start = pb::WatchChangesRequest {
-        cursor: "0_0".into(),
-        clerk_id: clerk_id.into(),
-        ..Default::default()
-    };
+    let from_start =
+        pb::WatchChangesRequest { cursor: "0_0".into(), clerk_id: clerk_id.into(), ..Default::default() };
     let mut stream = watch(client, from_start).await;
     next_changes(&mut stream, count).await;
 }
@@ -373,7 +370,6 @@ async fn a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor(
     let first = all_changes(&mut changes, "user_old").await[0].cursor.clone();
     data.set_user_data(set_custom("user_old", "custom.n", json!(2))).await.unwrap();
     // Everything written so far is past a zero retention.
-    tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(server.store.prune_changes(Duration::ZERO).await.unwrap() >= 3);
 
     let request = pb::WatchChangesRequest { cursor: first, ..Default::default() };
@@ -725,4 +721,27 @@ async fn a_signed_in_user_watches_only_their_own_changes_whatever_they_ask() {
     // And the audit list is not for her.
     let err = changes.list_changes(pb::ListChangesRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_with_unavailable_when_the_server_shuts_down() {
+    let server = TestServer::start(Db::Sqlite).await;
+    let mut changes = changes_client(&server).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    let stopping = tokio::spawn(server.stop());
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = ended.expect("an error, not a silent end");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    stopping.await.unwrap();
 }
