@@ -7,6 +7,7 @@ mod clerk;
 mod data;
 mod end_user;
 mod events;
+mod hardening;
 mod helpers;
 mod hostile;
 mod observability;

@@ -203,7 +203,12 @@ pub async fn clients(server: &TestServer, token: Option<String>) -> (Users, Data
 
 /// Creates a user through the admin service client and returns it.
 pub async fn create_user(server: &TestServer, clerk_id: &str) -> pb::User {
-    let (mut users, _) = clients(server, Some(ADMIN_TOKEN.into())).await;
+    create_user_with(server, ADMIN_TOKEN, clerk_id).await
+}
+
+/// Creates a user as the service client of `token` and returns it.
+pub async fn create_user_with(server: &TestServer, token: &str, clerk_id: &str) -> pb::User {
+    let (mut users, _) = clients(server, Some(token.into())).await;
     users
         .create_user(pb::CreateUserRequest { user: Some(new_user(clerk_id)), ..Default::default() })
         .await
