@@ -109,7 +109,8 @@ impl App {
             }
         };
         let recorder = metrics.as_ref().map(|(metrics, _)| metrics.clone());
-        let upstream = Upstream::new(&config, recorder.clone()).map_err(StartError::Upstream)?;
+        let upstream =
+            Upstream::new(&config.user_service(), recorder.clone()).map_err(StartError::Upstream)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -133,7 +134,8 @@ impl App {
             verifier: Verifier::new(config.signing_secrets.clone()),
             users: UserSync::new(upstream.channel.clone(), config.upstream_timeout)
                 .with_metrics(recorder.clone())
-                .with_failover(upstream.failover.clone()),
+                .with_failover(upstream.failover.clone())
+                .with_unknown_user_retry_window(config.unknown_user_retry_window),
             replicas: upstream.replicas.clone(),
             readiness: Arc::new(Readiness::new(
                 upstream.replicas.clone(),

@@ -47,6 +47,10 @@ pub const MAX_READINESS_CACHE: Duration = Duration::from_secs(10);
 /// or a hand-made secret too weak to trust.
 pub const MIN_SECRET_BYTES: usize = 24;
 
+/// Default of `--unknown-user-retry-window`: Svix's retries in the first hour
+/// (5 s, 5 min, 30 min) cover any realistic lag of a `user.created`.
+pub const DEFAULT_UNKNOWN_USER_RETRY_WINDOW: Duration = Duration::from_secs(3600);
+
 /// Svix gives up on a delivery attempt after 15 s.
 pub const SVIX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -98,14 +102,18 @@ impl Cli {
 }
 
 /// The gateway's subcommands.
-#[derive(Debug, Subcommand)]
-// Parsed once per process: the size of `serve`'s many flags does not matter.
+// Parsed once per process: boxing the larger variants would buy nothing.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Receive Clerk webhooks and apply them to user-service (the default).
     Serve(ServeArgs),
     /// Sign a JSON file exactly like Svix does and POST it to a gateway.
     Send(SendArgs),
+    /// Bring user-service to the state of Clerk's Backend API: create missing
+    /// users, update outdated ones, optionally delete those Clerk no longer
+    /// has. Needs CLERK_SECRET_KEY.
+    Reconcile(crate::reconcile::ReconcileArgs),
 }
 
 /// Log output format.
@@ -139,6 +147,67 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_INSECURE")]
     pub insecure: bool,
 
+    /// How to reach user-service.
+    #[command(flatten)]
+    pub user_service: UserServiceArgs,
+
+    /// How long a `session.*` event for a user user-service does not know
+    /// (and that carries no user object) is answered 503, so Svix retries
+    /// while the user's `user.created` may still be on its way; older events
+    /// are acknowledged as `unknown_user`. Measured from the event's
+    /// `timestamp`.
+    #[arg(
+        long,
+        env = "GATEWAY_UNKNOWN_USER_RETRY_WINDOW",
+        default_value = "1h",
+        value_parser = parse_duration
+    )]
+    pub unknown_user_retry_window: Duration,
+
+    /// How long `/readyz` waits for user-service's health check.
+    #[arg(long, env = "GATEWAY_READINESS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub readiness_timeout: Duration,
+
+    /// Requests per second accepted from one client IP (an IPv6 client is
+    /// its /64); `0` turns the limit off. Excess requests get 429.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Requests one client IP may send at once before `--rate-limit` applies.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_limit_burst: u32,
+
+    /// Same as `--trusted-proxy-hops 1` (kept for existing deployments).
+    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR", conflicts_with = "trusted_proxy_hops")]
+    pub trust_forwarded_for: bool,
+
+    /// Number of proxies in front of the gateway that append to
+    /// `X-Forwarded-For`. The client IP (for the rate limit) is then the
+    /// entry that many places from the end; a request with fewer entries is
+    /// keyed by its TCP peer. `0` ignores the header: set it only behind such
+    /// proxies, or clients choose their own IP.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: u32,
+
+    /// How long a `/readyz` answer is reused, so a flood of probes does not
+    /// become a flood of health checks (concurrent probes also share one
+    /// check). `0s` checks on every probe.
+    #[arg(long, env = "GATEWAY_READINESS_CACHE", default_value = "1s", value_parser = parse_duration)]
+    pub readiness_cache: Duration,
+
+    /// Timeouts and caps on connections and requests.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+
+    /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
+    pub metrics_listen: MetricsListen,
+}
+
+/// How to reach user-service: shared by `gateway serve` and `gateway
+/// reconcile`, so both take the same flags and variables.
+#[derive(Debug, Clone, Args)]
+pub struct UserServiceArgs {
     /// gRPC endpoint of user-service, `http://host:port` or `https://host:port`.
     /// Several replicas, separated by commas, share the calls; a replica that
     /// fails its health check gets none until it recovers.
@@ -184,45 +253,6 @@ pub struct ServeArgs {
     /// At most 10s, to stay well below Svix's 15 s delivery timeout.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
-
-    /// How long `/readyz` waits for user-service's health check.
-    #[arg(long, env = "GATEWAY_READINESS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
-    pub readiness_timeout: Duration,
-
-    /// Requests per second accepted from one client IP (an IPv6 client is
-    /// its /64); `0` turns the limit off. Excess requests get 429.
-    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
-    pub rate_limit: u32,
-
-    /// Requests one client IP may send at once before `--rate-limit` applies.
-    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
-    pub rate_limit_burst: u32,
-
-    /// Same as `--trusted-proxy-hops 1` (kept for existing deployments).
-    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR", conflicts_with = "trusted_proxy_hops")]
-    pub trust_forwarded_for: bool,
-
-    /// Number of proxies in front of the gateway that append to
-    /// `X-Forwarded-For`. The client IP (for the rate limit) is then the
-    /// entry that many places from the end; a request with fewer entries is
-    /// keyed by its TCP peer. `0` ignores the header: set it only behind such
-    /// proxies, or clients choose their own IP.
-    #[arg(long, env = "GATEWAY_TRUSTED_PROXY_HOPS", default_value_t = 0)]
-    pub trusted_proxy_hops: u32,
-
-    /// How long a `/readyz` answer is reused, so a flood of probes does not
-    /// become a flood of health checks (concurrent probes also share one
-    /// check). `0s` checks on every probe.
-    #[arg(long, env = "GATEWAY_READINESS_CACHE", default_value = "1s", value_parser = parse_duration)]
-    pub readiness_cache: Duration,
-
-    /// Timeouts and caps on connections and requests.
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-
-    /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
-    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
-    pub metrics_listen: MetricsListen,
 }
 
 /// Options of `gateway send`.
@@ -289,6 +319,111 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: MetricsListen,
+    /// How long a session event for an unknown user is answered 503 (see
+    /// `--unknown-user-retry-window`).
+    pub unknown_user_retry_window: Duration,
+}
+
+/// How to reach user-service, validated: what `serve` and `reconcile` share.
+#[derive(Debug, Clone)]
+pub struct UserServiceConfig {
+    /// The first replica.
+    pub url: Uri,
+    /// Further replicas, balanced with `url`.
+    pub replicas: Vec<Uri>,
+    /// Bearer token sent on every call, if any.
+    pub token: Option<UserServiceToken>,
+    /// TLS settings for https:// URLs.
+    pub tls: UpstreamTls,
+    /// With several replicas: how often each one's health is checked.
+    pub check_interval: Duration,
+    /// Deadline of each call (also its connect timeout).
+    pub timeout: Duration,
+    /// Deadline of each health check.
+    pub health_timeout: Duration,
+}
+
+impl UserServiceConfig {
+    /// Reads the token (file or [`USER_SERVICE_TOKEN_ENV`]) and validates the
+    /// arguments; `health_timeout` bounds each replica health check.
+    pub fn from_args(args: UserServiceArgs, health_timeout: Duration) -> Result<Self, ConfigError> {
+        let mut urls = args.user_service_url.into_iter();
+        let url = urls.next().ok_or(ConfigError::UserServiceUrl)?;
+        let config = Self {
+            url,
+            replicas: urls.collect(),
+            token: read_token(args.user_service_token_file)?,
+            tls: UpstreamTls {
+                ca: args.user_service_ca,
+                client_cert: args.user_service_client_cert,
+                client_key: args.user_service_client_key,
+            },
+            check_interval: args.user_service_check_interval,
+            timeout: args.upstream_timeout,
+            health_timeout,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every replica: `url`, then the others.
+    pub fn urls(&self) -> impl Iterator<Item = &Uri> {
+        std::iter::once(&self.url).chain(self.replicas.iter())
+    }
+
+    /// Whether user-service is reached over TLS (all URLs are https://).
+    pub fn uses_tls(&self) -> bool {
+        self.url.scheme_str() == Some("https")
+    }
+
+    /// Checks the URLs, the TLS options and the deadlines.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let tls = self.uses_tls();
+        for url in self.urls() {
+            let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+            // Credentials in the URL would be logged with it and are not how
+            // gRPC authenticates; the token has its own setting.
+            let authority_ok = url.authority().is_some_and(|a| !a.as_str().contains('@'));
+            if !scheme_ok || !authority_ok {
+                return Err(ConfigError::UserServiceUrl);
+            }
+            if (url.scheme_str() == Some("https")) != tls {
+                return Err(ConfigError::MixedSchemes);
+            }
+        }
+        if self.tls.is_set() && !tls {
+            return Err(ConfigError::UpstreamTlsNeedsHttps);
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(ConfigError::ClientCertPair);
+        }
+        check_deadline("--upstream-timeout", self.timeout)?;
+        if self.check_interval.is_zero() {
+            return Err(ConfigError::CheckInterval);
+        }
+        Ok(())
+    }
+}
+
+/// The user-service token from `file` or [`USER_SERVICE_TOKEN_ENV`] (not
+/// both), if either is set.
+fn read_token(file: Option<PathBuf>) -> Result<Option<UserServiceToken>, ConfigError> {
+    let env_token = match std::env::var(USER_SERVICE_TOKEN_ENV) {
+        // Blank counts as unset, as a compose file passing an empty
+        // variable through would have it; the token is optional.
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some(text),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(ConfigError::TokenMalformed { origin: USER_SERVICE_TOKEN_ENV.into() });
+        }
+    };
+    match (file, env_token) {
+        (Some(_), Some(_)) => Err(ConfigError::TokenConflict),
+        (Some(path), None) => UserServiceToken::from_file(&path).map(Some),
+        (None, Some(text)) => UserServiceToken::parse(&text, USER_SERVICE_TOKEN_ENV).map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The certificate and key the webhook endpoint serves HTTPS with.
@@ -396,6 +531,7 @@ impl Config {
             readiness_cache: DEFAULT_READINESS_CACHE,
             connections: ConnectionLimits::default(),
             metrics_listen: MetricsListen::Off,
+            unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
         }
     }
 
@@ -403,43 +539,22 @@ impl Config {
     /// [`SIGNING_SECRET_ENV`] and the user-service token from its file or
     /// [`USER_SERVICE_TOKEN_ENV`].
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
-        let mut urls = args.user_service_url.into_iter();
-        let user_service_url = urls.next().ok_or(ConfigError::UserServiceUrl)?;
         let tls = match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls { cert, key }),
             (None, None) => None,
             _ => return Err(ConfigError::ServerTlsPair),
         };
-        let env_token = match std::env::var(USER_SERVICE_TOKEN_ENV) {
-            // Blank counts as unset, as a compose file passing an empty
-            // variable through would have it; the token is optional.
-            Ok(text) if text.trim().is_empty() => None,
-            Ok(text) => Some(text),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(ConfigError::TokenMalformed { origin: USER_SERVICE_TOKEN_ENV.into() });
-            }
-        };
-        let user_service_token = match (args.user_service_token_file, env_token) {
-            (Some(_), Some(_)) => return Err(ConfigError::TokenConflict),
-            (Some(path), None) => Some(UserServiceToken::from_file(&path)?),
-            (None, Some(text)) => Some(UserServiceToken::parse(&text, USER_SERVICE_TOKEN_ENV)?),
-            (None, None) => None,
-        };
+        let user_service = UserServiceConfig::from_args(args.user_service, args.readiness_timeout)?;
         let config = Self {
             listen: args.listen,
             tls,
             insecure: args.insecure,
-            user_service_url,
-            user_service_replicas: urls.collect(),
-            user_service_token,
-            user_service_tls: UpstreamTls {
-                ca: args.user_service_ca,
-                client_cert: args.user_service_client_cert,
-                client_key: args.user_service_client_key,
-            },
-            replica_check_interval: args.user_service_check_interval,
-            upstream_timeout: args.upstream_timeout,
+            user_service_url: user_service.url,
+            user_service_replicas: user_service.replicas,
+            user_service_token: user_service.token,
+            user_service_tls: user_service.tls,
+            replica_check_interval: user_service.check_interval,
+            upstream_timeout: user_service.timeout,
             readiness_timeout: args.readiness_timeout,
             signing_secrets: SigningSecrets::from_env()?,
             rate_limit: RateLimit { per_second: args.rate_limit, burst: args.rate_limit_burst },
@@ -447,9 +562,24 @@ impl Config {
             readiness_cache: args.readiness_cache,
             connections: args.connections.into(),
             metrics_listen: args.metrics_listen,
+            unknown_user_retry_window: args.unknown_user_retry_window,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The user-service part of the config (`/readyz`'s timeout bounds the
+    /// health checks).
+    pub fn user_service(&self) -> UserServiceConfig {
+        UserServiceConfig {
+            url: self.user_service_url.clone(),
+            replicas: self.user_service_replicas.clone(),
+            token: self.user_service_token.clone(),
+            tls: self.user_service_tls.clone(),
+            check_interval: self.replica_check_interval,
+            timeout: self.upstream_timeout,
+            health_timeout: self.readiness_timeout,
+        }
     }
 
     /// Every user-service replica: `user_service_url`, then the others.
@@ -473,30 +603,8 @@ impl Config {
 
     /// Checks the cross-field rules clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let tls = self.user_service_uses_tls();
-        for url in self.user_service_urls() {
-            let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
-            // Credentials in the URL would be logged with it and are not how
-            // gRPC authenticates; the token has its own setting.
-            let authority_ok = url.authority().is_some_and(|a| !a.as_str().contains('@'));
-            if !scheme_ok || !authority_ok {
-                return Err(ConfigError::UserServiceUrl);
-            }
-            if (url.scheme_str() == Some("https")) != tls {
-                return Err(ConfigError::MixedSchemes);
-            }
-        }
-        if self.user_service_tls.is_set() && !tls {
-            return Err(ConfigError::UpstreamTlsNeedsHttps);
-        }
-        if self.user_service_tls.client_cert.is_some() != self.user_service_tls.client_key.is_some() {
-            return Err(ConfigError::ClientCertPair);
-        }
-        check_deadline("--upstream-timeout", self.upstream_timeout)?;
+        self.user_service().validate()?;
         check_deadline("--readiness-timeout", self.readiness_timeout)?;
-        if self.replica_check_interval.is_zero() {
-            return Err(ConfigError::CheckInterval);
-        }
         if self.rate_limit.is_on() && self.rate_limit.burst == 0 {
             return Err(ConfigError::RateLimitBurst);
         }
@@ -786,7 +894,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
@@ -891,11 +1000,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_ms_s_m_and_bare_seconds() {
+    fn durations_accept_ms_s_m_h_and_bare_seconds() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("5 hours").is_err());
         assert!(parse_duration("s").is_err());
@@ -947,8 +1057,8 @@ mod tests {
     #[test]
     fn a_comma_separated_url_list_becomes_replicas() {
         let args = serve_args(&["--user-service-url", "http://a:1, http://b:2,http://c:3"]);
-        assert_eq!(args.user_service_url.len(), 3);
-        assert_eq!(args.user_service_url[1], Uri::from_static("http://b:2"));
+        assert_eq!(args.user_service.user_service_url.len(), 3);
+        assert_eq!(args.user_service.user_service_url[1], Uri::from_static("http://b:2"));
     }
 
     #[test]
@@ -1028,7 +1138,8 @@ mod tests {
         let cli = Cli::try_parse_from(["gateway"]).and_then(Cli::into_command);
         match cli {
             Ok(Command::Serve(args)) => {
-                assert_eq!(args.upstream_timeout, Duration::from_secs(5));
+                assert_eq!(args.user_service.upstream_timeout, Duration::from_secs(5));
+                assert_eq!(args.unknown_user_retry_window, DEFAULT_UNKNOWN_USER_RETRY_WINDOW);
             }
             other => panic!("expected serve, got {other:?}"),
         }

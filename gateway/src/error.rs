@@ -74,6 +74,11 @@ pub enum WebhookError {
         /// gRPC status message; logged, not sent to the client.
         message: String,
     },
+    /// A `session.*` event names a user user-service does not know, and the
+    /// event is young enough that its `user.created` may still come (503 with
+    /// `Retry-After`).
+    #[error("the session's user is not known to user-service yet; retry later")]
+    UnknownUser,
     /// user-service failed internally or the call is misconfigured (500).
     #[error("user-service failed ({code:?})")]
     UpstreamFailed {
@@ -123,7 +128,7 @@ impl WebhookError {
             | Self::InvalidEvent(_)
             | Self::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::SignatureExpired(_) => StatusCode::UNAUTHORIZED,
-            Self::UpstreamUnavailable { .. } | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable { .. } | Self::Overloaded | Self::UnknownUser => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed { .. } | Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -136,6 +141,7 @@ impl WebhookError {
             Self::InvalidEvent(invalid) => invalid.field,
             Self::SignatureExpired(_) => Some("svix-timestamp"),
             Self::InvalidSignature => Some("svix-signature"),
+            Self::UnknownUser => Some("data.user_id"),
             Self::UnsupportedMediaType => Some("content-type"),
             Self::PayloadTooLarge { .. }
             | Self::UnreadableBody

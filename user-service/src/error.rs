@@ -33,9 +33,27 @@ pub enum Error {
         /// The stored etag, so the caller can re-read and retry.
         current: String,
     },
+    /// The caller is known but may not do this.
+    #[error("{message}")]
+    PermissionDenied {
+        /// The `ErrorInfo.reason`, e.g. `NOT_YOUR_DATA`.
+        reason: &'static str,
+        /// What is refused and why.
+        message: String,
+    },
     /// The request is well-formed but the system state forbids it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A change-log cursor older than what retention keeps: changes after it
+    /// are gone, so the caller must reload and follow again from now.
+    #[error(
+        "cursor is older than the change log's retention; reload the state and watch again with an \
+         empty cursor (the oldest cursor still available is {oldest})"
+    )]
+    CursorExpired {
+        /// The oldest cursor a follower may resume from.
+        oldest: String,
+    },
     /// The database cannot be reached right now; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -80,6 +98,13 @@ fn is_transient(code: Option<&str>) -> bool {
         // SQLite: 5 = SQLITE_BUSY, 6 = SQLITE_LOCKED (and extended codes).
         Some(c) => matches!(c.parse::<u32>().map(|n| n & 0xff), Ok(5 | 6)),
         None => false,
+    }
+}
+
+impl Error {
+    /// A `PermissionDenied` with `reason` and `message`.
+    pub fn denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::PermissionDenied { reason, message: message.into() }
     }
 }
 

@@ -72,6 +72,12 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// A database another test server already uses (a second replica); the
+    /// first one owns it.
+    pub fn shared(url: &str) -> Self {
+        Self { url: url.to_owned(), name: None, _dir: None }
+    }
+
     /// The same database reached through another URL (e.g. a proxy).
     pub fn with_url(mut self, url: String) -> Self {
         self.url = url;
@@ -251,8 +257,19 @@ pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
         skip_migrations: false,
         health_check_interval: Duration::from_millis(200),
         idempotency_retention: Duration::from_secs(7 * 86_400),
+        change_retention: Duration::from_secs(90 * 86_400),
+        change_heartbeat_interval: Duration::from_secs(15),
+        change_poll_interval: Duration::from_secs(1),
         log_format: LogFormat::Human,
         auth_tokens: None,
+        clerk_issuer: None,
+        clerk_jwt_key: None,
+        clerk_jwks_url: None,
+        clerk_authorized_parties: Vec::new(),
+        clerk_jwks_min_refresh: Duration::from_secs(10),
+        cors_origins: Vec::new(),
+        http2_max_concurrent_streams: 100,
+        max_connection_age: Duration::from_secs(3600),
         insecure: false,
         tls_cert: None,
         tls_key: None,

@@ -160,7 +160,12 @@ fn log_outcome(outcome: Outcome) {
             outcome = outcome_name,
             "event acknowledged although user-service answered with an error code"
         ),
-        Outcome::Applied | Outcome::Duplicate | Outcome::Stale | Outcome::UserDeleted | Outcome::Ignored => {
+        Outcome::Applied
+        | Outcome::Duplicate
+        | Outcome::Stale
+        | Outcome::UserDeleted
+        | Outcome::Ignored
+        | Outcome::UnknownUser => {
             tracing::info!(outcome = outcome_name, "webhook processed");
         }
     }
@@ -187,6 +192,7 @@ fn log_rejection(error: &WebhookError) {
         | WebhookError::SignatureExpired(_)
         | WebhookError::UpstreamRejected { .. }
         | WebhookError::UpstreamUnavailable { .. }
+        | WebhookError::UnknownUser
         | WebhookError::UpstreamFailed { .. } => {
             tracing::warn!(status, %error, "webhook refused before verification succeeded");
         }
@@ -216,6 +222,9 @@ fn log_upstream_error(error: &WebhookError) {
         }
         WebhookError::UpstreamFailed { code, message } => {
             tracing::error!(status, grpc_code = ?code, grpc_message = %message, "webhook not applied");
+        }
+        WebhookError::UnknownUser => {
+            tracing::info!(status, "session for a user not created yet; asking Svix to retry");
         }
         WebhookError::UnsupportedMediaType
         | WebhookError::PayloadTooLarge { .. }

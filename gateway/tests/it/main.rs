@@ -17,5 +17,6 @@ mod rate_limit;
 mod replicas;
 mod security;
 mod support;
+mod unknown_user;
 mod upstream;
 mod webhook;

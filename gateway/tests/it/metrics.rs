@@ -32,7 +32,7 @@ pub fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn events(text: &str, event_type: &str, outcome: &str) -> f64 {
+pub(crate) fn events(text: &str, event_type: &str, outcome: &str) -> f64 {
     sample(text, "webhook_events_total", &[("type", event_type), ("outcome", outcome)])
 }
 

@@ -6,7 +6,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for};
+use super::{
+    change::Actor,
+    user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for},
+};
 use crate::error::{Error, Result};
 
 /// Keys of the `user_data` rows this module writes.
@@ -17,7 +20,7 @@ pub mod keys {
     pub const SIGNUP_SOURCE: &str = "signup_source";
     /// ISO-8601 time of the last write driven by a Clerk event.
     pub const LAST_CLERK_SYNC: &str = "last_clerk_sync";
-    /// Array of `{first_name, last_name, timestamp, changed_by?}`.
+    /// Array of `{first_name, last_name, timestamp, changed_by?, claimed_by?}`.
     pub const NAME_HISTORY: &str = "name_history";
 }
 
@@ -31,6 +34,25 @@ pub struct EventContext {
     pub idempotency_key: String,
     /// The source's `updated_at` (or event time), ms since the epoch.
     pub source_time_ms: i64,
+    /// The event's type (`user.updated`), for the change log.
+    pub event_type: Option<String>,
+    /// Whose key it is: the authenticated client. Keys are namespaced by
+    /// it, so one client cannot claim (and so block) another's events.
+    pub source: String,
+    /// The kind of write the key was used for (the RPC, and the event type
+    /// when given): the same key for another kind of write is an error, not
+    /// a duplicate.
+    pub kind: String,
+}
+
+impl EventContext {
+    /// The kind recorded for a write by `method` of an event of `event_type`.
+    pub fn kind_of(method: &str, event_type: Option<&str>) -> String {
+        match event_type {
+            Some(event_type) => format!("{method} {event_type}"),
+            None => method.to_owned(),
+        }
+    }
 }
 
 /// What an event-driven write did.
@@ -85,6 +107,9 @@ pub struct CreateUser {
     pub signup_source: SignupSource,
     /// Present for Clerk-driven creates.
     pub event: Option<EventContext>,
+    /// Who asks: recorded in the change log, and as `changed_by` in
+    /// `name_history` when a create event updates a known user's name.
+    pub actor: Actor,
 }
 
 /// Which fields an update changes; `None` leaves a field as it is.
@@ -152,10 +177,14 @@ pub struct UpdateUser {
     pub patch: UserPatch,
     /// Write only if the stored version is this one.
     pub expected_version: Option<i64>,
-    /// Clerk id of the admin making the change, for `name_history`.
+    /// Clerk id of the admin the caller says made the change, recorded as
+    /// `claimed_by` in `name_history` (as claimed, not verified).
     pub changed_by: Option<String>,
     /// Present for Clerk-driven updates.
     pub event: Option<EventContext>,
+    /// Who asks (the authenticated caller): recorded in the change log and
+    /// as `changed_by` in `name_history`.
+    pub actor: Actor,
 }
 
 /// Deletes a user.
@@ -167,6 +196,8 @@ pub struct DeleteUser {
     pub expected_version: Option<i64>,
     /// Present for Clerk-driven deletes.
     pub event: Option<EventContext>,
+    /// Who asks, for the change log.
+    pub actor: Actor,
 }
 
 /// What the store found for the user a write names.
@@ -313,7 +344,8 @@ pub fn plan_create(cmd: CreateUser, existing: Existing, now: DateTime<Utc>) -> R
                 role: None,
                 status: None,
             };
-            Ok(update_present(user, &patch, None, Some(event), now))
+            let by = ChangedBy { actor: &cmd.actor.client, claimed: None };
+            Ok(update_present(user, &patch, by, Some(event), now))
         }
     }
 }
@@ -342,15 +374,22 @@ pub fn plan_update(cmd: UpdateUser, existing: Existing, now: DateTime<Utc>) -> R
         }
         (Existing::Present(user), event) => {
             check_version(&user, cmd.expected_version)?;
-            Ok(update_present(user, &cmd.patch, cmd.changed_by.as_deref(), event.as_ref(), now))
+            let by = ChangedBy { actor: &cmd.actor.client, claimed: cmd.changed_by.as_deref() };
+            Ok(update_present(user, &cmd.patch, by, event.as_ref(), now))
         }
     }
+}
+
+/// Who changed a name: the authenticated caller, and the admin it names.
+struct ChangedBy<'a> {
+    actor: &'a str,
+    claimed: Option<&'a str>,
 }
 
 fn update_present(
     mut user: User,
     patch: &UserPatch,
-    changed_by: Option<&str>,
+    by: ChangedBy<'_>,
     event: Option<&EventContext>,
     now: DateTime<Utc>,
 ) -> Plan {
@@ -379,9 +418,10 @@ fn update_present(
                 "first_name": user.profile.first_name.clone().unwrap_or_default(),
                 "last_name": user.profile.last_name.clone().unwrap_or_default(),
                 "timestamp": iso(when),
+                "changed_by": by.actor,
             });
-            if let Some(admin) = changed_by {
-                entry["changed_by"] = Value::String(admin.to_owned());
+            if let Some(admin) = by.claimed {
+                entry["claimed_by"] = Value::String(admin.to_owned());
             }
             entry
         });
@@ -434,7 +474,13 @@ mod tests {
     use super::*;
 
     fn event(key: &str, ms: i64) -> Option<EventContext> {
-        Some(EventContext { idempotency_key: key.into(), source_time_ms: ms })
+        Some(EventContext {
+            idempotency_key: key.into(),
+            source_time_ms: ms,
+            event_type: None,
+            source: String::new(),
+            kind: String::new(),
+        })
     }
 
     fn stored(first: &str, source: Option<i64>) -> User {
@@ -455,6 +501,7 @@ mod tests {
             expected_version: None,
             changed_by: None,
             event,
+            actor: Actor::new("gateway", None),
         }
     }
 
@@ -524,6 +571,7 @@ mod tests {
                     status: Status::Active,
                     signup_source: SignupSource::Clerk,
                     event: event("k", 99),
+                    actor: Actor::new("gateway", None),
                 },
                 Existing::Deleted,
                 Utc::now(),

@@ -1,7 +1,11 @@
 //! Integration tests: the real user-service over gRPC on a random port, each
 //! test on a fresh PostgreSQL database and again on a fresh SQLite file.
 
+mod browser;
+mod changes;
+mod clerk;
 mod data;
+mod end_user;
 mod events;
 mod helpers;
 mod hostile;
@@ -9,4 +13,5 @@ mod observability;
 mod operations;
 mod properties;
 mod security;
+mod session;
 mod users;
