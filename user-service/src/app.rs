@@ -217,6 +217,7 @@ impl App {
         let feed_config = FeedConfig {
             poll_interval: config.change_poll_interval,
             heartbeat_interval: config.change_heartbeat_interval,
+            fanout_capacity: config.change_fanout_capacity.get(),
         };
         let feed = Feed::start(store.clone(), feed_config, metrics.as_ref().map(|(m, _)| m.clone()));
         let (routes, health) = grpc::routes(store.clone(), feed.clone(), !config.no_reflection)?;

@@ -55,6 +55,12 @@ pub struct Config {
     #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub change_poll_interval: Duration,
 
+    /// Changes held in memory for `WatchChanges` followers that are busy
+    /// sending; a follower further behind reads the log instead (never
+    /// blocking writers).
+    #[arg(long, env = "CHANGE_FANOUT_CAPACITY", default_value = "4096")]
+    pub change_fanout_capacity: NonZeroUsize,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -30,9 +30,6 @@ use crate::{
     store::Store,
 };
 
-/// How many changes the fan-out holds for a follower that is busy sending;
-/// one that falls further behind reads the log instead.
-const FANOUT_CAPACITY: usize = 4096;
 /// Rows read from the log per query.
 const BATCH: u32 = 500;
 /// How soon to look again while a committed change waits for an older
@@ -47,11 +44,18 @@ pub struct FeedConfig {
     pub poll_interval: Duration,
     /// How often an idle follower gets a heartbeat.
     pub heartbeat_interval: Duration,
+    /// How many changes the fan-out holds for a follower that is busy
+    /// sending; one that falls further behind reads the log instead.
+    pub fanout_capacity: usize,
 }
 
 impl Default for FeedConfig {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_secs(1), heartbeat_interval: Duration::from_secs(15) }
+        Self {
+            poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(15),
+            fanout_capacity: 4096,
+        }
     }
 }
 
@@ -99,7 +103,7 @@ impl Feed {
         let feed = Arc::new(Self {
             store,
             config,
-            fanout: broadcast::Sender::new(FANOUT_CAPACITY),
+            fanout: broadcast::Sender::new(config.fanout_capacity.max(1)),
             head: Mutex::new(None),
             followers: SyncMutex::new(HashMap::new()),
             next_follower: AtomicU64::new(0),

@@ -27,6 +27,7 @@ crate::on_both_backends!(
     a_follower_starting_now_sees_only_later_changes,
     a_key_filter_passes_those_keys_and_the_users_own_changes,
     an_idle_stream_gets_heartbeats_with_its_cursor,
+    a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing,
     a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor,
     deleting_a_user_erases_their_values_and_keeps_the_facts,
     list_changes_pages_and_filters_by_user_actor_kind_and_order,
@@ -344,6 +345,33 @@ async fn a_key_filter_passes_those_keys_and_the_users_own_changes(db: Db) {
         (pb::ChangeKind::DataSet, "preferences", "user_keys")
     );
     assert_eq!(kind(&got[1]), pb::ChangeKind::UserDeleted);
+}
+
+async fn a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing(db: Db) {
+    use crate::observability::{sample, scrape, with_metrics};
+    const WRITES: usize = 300;
+    let server = TestServer::start_with(db, |c| {
+        with_metrics(c);
+        c.change_fanout_capacity = std::num::NonZeroUsize::new(8).unwrap();
+    })
+    .await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_slow").await;
+    wait_final(&mut changes, "user_slow", 1).await;
+    // A follower that reads nothing while the writes happen: its stream's
+    // buffers fill, its task waits, and the fan-out moves on without it.
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    let padding = "x".repeat(2000);
+    for i in 0..WRITES {
+        data.set_user_data(set_custom("user_slow", "custom.n", json!({"i": i, "pad": padding}))).await.unwrap();
+    }
+    let received = next_changes(&mut stream, WRITES).await;
+    let order: Vec<serde_json::Value> = received.iter().map(|c| json_of(c.after.as_ref())["i"].clone()).collect();
+    assert_eq!(order, (0..WRITES).map(|i| json!(i)).collect::<Vec<_>>());
+    let metrics = scrape(server.metrics_addr.unwrap()).await;
+    let fallbacks = sample(&metrics, "change_stream_fallbacks_total", &[]).unwrap_or(0.0);
+    assert!(fallbacks >= 1.0, "the follower never fell behind the fan-out:\n{metrics}");
 }
 
 async fn an_idle_stream_gets_heartbeats_with_its_cursor(db: Db) {

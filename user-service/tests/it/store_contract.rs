@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 use user_service::{
     domain::{
-        change::{Actor, ChangeFilter, ChangeKind, Cursor},
+        change::{Actor, AuditQuery, ChangeFilter, ChangeKind, Cursor},
         user::{Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, DeleteUser, EventContext, Outcome},
     },
@@ -79,10 +79,22 @@ async fn set(
         .map(drop)
 }
 
+/// Every committed change of a user, oldest first (the audit view: it does
+/// not wait for changes to become final).
 async fn everything(store: &dyn Store, clerk_id: &str) -> Vec<user_service::domain::change::LoggedChange> {
-    let filter = ChangeFilter { clerk_id: Some(clerk_id.into()), keys: Vec::new() };
-    // Final once our own writes committed: nothing else writes this database.
-    store.read_changes(Cursor::START, &filter, 1000).await.unwrap().changes
+    let query = AuditQuery { clerk_id: Some(clerk_id.into()), oldest_first: true, ..AuditQuery::default() };
+    store.list_changes(&query, None, 1000).await.unwrap()
+}
+
+/// Waits until the newest final change is `cursor`: on PostgreSQL a change
+/// is final once every older transaction in the cluster has ended, which
+/// other databases' transactions may delay.
+async fn wait_for_head(store: &dyn Store, cursor: Cursor) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.change_head().await.unwrap() < cursor {
+        assert!(tokio::time::Instant::now() < deadline, "{cursor} never became final");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn a_write_and_its_changes_commit_together_and_read_back_in_order(db: Db) {
@@ -96,8 +108,12 @@ async fn a_write_and_its_changes_commit_together_and_read_back_in_order(db: Db) 
     assert!(log.windows(2).all(|w| w[0].cursor < w[1].cursor));
     assert_eq!((log[2].change.before.clone(), log[2].change.after.clone()), (Some(json!(1)), Some(json!(2))));
     assert_eq!(log[1].actor, actor());
+    wait_for_head(&*store, log[2].cursor).await;
     let head = store.change_head().await.unwrap();
     assert_eq!(head, log[2].cursor);
+    let filter = ChangeFilter { clerk_id: Some("user_s1".into()), keys: Vec::new() };
+    let replay = store.read_changes(Cursor::START, &filter, 10).await.unwrap();
+    assert_eq!(replay.changes, log);
     let after = store.read_changes(head, &ChangeFilter::default(), 10).await.unwrap();
     assert!(after.changes.is_empty() && after.head == head && !after.more);
 }
@@ -165,7 +181,7 @@ async fn pruning_moves_the_retention_mark(db: Db) {
     let (store, _db) = open(db).await;
     assert_eq!(store.pruned_through().await.unwrap(), Cursor::START);
     store.create_user(create("user_s5", None)).await.unwrap();
-    let newest = store.change_head().await.unwrap();
+    let newest = everything(&*store, "user_s5").await[0].cursor;
     // A retention beyond the calendar prunes nothing and never panics.
     assert_eq!(store.prune_changes(std::time::Duration::MAX).await.unwrap(), 0);
     assert_eq!(store.prune_changes(std::time::Duration::ZERO).await.unwrap(), 1);
