@@ -209,6 +209,7 @@ pub fn create_request(
         event_context: Some(EventContext {
             idempotency_key: idempotency_key.to_owned(),
             source_time: Some(user_source_time(user, envelope_time, now)),
+            ..EventContext::default()
         }),
     }
 }
@@ -227,6 +228,7 @@ pub fn update_request(
         event_context: Some(EventContext {
             idempotency_key: idempotency_key.to_owned(),
             source_time: Some(user_source_time(user, envelope_time, now)),
+            ..EventContext::default()
         }),
         ..UpdateUserRequest::default()
     }
@@ -245,6 +247,7 @@ pub fn delete_request(
         event_context: Some(EventContext {
             idempotency_key: idempotency_key.to_owned(),
             source_time: Some(envelope_time.and_then(clerk_time).unwrap_or(now)),
+            ..EventContext::default()
         }),
         ..DeleteUserRequest::default()
     }
@@ -274,6 +277,7 @@ pub fn login_request(
         event_context: Some(EventContext {
             idempotency_key: idempotency_key.to_owned(),
             source_time: Some(source_time),
+            ..EventContext::default()
         }),
         ..RecordLoginRequest::default()
     }
@@ -293,6 +297,7 @@ pub fn activity_request(
         event_context: Some(EventContext {
             idempotency_key: idempotency_key.to_owned(),
             source_time: Some(source_time),
+            ..EventContext::default()
         }),
         ..RecordActivityRequest::default()
     }

@@ -186,13 +186,18 @@ async fn bad_event_contexts_are_named(db: Db) {
     let mut req = clerk_create("user_bad", "A", "", 1_000);
     let err = client.create_user(req.clone()).await.unwrap_err();
     assert_field_violation(&err, "event_context.idempotency_key");
-    req.event_context = Some(pb::EventContext { idempotency_key: "msg key".into(), source_time: None });
+    req.event_context = Some(pb::EventContext {
+        idempotency_key: "msg key".into(),
+        source_time: None,
+        ..Default::default()
+    });
     let err = client.create_user(req.clone()).await.unwrap_err();
     assert_field_violation(&err, "event_context.idempotency_key");
     assert_field_violation(&err, "event_context.source_time");
     req.event_context = Some(pb::EventContext {
         idempotency_key: "msg_1".into(),
         source_time: Some(prost_types::Timestamp { seconds: 1, nanos: -5 }),
+        ..Default::default()
     });
     let err = client.create_user(req).await.unwrap_err();
     assert_field_violation(&err, "event_context.source_time");

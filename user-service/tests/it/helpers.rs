@@ -53,6 +53,7 @@ pub fn event(key: &str, ms: i64) -> Option<pb::EventContext> {
     Some(pb::EventContext {
         idempotency_key: key.into(),
         source_time: Some(Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }),
+        ..Default::default()
     })
 }
 
