@@ -318,8 +318,8 @@ class UserDataSync {
       } else {
         // Ended cleanly: a token refresh, an idle stream, or the server
         // closing it. Resume at once.
+        // Status stays as it is: a planned reopen is not an outage.
         if (outcome.healthy) delay = initialDelay;
-        this.setStatus("connecting");
       }
     }
   }
