@@ -60,7 +60,8 @@ function showStatus(status: ConnectionStatus): void {
 function showError(error: UserDataWriteError): void {
   const el = $("error");
   const fields = error.fieldViolations.map((v) => `${v.field}: ${v.description}`).join("; ");
-  el.textContent = `Not saved (${error.key}): ${fields || error.message}. Rolled back ${error.rolledBack.join(", ")}.`;
+  const reverted = error.rolledBack.length > 0 ? ` Reverted ${error.rolledBack.join(", ")}.` : "";
+  el.textContent = `Not saved (${error.key}): ${fields || error.message}.${reverted}`;
   el.hidden = false;
 }
 
