@@ -88,9 +88,10 @@ export class DevUserService {
       ...process.env,
       CLERK_JWT_KEY: o.publicKeyPem,
       CLERK_ISSUER: DEV_ISSUER,
-      USER_SERVICE_CORS_ORIGINS: (o.corsOrigins ?? []).join(","),
       RUST_LOG: process.env["RUST_LOG"] ?? "info",
     };
+    delete env["USER_SERVICE_CORS_ORIGINS"];
+    if (o.corsOrigins && o.corsOrigins.length > 0) env["USER_SERVICE_CORS_ORIGINS"] = o.corsOrigins.join(",");
     if (o.authorizedParties) env["CLERK_AUTHORIZED_PARTIES"] = o.authorizedParties.join(",");
     delete env["DATABASE_URL"];
     const args = [

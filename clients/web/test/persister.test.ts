@@ -5,7 +5,7 @@ import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code } from "../src/index.js";
 import { OnboardingStep, Theme } from "../src/gen/userdata/v1/user_data_pb.js";
-import { type Harness, client, createUser, live, startHarness, until } from "./support.js";
+import { type Harness, client, createUser, live, plain, startHarness, until } from "./support.js";
 
 let h: Harness;
 before(async () => {
@@ -34,15 +34,15 @@ describe("loading", () => {
     assert.equal(c.store.getValue("onboardingCompleted"), false);
     assert.match(String(c.store.getValue("onboardingStartedAt")), /^\d{4}-\d\d-\d\dT/);
     assert.equal(c.store.getValue("onboardingCompletedAt"), undefined);
-    assert.deepEqual(c.store.getTable("flags"), { beta: { enabled: true }, legacy_nav: { enabled: false } });
-    assert.deepEqual(c.store.getTable("custom"), { colour: { value: { rgb: [255, 128, 0] } } });
+    assert.deepEqual(plain(c.store.getTable("flags")), { beta: { enabled: true }, legacy_nav: { enabled: false } });
+    assert.deepEqual(plain(c.store.getTable("custom")), { colour: { value: { rgb: [255, 128, 0] } } });
   });
 
   test("a user with nothing stored loads the documented defaults", async () => {
     const c = client(h, await createUser(h));
     await c.persister.load();
-    assert.deepEqual(c.store.getValues(), { theme: "system", notifications: true, language: "en", timezone: "UTC", onboardingStep: "welcome", onboardingCompleted: false });
-    assert.deepEqual(c.store.getTables(), {});
+    assert.deepEqual(plain(c.store.getValues()), { theme: "system", notifications: true, language: "en", timezone: "UTC", onboardingStep: "welcome", onboardingCompleted: false });
+    assert.deepEqual(plain(c.store.getTables()), {});
   });
 
   test("the application's own tables and values are kept by a load", async () => {
@@ -50,7 +50,7 @@ describe("loading", () => {
     c.store.setValue("sidebarOpen", true).setRow("drafts", "d1", { text: "hi" });
     await c.persister.load();
     assert.equal(c.store.getValue("sidebarOpen"), true);
-    assert.deepEqual(c.store.getRow("drafts", "d1"), { text: "hi" });
+    assert.deepEqual(plain(c.store.getRow("drafts", "d1")), { text: "hi" });
   });
 });
 

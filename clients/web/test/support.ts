@@ -96,3 +96,8 @@ export async function until(what: string, condition: () => boolean | Promise<boo
 export function live(c: Client): Promise<void> {
   return until("the stream to be live", () => c.statuses.at(-1) === "live");
 }
+
+/** A TinyBase result as plain JSON (TinyBase's objects have no prototype). */
+export function plain<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}

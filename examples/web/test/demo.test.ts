@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { promisify } from "node:util";
 import { REPO_ROOT } from "../../../clients/web/dev/user-service.js";
-import { type Stack, createUser, freshClerkId, startStack } from "./support.js";
+import { type Stack, createUser, freshClerkId, startStack, until } from "./support.js";
 
 const run = promisify(execFile);
 const GRPCURL = process.env["GRPCURL"] ?? join(REPO_ROOT, ".tools", "bin", "grpcurl");
@@ -87,4 +87,39 @@ test("after user-service restarts, both pages catch up", async () => {
     await page.locator('#steps li[data-state="current"]', { hasText: "preferences" }).waitFor({ timeout: 5_000 });
     await page.locator('[data-testid="status"][data-status="live"]').waitFor({ timeout: 5_000 });
   }
+});
+
+test("a reload shows the last state from IndexedDB before user-service answers, then catches up", async () => {
+  const clerkId = freshClerkId();
+  await createUser(stack.service, clerkId);
+  const page = await stack.open(clerkId);
+  await page.locator('input[name="theme"][value="dark"]').check();
+  await until(async () => (await stack.service.clients().data.getPreferences({ clerkId })).preferences?.theme === 2 /* DARK */);
+  // Saved by the browser cache (TinyBase's IndexedDB persister) too.
+  await page.waitForFunction(async (name) => {
+    const db = await new Promise<IDBDatabase>((resolve, reject) => {
+      const open = indexedDB.open(name);
+      open.onsuccess = () => resolve(open.result);
+      open.onerror = () => reject(open.error);
+    });
+    const stores = [...db.objectStoreNames];
+    const rows = await Promise.all(
+      stores.map((store) => new Promise<unknown[]>((resolve) => {
+        const all = db.transaction(store).objectStore(store).getAll();
+        all.onsuccess = () => resolve(all.result);
+      })),
+    );
+    db.close();
+    return JSON.stringify(rows).includes('"dark"');
+  }, `userdata:${clerkId}`);
+  await stack.service.kill();
+
+  await page.reload();
+  await page.locator('body[data-theme="dark"]').waitFor({ timeout: 5_000 });
+  assert.notEqual(await page.getByTestId("status").getAttribute("data-status"), "live");
+
+  await stack.service.restart();
+  await stack.service.clients().data.updatePreferences({ clerkId, preferences: { theme: 1 /* LIGHT */ }, updateMask: { paths: ["theme"] } });
+  await page.locator('body[data-theme="light"]').waitFor({ timeout: 15_000 });
+  await page.locator('[data-testid="status"][data-status="live"]').waitFor({ timeout: 5_000 });
 });

@@ -85,3 +85,12 @@ export function freshClerkId(): string {
   counter += 1;
   return `user_e2e${Date.now().toString(36)}${counter}`;
 }
+
+/** Waits until `condition` holds (checked every 20 ms), failing after `timeoutMs`. */
+export async function until(condition: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("timed out waiting for a condition");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
