@@ -532,7 +532,8 @@ class UserDataSync {
   }
 
   /**
-   * Sends a conditional write. Without a known etag, or after a stale one,
+   * Sends a conditional write. Without a known etag (or when nothing was
+   * stored), or after a stale one,
    * re-reads the key: if the fields being written still hold what this client
    * last saw, writes against the fresh etag; otherwise someone else changed
    * them first, and the edit is refused (`ABORTED`).
@@ -543,7 +544,9 @@ class UserDataSync {
     send: (etag: string) => Promise<T>,
     reread: () => Promise<{ etag: string; conflicts: string[] }>,
   ): Promise<T> {
-    let tag = etag;
+    // "" means nothing was stored when this client read it; the server takes
+    // an empty etag as "unconditional", so re-read instead.
+    let tag = etag || undefined;
     for (let attempt = 0; ; attempt++) {
       if (tag === undefined) {
         const fresh = await reread();

@@ -239,6 +239,7 @@ describe("writing", () => {
   test("an edit based on a value changed elsewhere first is refused with ABORTED and rolled back", async () => {
     const clerkId = await createUser(h);
     const c = client(h, clerkId);
+    // Nothing stored yet: the first write re-reads rather than write unconditionally.
     // Loaded once and not following: the store does not see the next change.
     await c.persister.load();
     await c.persister.startAutoSave();
@@ -253,8 +254,25 @@ describe("writing", () => {
     assert.equal((await h.admin.data.getPreferences({ clerkId })).preferences?.theme, Theme.DARK);
   });
 
+  test("an edit against a stale etag whose field changed elsewhere is refused with ABORTED", async () => {
+    const clerkId = await createUser(h);
+    await h.admin.data.updatePreferences({ clerkId, preferences: { theme: Theme.LIGHT }, updateMask: { paths: ["theme"] } });
+    const c = client(h, clerkId);
+    await c.persister.load();
+    await c.persister.startAutoSave();
+    await h.admin.data.updatePreferences({ clerkId, preferences: { theme: Theme.DARK }, updateMask: { paths: ["theme"] } });
+
+    c.store.setValue("theme", "system");
+
+    await until("an error", () => c.errors.length > 0);
+    assert.equal(c.errors[0]?.code, Code.Aborted);
+    assert.equal(c.store.getValue("theme"), "light");
+    assert.equal((await h.admin.data.getPreferences({ clerkId })).preferences?.theme, Theme.DARK);
+  });
+
   test("a stale etag caused by another field is re-read and the edit written", async () => {
     const clerkId = await createUser(h);
+    await h.admin.data.updatePreferences({ clerkId, preferences: { timezone: "Europe/Paris" }, updateMask: { paths: ["timezone"] } });
     const c = client(h, clerkId);
     await c.persister.load();
     await c.persister.startAutoSave();
@@ -266,5 +284,11 @@ describe("writing", () => {
     const stored = (await h.admin.data.getPreferences({ clerkId })).preferences;
     assert.equal(stored?.language, "de", "the other field is kept");
     assert.deepEqual(c.errors, []);
+    assert.deepEqual(c.calls.filter((m) => m !== "GetOnboarding" && m !== "ListFeatureFlags" && m !== "ListUserData"), [
+      "GetPreferences",
+      "UpdatePreferences",
+      "GetPreferences",
+      "UpdatePreferences",
+    ]);
   });
 });
