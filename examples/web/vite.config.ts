@@ -39,6 +39,6 @@ function devTokens(): Plugin {
 export default defineConfig({
   plugins: [devTokens()],
   // One copy of each library shared with the linked @userdata/web package.
-  resolve: { dedupe: ["tinybase", "@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-web"] },
+  resolve: { dedupe: ["tinybase", "@bufbuild/protobuf"] },
   server: { host: "127.0.0.1", port: 5173, strictPort: false },
 });
