@@ -403,6 +403,8 @@ class UserDataSync {
     const takeSnapshot = async () => {
       await opened.promise;
       if (!needSnapshot) {
+        // Resuming (auto-load restarted): the state held is current as of the cursor.
+        if (this.firstSnapshot && this.state) this.publish(this.state);
         healthy = true;
         this.setStatus("live");
         return;

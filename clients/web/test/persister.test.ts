@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { ConnectError } from "@connectrpc/connect";
 import { Code } from "../src/index.js";
 import { OnboardingStep, Theme } from "../src/gen/userdata/v1/user_data_pb.js";
 import { type Harness, client, createUser, live, plain, startHarness, until } from "./support.js";
@@ -105,6 +106,38 @@ describe("following", () => {
     assert.ok(c.statuses.includes("reconnecting"), `statuses: ${c.statuses.join(",")}`);
     assert.equal(c.calls.filter((m) => m === "GetPreferences").length, 1, `one snapshot only: ${c.calls.join(",")}`);
     await c.persister.destroy();
+  });
+
+  test("a cursor older than retention (OUT_OF_RANGE) reloads everything, then follows again", async () => {
+    // Its own user-service: it prunes changes older than 1 s when it starts.
+    const short = await startHarness(["--change-retention", "1s"]);
+    try {
+      const clerkId = await createUser(short);
+      const ignored: unknown[] = [];
+      const c = client(short, clerkId, { onIgnoredError: (e) => ignored.push(e) });
+      await c.persister.startAutoLoad();
+      await live(c);
+      await short.admin.data.updatePreferences({ clerkId, preferences: { language: "fr" }, updateMask: { paths: ["language"] } });
+      await until("first change", () => c.store.getValue("language") === "fr");
+
+      await c.persister.stopAutoLoad();
+      await short.admin.data.updatePreferences({ clerkId, preferences: { language: "ja" }, updateMask: { paths: ["language"] } });
+      const written = Date.now();
+      // Let the changes age past retention, then restart: the startup prune drops them.
+      await until("changes older than retention", () => Date.now() - written > 1_200);
+      await short.service.restart();
+
+      await c.persister.startAutoLoad();
+      await until("reloaded", () => c.store.getValue("language") === "ja");
+      assert.ok(ignored.some((e) => e instanceof ConnectError && e.code === Code.OutOfRange), "the stream said OUT_OF_RANGE");
+      assert.equal(c.calls.filter((m) => m === "GetPreferences").length, 2, "loaded twice");
+
+      await short.admin.data.updatePreferences({ clerkId, preferences: { language: "de" }, updateMask: { paths: ["language"] } });
+      await until("following again", () => c.store.getValue("language") === "de");
+      await c.persister.destroy();
+    } finally {
+      await short.close();
+    }
   });
 
   test("the stream is reopened with a fresh token before the old one expires, losing nothing", async () => {
