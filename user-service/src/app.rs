@@ -7,12 +7,14 @@ use tokio::net::TcpListener;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tower::ServiceBuilder;
 
+use tonic_web::GrpcWebLayer;
+
 use crate::{
-    auth::Tokens,
+    auth::{Authenticator, ClerkVerifier, Jwks, JwksSettings, KeySource, Tokens},
     config::{Config, MetricsListen},
     grpc,
     metrics::{self, Metrics},
-    middleware::{AuthLayer, LimitLayer, ObserveLayer, RequestIdLayer},
+    middleware::{AuthLayer, BrowserCorsLayer, LimitLayer, ObserveLayer, RequestIdLayer},
     store::{self, Backend, ConnectOptions, Store},
     tls,
 };
@@ -45,10 +47,13 @@ pub enum StartupError {
     /// The tokens file cannot be read or has a bad line.
     #[error("cannot load the auth tokens: {0}")]
     AuthTokens(String),
+    /// The Clerk settings are incomplete or the key is unreadable.
+    #[error("cannot set up Clerk session tokens: {0}")]
+    Clerk(String),
     /// A non-loopback address without authentication, and no `--insecure`.
     #[error(
-        "refusing to serve on {0} without authentication: give --auth-tokens (or, to accept \
-         the risk, --insecure)"
+        "refusing to serve on {0} without authentication: give --auth-tokens or --clerk-issuer \
+         (or, to accept the risk, --insecure)"
     )]
     Unauthenticated(SocketAddr),
     /// The TLS files are missing, unreadable or do not fit together.
@@ -62,26 +67,77 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// HTTP/2 limits that are not flags. tonic leaves these unlimited (or
+/// hyper's reset-flood protection off) unless told otherwise.
+mod http2 {
+    use std::time::Duration;
+
+    /// Largest request header block (a Clerk session token is 1–2 KiB).
+    pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+    /// Streams a client may open and reset before an answer, before the
+    /// connection is closed (the Rapid Reset flood, CVE-2023-44487).
+    pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+    /// Streams the server may reset for protocol errors before closing the
+    /// connection.
+    pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+    /// Interval of HTTP/2 pings on an idle connection.
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    /// A ping unanswered this long closes the connection.
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+    /// After `--max-connection-age`, calls in flight (long streams included)
+    /// get this long before the connection is closed; clients reconnect.
+    pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(300);
+}
+
+/// Cached JWKS keys are fetched again after this long.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Timeout of one JWKS fetch.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The checked authentication and TLS settings.
 struct Security {
-    tokens: Option<Arc<Tokens>>,
+    authenticator: Option<Arc<Authenticator>>,
     tls: Option<ServerTlsConfig>,
 }
 
 impl Security {
-    /// Reads the tokens and TLS files, and refuses an open door: no
-    /// authentication on a non-loopback address without `--insecure`.
+    /// Reads the tokens file, the Clerk settings and the TLS files, and
+    /// refuses an open door: no authentication on a non-loopback address
+    /// without `--insecure`.
     fn load(config: &Config) -> Result<Self, StartupError> {
         let tokens = match &config.auth_tokens {
-            Some(path) => Some(Arc::new(Tokens::load(path).map_err(StartupError::AuthTokens)?)),
+            Some(path) => Some(Tokens::load(path).map_err(StartupError::AuthTokens)?),
             None => None,
         };
-        if tokens.is_none() && !config.listen.ip().is_loopback() && !config.insecure {
+        let clerk = clerk_verifier(config).map_err(StartupError::Clerk)?;
+        let authenticator = Authenticator::new(tokens, clerk).map(Arc::new);
+        if authenticator.is_none() && !config.listen.ip().is_loopback() && !config.insecure {
             return Err(StartupError::Unauthenticated(config.listen));
         }
         let tls = tls::load(config).map_err(StartupError::Tls)?;
-        Ok(Self { tokens, tls })
+        Ok(Self { authenticator, tls })
     }
+}
+
+/// The session-token verifier the Clerk settings describe, if any.
+fn clerk_verifier(config: &Config) -> Result<Option<ClerkVerifier>, String> {
+    let Some(issuer) = &config.clerk_issuer else {
+        return Ok(None);
+    };
+    let issuer = issuer.trim_end_matches('/');
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err(format!("CLERK_ISSUER must be a URL like https://clerk.example.com, not {issuer:?}"));
+    }
+    let keys = match (&config.clerk_jwt_key, &config.clerk_jwks_url) {
+        (Some(pem), _) => KeySource::pem(pem)?,
+        (None, url) => KeySource::Jwks(Box::new(Jwks::new(JwksSettings {
+            url: url.clone().unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json")),
+            min_refresh_interval: config.clerk_jwks_min_refresh,
+            max_age: JWKS_MAX_AGE,
+            fetch_timeout: JWKS_FETCH_TIMEOUT,
+        })?)),
+    };
+    Ok(Some(ClerkVerifier::new(issuer, config.clerk_authorized_parties.clone(), keys)))
 }
 
 /// A built, not yet running, user-service.
@@ -170,9 +226,11 @@ impl App {
         );
 
         let layers = ServiceBuilder::new()
+            .layer(BrowserCorsLayer::new(&config.cors_origins))
+            .layer(GrpcWebLayer::new())
             .layer(RequestIdLayer)
             .layer(ObserveLayer::new(metrics))
-            .layer(AuthLayer::new(security.tokens))
+            .layer(AuthLayer::new(security.authenticator))
             .layer(LimitLayer::new(config.max_concurrent_requests, config.request_timeout))
             .into_inner();
         let mut server = Server::builder();
@@ -181,7 +239,16 @@ impl App {
         }
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = server
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // gRPC-Web from browsers arrives over HTTP/1.1 as well as HTTP/2.
+            .accept_http1(true)
+            .max_concurrent_streams(config.http2_max_concurrent_streams)
+            .http2_max_pending_accept_reset_streams(Some(http2::MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(http2::MAX_LOCAL_ERROR_RESET_STREAMS))
+            .http2_max_header_list_size(http2::MAX_HEADER_LIST_SIZE)
+            .http2_keepalive_interval(Some(http2::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(http2::KEEPALIVE_TIMEOUT))
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(http2::MAX_CONNECTION_AGE_GRACE)
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -204,15 +271,28 @@ fn log_security(config: &Config, addr: SocketAddr, security: &Security) {
         (Some(_), None) => "on",
         (Some(_), Some(_)) => "mutual",
     };
-    match &security.tokens {
-        Some(tokens) => tracing::info!(clients = tokens.len(), tls, "bearer-token authentication on"),
-        None => tracing::info!(tls, "authentication off"),
+    let (clients, clerk) = match &security.authenticator {
+        Some(auth) => (auth.tokens().map_or(0, Tokens::len), auth.clerk().map(ClerkVerifier::issuer)),
+        None => (0, None),
+    };
+    match &security.authenticator {
+        Some(_) => tracing::info!(
+            clients,
+            clerk_issuer = clerk.unwrap_or("off"),
+            tls,
+            cors_origins = ?config.cors_origins,
+            "authentication on"
+        ),
+        None => tracing::info!(tls, cors_origins = ?config.cors_origins, "authentication off"),
+    }
+    if clerk.is_some() && config.clerk_authorized_parties.is_empty() {
+        tracing::warn!("CLERK_AUTHORIZED_PARTIES is empty: session tokens are accepted whatever their azp");
     }
     let loopback = addr.ip().is_loopback();
-    if security.tokens.is_none() && !loopback {
+    if security.authenticator.is_none() && !loopback {
         tracing::warn!(%addr, "--insecure: serving without authentication on a non-loopback address");
     }
-    if security.tokens.is_some() && security.tls.is_none() && !loopback {
+    if security.authenticator.is_some() && security.tls.is_none() && !loopback {
         tracing::warn!(%addr, "bearer tokens travel in clear text: configure --tls-cert and --tls-key");
     }
 }

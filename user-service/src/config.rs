@@ -52,6 +52,59 @@ pub struct Config {
     #[arg(long = "auth-tokens", env = "USER_SERVICE_AUTH_TOKENS_FILE", value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
 
+    /// Clerk session tokens: the issuer (`iss`) of the instance, its Frontend
+    /// API URL such as `https://clerk.example.com`. Turns session-token
+    /// authentication on; the keys come from `CLERK_JWT_KEY`, else from
+    /// `CLERK_JWKS_URL`, else from `<issuer>/.well-known/jwks.json`.
+    #[arg(long, env = "CLERK_ISSUER", value_name = "URL")]
+    pub clerk_issuer: Option<String>,
+
+    /// Clerk's JWT public key (PEM), for verifying session tokens without
+    /// fetching the JWKS ("networkless" verification).
+    #[arg(
+        long,
+        env = "CLERK_JWT_KEY",
+        value_name = "PEM",
+        hide_env_values = true,
+        requires = "clerk_issuer"
+    )]
+    pub clerk_jwt_key: Option<String>,
+
+    /// The instance's JWKS URL (default `<CLERK_ISSUER>/.well-known/jwks.json`).
+    #[arg(
+        long,
+        env = "CLERK_JWKS_URL",
+        value_name = "URL",
+        requires = "clerk_issuer",
+        conflicts_with = "clerk_jwt_key"
+    )]
+    pub clerk_jwks_url: Option<String>,
+
+    /// Origins a session token's `azp` may name (comma-separated, e.g.
+    /// `https://app.example.com`). Empty: `azp` is not checked.
+    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_name = "ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub clerk_authorized_parties: Vec<String>,
+
+    /// Least time between two fetches of the JWKS (a token with an unknown
+    /// `kid` triggers one).
+    #[arg(long, env = "CLERK_JWKS_MIN_REFRESH", default_value = "10s", value_parser = humantime_duration)]
+    pub clerk_jwks_min_refresh: Duration,
+
+    /// Browser origins allowed to call over gRPC-Web (comma-separated, e.g.
+    /// `https://app.example.com`). Empty: no CORS headers, so browsers on
+    /// other origins cannot call.
+    #[arg(long, env = "USER_SERVICE_CORS_ORIGINS", value_name = "ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub cors_origins: Vec<String>,
+
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, env = "USER_SERVICE_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// A connection older than this is asked to reconnect (GOAWAY); calls in
+    /// flight get `MAX_CONNECTION_AGE_GRACE` more to finish.
+    #[arg(long, env = "USER_SERVICE_MAX_CONNECTION_AGE", default_value = "1h", value_parser = positive_duration)]
+    pub max_connection_age: Duration,
+
     /// Allow serving on a non-loopback address without authentication.
     #[arg(long, env = "USER_SERVICE_INSECURE")]
     pub insecure: bool,
@@ -127,6 +180,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Parses a browser origin: `http` or `https`, a host and an optional port,
+/// nothing else (no path, no trailing slash, no `*`).
+pub fn origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let bad = || format!("{text:?} is not an origin like https://app.example.com");
+    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")).ok_or_else(bad)?;
+    let valid = !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        && http::HeaderValue::from_str(text).is_ok();
+    if valid { Ok(text.to_owned()) } else { Err(bad()) }
+}
+
 /// Parses durations such as `500ms`, `3s`, `5m`, `2h`, `7d`.
 pub fn humantime_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -180,6 +245,46 @@ mod tests {
         assert_eq!(config.max_concurrent_requests.get(), 256);
         assert_eq!(config.metrics_listen, MetricsListen::On(SocketAddr::from(([127, 0, 0, 1], 9464))));
         assert!(config.auth_tokens.is_none() && !config.insecure && !config.no_reflection);
+        assert!(config.clerk_issuer.is_none() && config.cors_origins.is_empty());
+        assert_eq!(config.http2_max_concurrent_streams, 100);
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        assert_eq!(origin("https://app.example.com"), Ok("https://app.example.com".into()));
+        assert_eq!(origin("http://localhost:5173"), Ok("http://localhost:5173".into()));
+        for bad in ["*", "app.example.com", "https://app.example.com/", "https://", "ftp://x", "https://a b"]
+        {
+            assert!(origin(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lists_of_origins_are_comma_separated() {
+        let config = Config::try_parse_from([
+            "user-service",
+            "--cors-origins",
+            "https://a.example.com,http://localhost:5173",
+        ])
+        .unwrap();
+        assert_eq!(config.cors_origins, ["https://a.example.com", "http://localhost:5173"]);
+    }
+
+    #[test]
+    fn clerk_keys_need_an_issuer_and_only_one_source() {
+        assert!(Config::try_parse_from(["user-service", "--clerk-jwks-url", "https://x/jwks"]).is_err());
+        assert!(
+            Config::try_parse_from([
+                "user-service",
+                "--clerk-issuer",
+                "https://x",
+                "--clerk-jwks-url",
+                "https://x/jwks",
+                "--clerk-jwt-key",
+                "pem"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub enum Error {
         /// The stored etag, so the caller can re-read and retry.
         current: String,
     },
+    /// The caller is known but may not do this.
+    #[error("{message}")]
+    PermissionDenied {
+        /// The `ErrorInfo.reason`, e.g. `NOT_YOUR_DATA`.
+        reason: &'static str,
+        /// What is refused and why.
+        message: String,
+    },
     /// The request is well-formed but the system state forbids it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -80,6 +88,13 @@ fn is_transient(code: Option<&str>) -> bool {
         // SQLite: 5 = SQLITE_BUSY, 6 = SQLITE_LOCKED (and extended codes).
         Some(c) => matches!(c.parse::<u32>().map(|n| n & 0xff), Ok(5 | 6)),
         None => false,
+    }
+}
+
+impl Error {
+    /// A `PermissionDenied` with `reason` and `message`.
+    pub fn denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::PermissionDenied { reason, message: message.into() }
     }
 }
 

@@ -17,7 +17,7 @@ pub mod keys {
     pub const SIGNUP_SOURCE: &str = "signup_source";
     /// ISO-8601 time of the last write driven by a Clerk event.
     pub const LAST_CLERK_SYNC: &str = "last_clerk_sync";
-    /// Array of `{first_name, last_name, timestamp, changed_by?}`.
+    /// Array of `{first_name, last_name, timestamp, changed_by?, claimed_by?}`.
     pub const NAME_HISTORY: &str = "name_history";
 }
 
@@ -85,6 +85,9 @@ pub struct CreateUser {
     pub signup_source: SignupSource,
     /// Present for Clerk-driven creates.
     pub event: Option<EventContext>,
+    /// The authenticated caller (`Principal::actor`), recorded in
+    /// `name_history` when a create event updates a known user's name.
+    pub actor: String,
 }
 
 /// Which fields an update changes; `None` leaves a field as it is.
@@ -152,7 +155,11 @@ pub struct UpdateUser {
     pub patch: UserPatch,
     /// Write only if the stored version is this one.
     pub expected_version: Option<i64>,
-    /// Clerk id of the admin making the change, for `name_history`.
+    /// The authenticated caller (`Principal::actor`), recorded as
+    /// `changed_by` in `name_history`.
+    pub actor: String,
+    /// Clerk id of the admin the caller says made the change, recorded as
+    /// `claimed_by` in `name_history` (as claimed, not verified).
     pub changed_by: Option<String>,
     /// Present for Clerk-driven updates.
     pub event: Option<EventContext>,
@@ -313,7 +320,8 @@ pub fn plan_create(cmd: CreateUser, existing: Existing, now: DateTime<Utc>) -> R
                 role: None,
                 status: None,
             };
-            Ok(update_present(user, &patch, None, Some(event), now))
+            let by = ChangedBy { actor: &cmd.actor, claimed: None };
+            Ok(update_present(user, &patch, by, Some(event), now))
         }
     }
 }
@@ -342,15 +350,22 @@ pub fn plan_update(cmd: UpdateUser, existing: Existing, now: DateTime<Utc>) -> R
         }
         (Existing::Present(user), event) => {
             check_version(&user, cmd.expected_version)?;
-            Ok(update_present(user, &cmd.patch, cmd.changed_by.as_deref(), event.as_ref(), now))
+            let by = ChangedBy { actor: &cmd.actor, claimed: cmd.changed_by.as_deref() };
+            Ok(update_present(user, &cmd.patch, by, event.as_ref(), now))
         }
     }
+}
+
+/// Who changed a name: the authenticated caller, and the admin it names.
+struct ChangedBy<'a> {
+    actor: &'a str,
+    claimed: Option<&'a str>,
 }
 
 fn update_present(
     mut user: User,
     patch: &UserPatch,
-    changed_by: Option<&str>,
+    by: ChangedBy<'_>,
     event: Option<&EventContext>,
     now: DateTime<Utc>,
 ) -> Plan {
@@ -379,9 +394,10 @@ fn update_present(
                 "first_name": user.profile.first_name.clone().unwrap_or_default(),
                 "last_name": user.profile.last_name.clone().unwrap_or_default(),
                 "timestamp": iso(when),
+                "changed_by": by.actor,
             });
-            if let Some(admin) = changed_by {
-                entry["changed_by"] = Value::String(admin.to_owned());
+            if let Some(admin) = by.claimed {
+                entry["claimed_by"] = Value::String(admin.to_owned());
             }
             entry
         });
@@ -453,6 +469,7 @@ mod tests {
             key: UserKey::ClerkId("user_1".into()),
             patch,
             expected_version: None,
+            actor: "gateway".into(),
             changed_by: None,
             event,
         }
@@ -524,6 +541,7 @@ mod tests {
                     status: Status::Active,
                     signup_source: SignupSource::Clerk,
                     event: event("k", 99),
+                    actor: "gateway".into(),
                 },
                 Existing::Deleted,
                 Utc::now(),

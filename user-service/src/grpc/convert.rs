@@ -162,8 +162,8 @@ pub fn parse_expected_version(v: &mut Violations, etag: &str) -> Option<i64> {
     if etag.is_empty() { None } else { v.check("etag", parse_etag(etag)) }
 }
 
-/// Parses and validates a `CreateUserRequest`.
-pub fn create_user(req: pb::CreateUserRequest) -> Result<CreateUser> {
+/// Parses and validates a `CreateUserRequest` made by `actor`.
+pub fn create_user(req: pb::CreateUserRequest, actor: String) -> Result<CreateUser> {
     let Some(u) = req.user.as_ref() else {
         return Err(Error::invalid("user", "is required"));
     };
@@ -193,6 +193,7 @@ pub fn create_user(req: pb::CreateUserRequest) -> Result<CreateUser> {
         status: status.flatten().unwrap_or_default(),
         signup_source: signup_source.unwrap_or(SignupSource::Admin),
         event,
+        actor,
     })
 }
 
@@ -257,8 +258,9 @@ pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
 
 const PROFILE_PATHS: [&str; 5] = ["email", "first_name", "last_name", "username", "image_url"];
 
-/// Parses and validates an `UpdateUserRequest`.
-pub fn update_user(req: pb::UpdateUserRequest) -> Result<UpdateUser> {
+/// Parses and validates an `UpdateUserRequest` made by `actor` (the
+/// authenticated caller, see `Principal::actor`).
+pub fn update_user(req: pb::UpdateUserRequest, actor: String) -> Result<UpdateUser> {
     let Some(u) = req.user.as_ref() else {
         return Err(Error::invalid("user", "is required"));
     };
@@ -313,7 +315,7 @@ pub fn update_user(req: pb::UpdateUserRequest) -> Result<UpdateUser> {
         if req.changed_by.is_empty() { None } else { v.check("changed_by", parse_clerk_id(&req.changed_by)) };
     let expected_version = parse_expected_version(&mut v, &req.etag);
     let key = v.finish_parsed(key)?;
-    Ok(UpdateUser { key, patch, expected_version, changed_by, event })
+    Ok(UpdateUser { key, patch, expected_version, actor, changed_by, event })
 }
 
 /// The fields an update touches: the mask's paths, `*` for all, or (AIP-134)

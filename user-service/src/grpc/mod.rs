@@ -1,5 +1,6 @@
 //! The gRPC transport: our services plus standard health and reflection.
 
+pub mod access;
 mod convert;
 mod json;
 mod page_token;

@@ -25,6 +25,7 @@ impl From<Error> for Status {
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "ALREADY_EXISTS"),
             // AIP-154: a stale etag is ABORTED (re-read and retry).
             Error::EtagMismatch { .. } => (Code::Aborted, "ETAG_MISMATCH"),
+            Error::PermissionDenied { reason, .. } => (Code::PermissionDenied, *reason),
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
             Error::Unavailable(_) => {
                 tracing::warn!(error = %err, "database unavailable");

@@ -9,10 +9,12 @@ use userdata_proto::v1::{self as pb, user_data_service_server::UserDataService};
 use uuid::Uuid;
 
 use super::{
+    access,
     convert::{outcome_to_proto, parse_event, parse_expected_version, parse_key, timestamp},
     json,
 };
 use crate::{
+    auth::{Principal, Scope},
     domain::{
         data::{
             self, DataEntry, activity, flags,
@@ -226,6 +228,11 @@ fn data_key(v: &mut Violations, key: &str) -> Option<String> {
     v.check("key", data::parse_key(key))
 }
 
+/// A key the generic RPCs may write: not one the service keeps itself.
+fn writable_key(v: &mut Violations, key: &str) -> Option<String> {
+    v.check("key", data::parse_key(key).and_then(|key| data::check_generic_write(&key).map(|()| key)))
+}
+
 fn page_token(after: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(after)
@@ -240,6 +247,26 @@ fn parse_page_token(token: &str) -> Result<String, String> {
 }
 
 impl UserDataApi {
+    /// Checks that the caller may act on `user` (see [`access::authorize`]).
+    async fn authorize(&self, principal: &Principal, user: &UserKey) -> Result<()> {
+        access::authorize(&*self.store, principal, user).await
+    }
+
+    /// Checks that the caller may write `key` of `user` through the generic
+    /// RPCs: a signed-in user their own `custom.*` keys only; onboarding,
+    /// which only moves forward through `AdvanceOnboarding`, needs `admin`.
+    async fn authorize_generic_write(&self, principal: &Principal, user: &UserKey, key: &str) -> Result<()> {
+        access::authorize_key(principal, key)?;
+        if key == ONBOARDING_STATUS {
+            access::require_scope(
+                principal,
+                Scope::Admin,
+                "writing onboarding_status with the generic RPCs",
+            )?;
+        }
+        self.authorize(principal, user).await
+    }
+
     /// The stored entry of one key for a user (`NOT_FOUND` for no user).
     async fn read_one(&self, user: &UserKey, key: &str) -> Result<Option<DataEntry>> {
         Ok(self.store.read_data(user, &[key]).await?.into_iter().find(|e| e.key == key))
@@ -271,8 +298,10 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::GetPreferencesRequest>,
     ) -> Result<Response<pb::GetPreferencesResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
+        self.authorize(&principal, &user).await?;
         let entry = self.read_one(&user, PREFERENCES).await?;
         let entry = entry.as_ref();
         Ok(Response::new(pb::GetPreferencesResponse {
@@ -286,6 +315,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::UpdatePreferencesRequest>,
     ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -293,6 +323,7 @@ impl UserDataService for UserDataApi {
         let patch = preference_patch(&mut v, &prefs, req.update_mask.as_ref());
         let expected = parse_expected_version(&mut v, &req.etag);
         let user = v.finish_parsed(user)?;
+        self.authorize(&principal, &user).await?;
         let write = self
             .store
             .edit_data(
@@ -314,8 +345,10 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::ListFeatureFlagsRequest>,
     ) -> Result<Response<pb::ListFeatureFlagsResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
+        self.authorize(&principal, &user).await?;
         let entry = self.read_one(&user, FEATURE_FLAGS).await?;
         let entry = entry.as_ref();
         let flags = flags::from_value(entry.map(|e| &e.value)).into_iter().collect();
@@ -327,11 +360,13 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::GetFeatureFlagRequest>,
     ) -> Result<Response<pb::GetFeatureFlagResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let flag = v.check("flag_key", flags::parse_flag_key(&req.flag_key));
         let (user, flag) = v.finish_parsed(user.zip(flag))?;
+        self.authorize(&principal, &user).await?;
         let entry = self.read_one(&user, FEATURE_FLAGS).await?;
         let flags = flags::from_value(entry.as_ref().map(|e| &e.value));
         let enabled = *flags.get(&flag).ok_or_else(|| Error::NotFound {
@@ -346,6 +381,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::UpdateFeatureFlagsRequest>,
     ) -> Result<Response<pb::UpdateFeatureFlagsResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -364,6 +400,7 @@ impl UserDataService for UserDataApi {
         }
         let expected = parse_expected_version(&mut v, &req.etag);
         let user = v.finish_parsed(user)?;
+        self.authorize(&principal, &user).await?;
         let write = self
             .store
             .edit_data(
@@ -436,6 +473,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::CheckFeatureFlagsRequest>,
     ) -> Result<Response<pb::CheckFeatureFlagsResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -444,6 +482,7 @@ impl UserDataService for UserDataApi {
         }
         let wanted = parse_flag_keys(&mut v, "flag_keys", &req.flag_keys);
         let user = v.finish_parsed(user)?;
+        self.authorize(&principal, &user).await?;
         let entry = self.read_one(&user, FEATURE_FLAGS).await?;
         let all = flags::from_value(entry.as_ref().map(|e| &e.value));
         let flags = wanted.into_iter().filter_map(|k| all.get(&k).map(|on| (k, *on))).collect();
@@ -455,8 +494,10 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::GetOnboardingRequest>,
     ) -> Result<Response<pb::GetOnboardingResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
+        self.authorize(&principal, &user).await?;
         let entry = self.read_one(&user, ONBOARDING_STATUS).await?;
         let entry = entry.as_ref();
         Ok(Response::new(pb::GetOnboardingResponse {
@@ -470,12 +511,14 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::AdvanceOnboardingRequest>,
     ) -> Result<Response<pb::AdvanceOnboardingResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let step = onboarding_step(&mut v, req.step);
         let expected = parse_expected_version(&mut v, &req.etag);
         let (user, step) = v.finish_parsed(user.zip(step))?;
+        self.authorize(&principal, &user).await?;
         let now = crate::store::now();
         let write = self
             .store
@@ -498,8 +541,10 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::ResetOnboardingRequest>,
     ) -> Result<Response<pb::ResetOnboardingResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
+        self.authorize(&principal, &user).await?;
         self.store
             .edit_data(
                 &user,
@@ -519,8 +564,10 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::GetActivityRequest>,
     ) -> Result<Response<pb::GetActivityResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
+        self.authorize(&principal, &user).await?;
         let found = self.store.read_data(&user, &activity::KEYS).await?;
         Ok(Response::new(pb::GetActivityResponse { activity: Some(activity_to_proto(&found)) }))
     }
@@ -530,12 +577,14 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::RecordLoginRequest>,
     ) -> Result<Response<pb::RecordLoginResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let entry = login_entry(&mut v, req.login.as_ref());
         let event = parse_event(&mut v, req.event_context.as_ref());
         let (user, entry) = v.finish_parsed(user.zip(entry))?;
+        self.authorize(&principal, &user).await?;
         let (activity, replayed, outcome) =
             self.activity_edit(user, event, move |a| a.record_login(entry)).await?;
         Ok(Response::new(pb::RecordLoginResponse { activity: Some(activity), replayed, outcome }))
@@ -546,6 +595,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -555,6 +605,7 @@ impl UserDataService for UserDataApi {
         };
         let event = parse_event(&mut v, req.event_context.as_ref());
         let (user, at) = v.finish_parsed(user.zip(at))?;
+        self.authorize(&principal, &user).await?;
         let (activity, replayed, outcome) = self.activity_edit(user, event, move |a| a.touch(at)).await?;
         Ok(Response::new(pb::RecordActivityResponse { activity: Some(activity), replayed, outcome }))
     }
@@ -564,8 +615,10 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::GetUserHistoryRequest>,
     ) -> Result<Response<pb::GetUserHistoryResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
+        self.authorize(&principal, &user).await?;
         let wanted = [keys::NAME_HISTORY, keys::SIGNUP_DATE, keys::SIGNUP_SOURCE, keys::LAST_CLERK_SYNC];
         let found = self.store.read_data(&user, &wanted).await?;
         let value = |key| find(&found, key).map(|e| &e.value);
@@ -588,6 +641,7 @@ impl UserDataService for UserDataApi {
                     last_name: n.last_name,
                     timestamp: parse_time(&n.timestamp).ok().map(timestamp),
                     changed_by: n.changed_by,
+                    claimed_by: n.claimed_by,
                 })
                 .collect(),
             signup_date: time(keys::SIGNUP_DATE),
@@ -601,11 +655,13 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::GetUserDataRequest>,
     ) -> Result<Response<pb::GetUserDataResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let key = data_key(&mut v, &req.key);
         let (user, key) = v.finish_parsed(user.zip(key))?;
+        self.authorize(&principal, &user).await?;
         let entry = self.read_one(&user, &key).await?.ok_or_else(|| Error::NotFound {
             resource: "user data",
             key: format!("key {key:?} of {user}"),
@@ -618,6 +674,7 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::ListUserDataRequest>,
     ) -> Result<Response<pb::ListUserDataResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -635,6 +692,7 @@ impl UserDataService for UserDataApi {
             v.check("page_token", parse_page_token(&req.page_token))
         };
         let user = v.finish_parsed(user)?;
+        self.authorize(&principal, &user).await?;
         let mut found = self.store.list_data(&user, after.as_deref(), page_size + 1).await?;
         let next_page_token = if found.len() > page_size as usize {
             found.truncate(page_size as usize);
@@ -653,10 +711,11 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::SetUserDataRequest>,
     ) -> Result<Response<pb::SetUserDataResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
-        let key = data_key(&mut v, &req.key);
+        let key = writable_key(&mut v, &req.key);
         let value = match &req.value {
             None => {
                 v.add("value", "is required");
@@ -666,6 +725,7 @@ impl UserDataService for UserDataApi {
         };
         let expected = parse_expected_version(&mut v, &req.etag);
         let ((user, key), value) = v.finish_parsed(user.zip(key).zip(value))?;
+        self.authorize_generic_write(&principal, &user, &key).await?;
         let edited = key.clone();
         let write = self
             .store
@@ -685,12 +745,14 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::DeleteUserDataRequest>,
     ) -> Result<Response<pb::DeleteUserDataResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
-        let key = data_key(&mut v, &req.key);
+        let key = writable_key(&mut v, &req.key);
         let expected = parse_expected_version(&mut v, &req.etag);
         let (user, key) = v.finish_parsed(user.zip(key))?;
+        self.authorize_generic_write(&principal, &user, &key).await?;
         let edited = key.clone();
         self.store
             .edit_data(

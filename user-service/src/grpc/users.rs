@@ -6,8 +6,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use userdata_proto::v1::{self as pb, user_service_server::UserService};
 
-use super::convert;
-use crate::store::Store;
+use super::{access, convert};
+use crate::{
+    auth::{Principal, Scope},
+    store::Store,
+};
 
 /// The `UserService` implementation over any [`Store`].
 #[derive(Clone)]
@@ -29,7 +32,13 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let cmd = convert::create_user(request.into_inner())?;
+        let principal = Principal::of(&request)?;
+        let user = request.get_ref().user.as_ref();
+        if user.is_some_and(|u| u.role != 0 || u.status != 0) {
+            access::require_scope(principal, Scope::Admin, "setting role or status")?;
+        }
+        let actor = principal.actor();
+        let cmd = convert::create_user(request.into_inner(), actor)?;
         let result = self.store.create_user(cmd).await?;
         Ok(Response::new(convert::create_response(result)))
     }
@@ -40,6 +49,7 @@ impl UserService for UsersApi {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let key = convert::get_user(request.get_ref())?;
+        access::authorize(&*self.store, Principal::of(&request)?, &key).await?;
         let user = self.store.get_user(&key).await?;
         Ok(Response::new(pb::GetUserResponse { user: Some(user.into()) }))
     }
@@ -70,7 +80,12 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let cmd = convert::update_user(request.into_inner())?;
+        let actor = Principal::of(&request)?.clone();
+        let cmd = convert::update_user(request.into_inner(), actor.actor())?;
+        if cmd.patch.role.is_some() || cmd.patch.status.is_some() {
+            access::require_scope(&actor, Scope::Admin, "changing role or status")?;
+        }
+        access::authorize(&*self.store, &actor, &cmd.key).await?;
         let result = self.store.update_user(cmd).await?;
         Ok(Response::new(convert::update_response(result)))
     }
@@ -81,6 +96,7 @@ impl UserService for UsersApi {
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let cmd = convert::delete_user(request.get_ref())?;
+        access::authorize(&*self.store, Principal::of(&request)?, &cmd.key).await?;
         let result = self.store.delete_user(cmd).await?;
         Ok(Response::new(convert::delete_response(result)))
     }

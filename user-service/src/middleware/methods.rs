@@ -1,5 +1,6 @@
-//! Every RPC this server knows, with who may call it. The auth layer and the
-//! metrics labels both read this one table.
+//! Every RPC this server knows, with who may call it: the scope a service
+//! token needs, and what a signed-in user (Clerk session token) may do. The
+//! auth layer, the handlers and the metrics labels all read these tables.
 
 use crate::auth::Scope;
 
@@ -51,6 +52,71 @@ const RPCS: [(&str, Scope); 25] = {
     ]
 };
 
+/// What a signed-in user may do with an RPC. Every rule but `Denied` still
+/// needs the handler to check the user the request names
+/// (`grpc::access`), because only the handler reads the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserRule {
+    /// On their own user only.
+    Own,
+    /// On their own user's `custom.*` keys only.
+    OwnCustomKeys,
+    /// Allowed, narrowed to their own user whatever the request names.
+    ForcedOwn,
+    /// Refused, for this reason.
+    Denied(&'static str),
+}
+
+/// Reason given for methods the end-user table does not list.
+const NOT_FOR_USERS: &str = "this method is not open to signed-in users";
+
+/// What a signed-in user may do, per RPC: their own data, nothing else.
+const USER_RULES: [(&str, UserRule); 25] = {
+    use UserRule::{Denied, ForcedOwn, Own, OwnCustomKeys};
+    [
+        ("/userdata.v1.UserService/CreateUser", Denied("users are created from Clerk's webhooks")),
+        ("/userdata.v1.UserService/GetUser", Own),
+        ("/userdata.v1.UserService/ListUsers", Denied("listing users is for services")),
+        (
+            "/userdata.v1.UserService/UpdateUser",
+            Denied("profiles change in Clerk; role and status are for administrators"),
+        ),
+        ("/userdata.v1.UserService/DeleteUser", Denied("users are deleted through Clerk")),
+        ("/userdata.v1.UserDataService/GetPreferences", Own),
+        ("/userdata.v1.UserDataService/UpdatePreferences", Own),
+        ("/userdata.v1.UserDataService/ListFeatureFlags", Own),
+        ("/userdata.v1.UserDataService/GetFeatureFlag", Own),
+        (
+            "/userdata.v1.UserDataService/UpdateFeatureFlags",
+            Denied("feature flags are decided by the application"),
+        ),
+        (
+            "/userdata.v1.UserDataService/CheckFeatureFlagForUsers",
+            Denied("checks across users are for services"),
+        ),
+        ("/userdata.v1.UserDataService/CheckFeatureFlags", Own),
+        ("/userdata.v1.UserDataService/GetOnboarding", Own),
+        ("/userdata.v1.UserDataService/AdvanceOnboarding", Own),
+        (
+            "/userdata.v1.UserDataService/ResetOnboarding",
+            Denied("resetting onboarding is for administrators"),
+        ),
+        ("/userdata.v1.UserDataService/GetActivity", Own),
+        ("/userdata.v1.UserDataService/RecordLogin", Denied("logins are recorded from Clerk's events")),
+        ("/userdata.v1.UserDataService/RecordActivity", Denied("activity is recorded by services")),
+        ("/userdata.v1.UserDataService/GetUserHistory", Own),
+        ("/userdata.v1.UserDataService/GetUserData", Own),
+        ("/userdata.v1.UserDataService/ListUserData", Own),
+        ("/userdata.v1.UserDataService/SetUserData", OwnCustomKeys),
+        ("/userdata.v1.UserDataService/DeleteUserData", OwnCustomKeys),
+        ("/userdata.v1.ChangeService/WatchChanges", ForcedOwn),
+        (
+            "/userdata.v1.ChangeService/ListChanges",
+            Denied("the audit list is for services with the `audit` scope"),
+        ),
+    ]
+};
+
 /// Public RPCs that get their own metrics label.
 const PUBLIC_RPCS: [&str; 4] = [
     "/grpc.health.v1.Health/Check",
@@ -69,6 +135,12 @@ pub fn access(path: &str) -> Access {
         return Access::Public;
     }
     RPCS.iter().find(|(rpc, _)| *rpc == path).map_or(Access::Scope(Scope::Admin), |(_, s)| Access::Scope(*s))
+}
+
+/// What a signed-in user may do with `path`; anything not in the table is
+/// refused: closed by default.
+pub fn user_rule(path: &str) -> UserRule {
+    USER_RULES.iter().find(|(rpc, _)| *rpc == path).map_or(UserRule::Denied(NOT_FOR_USERS), |(_, rule)| *rule)
 }
 
 /// A bounded label for `path`: `package.Service/Method` for a known RPC,
@@ -94,8 +166,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn every_rpc_in_the_protos_has_an_explicit_scope() {
+    /// Every `userdata.v1` RPC the protos declare.
+    fn our_rpcs() -> Vec<String> {
         let set = FileDescriptorSet::decode(userdata_proto::FILE_DESCRIPTOR_SET).unwrap();
         let mut paths = Vec::new();
         for file in &set.file {
@@ -105,10 +177,42 @@ mod tests {
                 }
             }
         }
-        let ours: Vec<&String> = paths.iter().filter(|p| p.starts_with("/userdata.v1.")).collect();
+        paths.retain(|p| p.starts_with("/userdata.v1."));
+        paths
+    }
+
+    #[test]
+    fn every_rpc_in_the_protos_has_an_explicit_scope() {
+        let ours = our_rpcs();
         assert_eq!(ours.len(), RPCS.len(), "{ours:?}");
         for path in ours {
-            assert!(RPCS.iter().any(|(rpc, _)| rpc == path), "{path} has no scope in the table");
+            assert!(RPCS.iter().any(|(rpc, _)| *rpc == path), "{path} has no scope in the table");
+        }
+    }
+
+    #[test]
+    fn every_rpc_in_the_protos_has_an_end_user_rule() {
+        let ours = our_rpcs();
+        assert_eq!(ours.len(), USER_RULES.len(), "{ours:?}");
+        for path in ours {
+            assert!(USER_RULES.iter().any(|(rpc, _)| *rpc == path), "{path} has no end-user rule");
+        }
+    }
+
+    #[test]
+    fn signed_in_users_reach_their_own_data_and_nothing_else() {
+        assert_eq!(user_rule("/userdata.v1.UserService/GetUser"), UserRule::Own);
+        assert_eq!(user_rule("/userdata.v1.UserDataService/SetUserData"), UserRule::OwnCustomKeys);
+        assert_eq!(user_rule("/userdata.v1.ChangeService/WatchChanges"), UserRule::ForcedOwn);
+        for denied in [
+            "/userdata.v1.UserService/ListUsers",
+            "/userdata.v1.UserService/UpdateUser",
+            "/userdata.v1.UserDataService/UpdateFeatureFlags",
+            "/userdata.v1.UserDataService/ResetOnboarding",
+            "/userdata.v1.ChangeService/ListChanges",
+            "/userdata.v1.UserService/DropAllUsers",
+        ] {
+            assert!(matches!(user_rule(denied), UserRule::Denied(_)), "{denied}");
         }
     }
 

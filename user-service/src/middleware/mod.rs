@@ -1,16 +1,20 @@
-//! Tower layers around every gRPC call, outermost first:
+//! Tower layers around every call, outermost first:
 //!
+//! 0. [`BrowserCorsLayer`] and tonic-web's `GrpcWebLayer`: CORS for the
+//!    configured origins, and gRPC-Web turned into gRPC for the layers below;
 //! 1. [`RequestIdLayer`]: takes or makes the request id, opens the tracing
 //!    span every log line of the call is written in, echoes the id back;
 //! 2. [`ObserveLayer`]: one log line and the metrics per call, with the final
 //!    gRPC code (from the response headers or, after the body, its trailers);
-//! 3. [`AuthLayer`]: bearer token and scope of the method;
+//! 3. [`AuthLayer`]: the caller's credential, and the method's scope or
+//!    end-user rule;
 //! 4. [`LimitLayer`]: concurrency limit with load shedding, and a timeout.
 //!
 //! Errors these layers produce are gRPC responses carrying a
 //! `google.rpc.ErrorInfo`, like the service's own errors.
 
 mod auth;
+mod cors;
 mod limit;
 pub mod methods;
 mod observe;
@@ -23,6 +27,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub use self::{
     auth::AuthLayer,
+    cors::BrowserCorsLayer,
     limit::LimitLayer,
     observe::{ObserveLayer, code_name},
     request_id::{REQUEST_ID_HEADER, RequestId, RequestIdLayer},

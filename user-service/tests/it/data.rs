@@ -486,11 +486,6 @@ async fn generic_writes_of_documented_keys_are_validated(db: Db) {
             "onboarding_status",
             json!({"step": "complete", "completed": false, "started_at": "2026-01-01T00:00:00Z"}),
         ),
-        ("session_count", json!(-3)),
-        ("last_active", json!("last tuesday")),
-        ("login_history", json!([{"timestamp": "2026-01-01T00:00:00Z", "success": "yes"}])),
-        ("name_history", json!({"first_name": "A"})),
-        ("signup_source", json!("web")),
     ];
     for (key, value) in cases {
         let err = data
@@ -507,15 +502,17 @@ async fn generic_writes_of_documented_keys_are_validated(db: Db) {
     let ok = data
         .set_user_data(pb::SetUserDataRequest {
             user_id: user.id.clone(),
-            key: "session_count".into(),
-            value: Some(pb_value(json!(7))),
+            key: "feature_flags".into(),
+            value: Some(pb_value(json!({"beta": true}))),
             ..Default::default()
         })
         .await;
     assert!(ok.is_ok());
-    let activity =
-        data.get_activity(pb::GetActivityRequest { user_id: user.id, ..Default::default() }).await.unwrap();
-    assert_eq!(activity.into_inner().activity.unwrap().session_count, 7);
+    let flags = data
+        .list_feature_flags(pb::ListFeatureFlagsRequest { user_id: user.id, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(flags.into_inner().flags.get("beta"), Some(&true));
 }
 
 async fn custom_keys_have_a_namespace_and_limits(db: Db) {

@@ -186,11 +186,8 @@ async fn bad_event_contexts_are_named(db: Db) {
     let mut req = clerk_create("user_bad", "A", "", 1_000);
     let err = client.create_user(req.clone()).await.unwrap_err();
     assert_field_violation(&err, "event_context.idempotency_key");
-    req.event_context = Some(pb::EventContext {
-        idempotency_key: "msg key".into(),
-        source_time: None,
-        ..Default::default()
-    });
+    req.event_context =
+        Some(pb::EventContext { idempotency_key: "msg key".into(), source_time: None, ..Default::default() });
     let err = client.create_user(req.clone()).await.unwrap_err();
     assert_field_violation(&err, "event_context.idempotency_key");
     assert_field_violation(&err, "event_context.source_time");

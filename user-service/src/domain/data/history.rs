@@ -15,9 +15,15 @@ pub struct NameEntry {
     pub last_name: String,
     /// ISO-8601 time.
     pub timestamp: String,
-    /// Clerk id of the admin who made the change.
+    /// Who made the change: the authenticated caller (`Principal::actor`).
+    /// Entries written before callers were recorded hold the claimed admin's
+    /// Clerk id here, or nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_by: Option<String>,
+    /// The admin the caller said made the change (`UpdateUserRequest.changed_by`),
+    /// as claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 /// Checks a stored `name_history`.

@@ -63,6 +63,27 @@ pub const DOCUMENTED_KEYS: [&str; 10] = [
     user_keys::SIGNUP_SOURCE,
 ];
 
+/// Documented keys the service keeps itself. The generic key/value RPCs
+/// refuse to write them; each has its own RPC.
+pub const SYSTEM_KEYS: [(&str, &str); 7] = [
+    (keys::SESSION_COUNT, "RecordLogin"),
+    (keys::LAST_ACTIVE, "RecordLogin or RecordActivity"),
+    (keys::LOGIN_HISTORY, "RecordLogin"),
+    (user_keys::NAME_HISTORY, "UpdateUser"),
+    (user_keys::LAST_CLERK_SYNC, "the Clerk webhooks (CreateUser or UpdateUser with an event context)"),
+    (user_keys::SIGNUP_DATE, "CreateUser"),
+    (user_keys::SIGNUP_SOURCE, "CreateUser"),
+];
+
+/// Checks that the generic key/value RPCs may write `key` (an already
+/// parsed key): every key but the [`SYSTEM_KEYS`].
+pub fn check_generic_write(key: &str) -> Result<(), String> {
+    match SYSTEM_KEYS.iter().find(|(system, _)| *system == key) {
+        Some((_, rpc)) => Err(format!("{key:?} is kept by the service; it changes only through {rpc}")),
+        None => Ok(()),
+    }
+}
+
 /// Checks a key: a documented key, or `custom.<name>` where the name is 1 or
 /// more of `a-z`, `0-9`, `_`, `-`, `.`, and the whole key is at most 128 bytes.
 pub fn parse_key(key: &str) -> Result<String, String> {
@@ -268,6 +289,16 @@ mod tests {
             ["", "custom.", "custom.Upper", "other", "custom.a b", &format!("custom.{}", "a".repeat(130))]
         {
             assert!(parse_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn system_kept_keys_are_not_generic_writes() {
+        for (key, _) in SYSTEM_KEYS {
+            assert!(check_generic_write(key).is_err(), "{key}");
+        }
+        for key in ["preferences", "feature_flags", "onboarding_status", "custom.x"] {
+            assert!(check_generic_write(key).is_ok(), "{key}");
         }
     }
 

@@ -1,5 +1,4 @@
-//! Bearer-token authentication: the tokens file, scopes and the
-//! authenticated client.
+//! Service tokens: the tokens file and the clients it names.
 //!
 //! Only SHA-256 digests of tokens are kept in memory, and a presented token
 //! is compared, digest against digest, in constant time with every known one.
@@ -10,86 +9,12 @@ use std::{fmt, path::Path, sync::Arc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::{Scope, Scopes};
+
 /// Shortest token accepted in clear in the tokens file.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// A permission a call may need. Scopes are independent: `admin` does not
-/// imply `read` or `write`; a client that needs all three lists all three.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Reads: `Get*`, `List*`, `Check*`.
-    Read,
-    /// Writes: creating, changing and deleting users and their data.
-    Write,
-    /// Operator actions such as `ResetOnboarding`.
-    Admin,
-    /// The change log (`WatchChanges`, `ListChanges`), which carries
-    /// personal data.
-    Audit,
-}
-
-impl Scope {
-    /// The scope's name in the tokens file and in errors.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Write => "write",
-            Self::Admin => "admin",
-            Self::Audit => "audit",
-        }
-    }
-
-    const fn bit(self) -> u8 {
-        match self {
-            Self::Read => 1,
-            Self::Write => 2,
-            Self::Admin => 4,
-            Self::Audit => 8,
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "read" => Some(Self::Read),
-            "write" => Some(Self::Write),
-            "admin" => Some(Self::Admin),
-            "audit" => Some(Self::Audit),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A set of scopes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Scopes(u8);
-
-impl Scopes {
-    /// Whether `scope` is in the set.
-    pub const fn contains(self, scope: Scope) -> bool {
-        self.0 & scope.bit() != 0
-    }
-
-    /// The set with `scope` added.
-    #[must_use]
-    pub const fn with(self, scope: Scope) -> Self {
-        Self(self.0 | scope.bit())
-    }
-}
-
-impl FromIterator<Scope> for Scopes {
-    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
-        iter.into_iter().fold(Self::default(), Self::with)
-    }
-}
-
-/// The caller of a request, once its token is verified. The auth layer puts
-/// it in the request's extensions (`request.extensions().get::<Client>()`).
+/// A service client named in the tokens file, with its scopes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     name: Arc<str>,
@@ -105,25 +30,6 @@ impl Client {
     /// The client's scopes.
     pub fn scopes(&self) -> Scopes {
         self.scopes
-    }
-}
-
-/// Why a request is not authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// No `authorization: Bearer …` header.
-    Missing,
-    /// A bearer token that matches no client (or a malformed header).
-    Invalid,
-}
-
-impl Rejection {
-    /// A message for the caller; never contains the token.
-    pub const fn message(self) -> &'static str {
-        match self {
-            Self::Missing => "missing bearer token: send `authorization: Bearer <token>`",
-            Self::Invalid => "invalid bearer token",
-        }
     }
 }
 
@@ -200,16 +106,9 @@ impl Tokens {
         self.entries.is_empty()
     }
 
-    /// The client whose token the `authorization` header carries.
-    pub fn authenticate(&self, authorization: Option<&http::HeaderValue>) -> Result<&Client, Rejection> {
-        let header = authorization.ok_or(Rejection::Missing)?;
-        let token = bearer_token(header).ok_or(Rejection::Invalid)?;
-        self.find(token).ok_or(Rejection::Invalid)
-    }
-
     /// The client with this token: compares with every known digest, without
     /// stopping at a match, in constant time per digest.
-    fn find(&self, token: &[u8]) -> Option<&Client> {
+    pub fn find(&self, token: &[u8]) -> Option<&Client> {
         let digest: TokenDigest = Sha256::digest(token).into();
         let mut found = None;
         for (known, client) in &self.entries {
@@ -259,29 +158,11 @@ fn parse_hex_digest(hex: &str) -> Option<TokenDigest> {
     Some(digest)
 }
 
-/// The token of an `authorization: Bearer <token>` header (scheme
-/// case-insensitive).
-fn bearer_token(header: &http::HeaderValue) -> Option<&[u8]> {
-    let value = header.as_bytes();
-    let (scheme, rest) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     const TOKEN: &str = "0123456789abcdef-reader";
-
-    fn header(value: &str) -> HeaderValue {
-        HeaderValue::from_str(value).unwrap()
-    }
 
     fn sha256_hex(text: &str) -> String {
         Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -291,7 +172,7 @@ mod tests {
     fn a_clear_token_line_authenticates_its_client_with_its_scopes() {
         let tokens =
             Tokens::parse(&format!("# clients\n\n  reader read,write {TOKEN}#x # trailing\n")).unwrap();
-        let client = tokens.authenticate(Some(&header(&format!("Bearer {TOKEN}#x")))).unwrap();
+        let client = tokens.find(format!("{TOKEN}#x").as_bytes()).unwrap();
         assert_eq!(client.name(), "reader");
         assert!(client.scopes().contains(Scope::Read));
         assert!(client.scopes().contains(Scope::Write));
@@ -302,19 +183,16 @@ mod tests {
     fn a_sha256_line_authenticates_the_token_it_hashes() {
         let tokens =
             Tokens::parse(&format!("ops admin sha256:{}", sha256_hex(TOKEN).to_uppercase())).unwrap();
-        let client = tokens.authenticate(Some(&header(&format!("bearer {TOKEN}")))).unwrap();
+        let client = tokens.find(TOKEN.as_bytes()).unwrap();
         assert_eq!(client.name(), "ops");
         assert_eq!(client.scopes(), Scopes::default().with(Scope::Admin));
     }
 
     #[test]
-    fn missing_malformed_and_unknown_tokens_are_rejected() {
+    fn unknown_tokens_match_no_client() {
         let tokens = Tokens::parse(&format!("reader read {TOKEN}")).unwrap();
-        assert_eq!(tokens.authenticate(None), Err(Rejection::Missing));
-        assert_eq!(tokens.authenticate(Some(&header(TOKEN))), Err(Rejection::Invalid));
-        assert_eq!(tokens.authenticate(Some(&header(&format!("Basic {TOKEN}")))), Err(Rejection::Invalid));
-        assert_eq!(tokens.authenticate(Some(&header("Bearer  "))), Err(Rejection::Invalid));
-        assert_eq!(tokens.authenticate(Some(&header("Bearer 0123456789abcdef"))), Err(Rejection::Invalid));
+        assert!(tokens.find(b"0123456789abcdef").is_none());
+        assert!(tokens.find(format!("{TOKEN}x").as_bytes()).is_none());
     }
 
     #[test]
