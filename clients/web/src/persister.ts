@@ -303,8 +303,9 @@ class UserDataSync {
       if (signal.aborted) break;
       if ("error" in outcome) {
         const error = outcome.error;
-        if (hasCode(error, Code.OutOfRange)) {
-          // The cursor is older than retention: reload everything, then follow.
+        if (hasCode(error, Code.OutOfRange) && this.cursor !== "") {
+          // The cursor is older than retention: reload everything, then
+          // follow. (From an empty cursor it cannot be: back off below.)
           this.cursor = "";
           this.ignored(error);
           continue;
