@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import { promisify } from "node:util";
 import { REPO_ROOT } from "../../../clients/web/dev/user-service.js";
 import { type Stack, createUser, freshClerkId, startStack, until } from "./support.js";
@@ -15,6 +15,9 @@ const GRPCURL = process.env["GRPCURL"] ?? join(REPO_ROOT, ".tools", "bin", "grpc
 let stack: Stack;
 before(async () => {
   stack = await startStack();
+});
+afterEach(async () => {
+  await stack.closePages();
 });
 after(async () => {
   await stack?.close();

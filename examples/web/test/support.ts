@@ -29,6 +29,11 @@ export interface Stack {
   browser: BrowserContext;
   /** Opens the demo signed in as `clerkId` and waits until it is live. */
   open(clerkId: string): Promise<Page>;
+  /**
+   * Closes the pages opened so far. Each open page holds one HTTP/1.1
+   * connection for its stream, and Chromium allows six per origin.
+   */
+  closePages(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -53,6 +58,7 @@ export async function startStack(): Promise<Stack> {
     headless: true,
     args: CHROMIUM_FLAGS,
   });
+  const pages: Page[] = [];
   return {
     service,
     vite,
@@ -60,10 +66,14 @@ export async function startStack(): Promise<Stack> {
     browser,
     async open(clerkId: string) {
       const page = await browser.newPage();
+      pages.push(page);
       page.on("pageerror", (error) => console.error(`page error: ${error.message}`));
       await page.goto(`${origin}/?user=${encodeURIComponent(clerkId)}&api=${encodeURIComponent(service.url)}`);
       await page.locator('[data-testid="status"][data-status="live"]').waitFor({ timeout: 15_000 });
       return page;
+    },
+    async closePages() {
+      await Promise.all(pages.splice(0).map((p) => p.close()));
     },
     async close() {
       await browser.close().catch(() => undefined);
