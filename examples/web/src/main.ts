@@ -118,7 +118,7 @@ function bind(store: Store): void {
     );
     $<HTMLButtonElement>("next-step").disabled = completed;
 
-    const flags = store.getRowIds("flags").map((flag) => {
+    const flags = store.getSortedRowIds("flags").map((flag) => {
       const li = document.createElement("li");
       const enabled = store.getCell("flags", flag, "enabled") === true;
       li.innerHTML = `<code></code><span class="${enabled ? "flag-on" : "flag-off"}">${enabled ? "on" : "off"}</span>`;
