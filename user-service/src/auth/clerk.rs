@@ -94,7 +94,10 @@ impl SessionRejection {
 /// The claims read after the signature and the time and issuer checks.
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
+    // Optional here so that its absence is reported by the required-claims
+    // check (naming `sub`) rather than as a malformed token.
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     azp: Option<String>,
 }
@@ -164,7 +167,8 @@ impl ClerkVerifier {
         {
             return Err(SessionRejection::AuthorizedParty);
         }
-        let clerk_id = parse_clerk_id(&claims.sub).map_err(|_| SessionRejection::Subject)?;
+        let sub = claims.sub.ok_or(SessionRejection::MissingClaim("sub"))?;
+        let clerk_id = parse_clerk_id(&sub).map_err(|_| SessionRejection::Subject)?;
         Ok(SignedInUser::new(clerk_id))
     }
 }

@@ -521,6 +521,17 @@ impl DataTx for PgTx {
         Ok(rows.into_iter().map(entry).collect())
     }
 
+    async fn custom_key_count(&mut self, user_id: Uuid) -> Result<u64> {
+        // A key range rather than LIKE, so the primary key's index serves it.
+        let (count,): (i64,) = sqlx::query_as(
+            "select count(*) from user_data where user_id = $1 and key >= 'custom.' and key < 'custom/'",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *self.0)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {
         recorded_result(&mut self.0, event, clerk_id).await
     }

@@ -56,11 +56,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.acquire_timeout)
             .foreign_keys(true);
-        if let Some(dir) = Path::new(connect.get_filename()).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let file = Path::new(connect.get_filename());
+        let in_memory = url.contains(":memory:")
+            || url.contains("mode=memory")
+            || file.to_string_lossy().starts_with("file:");
+        if !in_memory {
+            create_private(file)?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
@@ -77,6 +78,57 @@ impl SqliteStore {
     pub fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
     }
+}
+
+/// Creates the database file's directory (0700) and the file (0600) when
+/// they do not exist yet, so personal data is not readable by other local
+/// users. SQLite gives its `-wal` and `-shm` files the database file's
+/// permissions. Existing files keep theirs, with a warning when others may
+/// read them.
+fn create_private(file: &Path) -> Result<()> {
+    let unavailable =
+        |path: &Path, e: std::io::Error| Error::Unavailable(format!("cannot create {}: {e}", path.display()));
+    if let Some(dir) = file.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| unavailable(dir, e))?;
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_shared(file);
+            Ok(())
+        }
+        Err(e) => Err(unavailable(file, e)),
+    }
+}
+
+/// Warns when a database file that was already there is readable by others.
+fn warn_if_shared(file: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %file.display(),
+                mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+                "the SQLite file is readable by other users; chmod 600 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
 }
 
 #[derive(sqlx::FromRow)]
@@ -453,6 +505,17 @@ impl DataTx for SqliteTx {
         .fetch_all(&mut *self.tx)
         .await?;
         Ok(rows.into_iter().map(entry).collect())
+    }
+
+    async fn custom_key_count(&mut self, user_id: Uuid) -> Result<u64> {
+        // A key range rather than LIKE, so the primary key's index serves it.
+        let (count,): (i64,) = sqlx::query_as(
+            "select count(*) from user_data where user_id = $1 and key >= 'custom.' and key < 'custom/'",
+        )
+        .bind(text_id(user_id))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {

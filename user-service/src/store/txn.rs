@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{DataEdit, DataEntry, DataSet, DataWrite};
 use crate::{
     domain::{
+        data::CUSTOM_PREFIX,
         user::UserKey,
         write::{Change, EventContext, Existing, Outcome, Plan, WriteResult},
     },
@@ -81,6 +82,9 @@ pub(super) trait DataTx: Send {
     /// The stored entries of `keys`.
     async fn entries(&mut self, user_id: Uuid, keys: &[&str]) -> Result<Vec<DataEntry>>;
 
+    /// How many `custom.*` keys the user has.
+    async fn custom_key_count(&mut self, user_id: Uuid) -> Result<u64>;
+
     /// The recorded result of an event, if it was seen before.
     async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>>;
 
@@ -119,6 +123,11 @@ pub(super) async fn edit_data<T: DataTx>(
         };
     };
     let mut set = DataSet::new(tx.entries(user_id, keys).await?);
+    // Counted with the user locked, so concurrent writes cannot pass the cap
+    // together; only edits of custom keys pay for the count.
+    if keys.iter().any(|key| key.starts_with(CUSTOM_PREFIX)) {
+        set.set_custom_key_count(tx.custom_key_count(user_id).await?);
+    }
     if let Some(event) = event
         && tx.recorded(event, &clerk_id).await?.is_some()
     {

@@ -1,12 +1,17 @@
 //! Integration tests: the real user-service over gRPC on a random port, each
 //! test on a fresh PostgreSQL database and again on a fresh SQLite file.
 
+mod browser;
+mod clerk;
 mod data;
+mod end_user;
 mod events;
+mod hardening;
 mod helpers;
 mod hostile;
 mod observability;
 mod operations;
 mod properties;
 mod security;
+mod session;
 mod users;

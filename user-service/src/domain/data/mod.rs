@@ -42,6 +42,10 @@ pub mod keys {
 
 /// Prefix of keys that callers may define freely.
 pub const CUSTOM_PREFIX: &str = "custom.";
+/// Most `custom.*` keys one user may have, so one client cannot fill the
+/// database (with [`MAX_VALUE_BYTES`], at most 1.6 MiB of custom data per
+/// user).
+pub const MAX_CUSTOM_KEYS: u64 = 100;
 /// Longest key.
 pub const MAX_KEY_LEN: usize = 128;
 /// Largest value, as compact JSON.
@@ -194,12 +198,23 @@ pub struct DataEntry {
 pub struct DataSet {
     current: BTreeMap<String, DataEntry>,
     changes: BTreeMap<String, Option<Value>>,
+    custom_keys: Option<u64>,
 }
 
 impl DataSet {
     /// The values as loaded, by key.
     pub fn new(current: impl IntoIterator<Item = DataEntry>) -> Self {
-        Self { current: current.into_iter().map(|e| (e.key.clone(), e)).collect(), changes: BTreeMap::new() }
+        Self {
+            current: current.into_iter().map(|e| (e.key.clone(), e)).collect(),
+            changes: BTreeMap::new(),
+            custom_keys: None,
+        }
+    }
+
+    /// Records how many `custom.*` keys the user has in the database (the
+    /// store counts them when an edit touches a custom key).
+    pub fn set_custom_key_count(&mut self, count: u64) {
+        self.custom_keys = Some(count);
     }
 
     /// The value of `key`, including changes made so far.
@@ -259,9 +274,16 @@ pub fn put_valid(set: &mut DataSet, field: &str, key: &str, value: Value) -> Res
     Ok(())
 }
 
-/// Sets any key through the generic API: same validation as the typed RPCs.
+/// Sets any key through the generic API: same validation as the typed RPCs,
+/// and a new custom key only below [`MAX_CUSTOM_KEYS`].
 pub fn set_value(set: &mut DataSet, key: &str, value: Value, expected: Option<i64>) -> Result<()> {
     check_version(set, key, expected)?;
+    let new_custom = key.starts_with(CUSTOM_PREFIX) && set.stored(key).is_none();
+    if new_custom && set.custom_keys.is_some_and(|count| count >= MAX_CUSTOM_KEYS) {
+        return Err(Error::FailedPrecondition(format!(
+            "the user already has {MAX_CUSTOM_KEYS} custom keys, the most allowed; delete one first"
+        )));
+    }
     put_valid(set, "value", key, value)
 }
 
