@@ -45,9 +45,13 @@ export class SignedOutError extends Error {
 
 function bearer(getToken: GetToken): Interceptor {
   return (next) => async (req) => {
-    const token = await getToken();
-    if (!token) throw new SignedOutError();
-    req.header.set("authorization", `Bearer ${token}`);
+    // A call that brings its own token (the change stream, which reopens
+    // before that token expires) keeps it.
+    if (!req.header.has("authorization")) {
+      const token = await getToken();
+      if (!token) throw new SignedOutError();
+      req.header.set("authorization", `Bearer ${token}`);
+    }
     return next(req);
   };
 }
