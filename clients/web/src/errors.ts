@@ -21,7 +21,7 @@ export interface FieldViolation {
 export class UserDataWriteError extends Error {
   /** The gRPC status code (`Code.InvalidArgument`, `Code.FailedPrecondition`, `Code.PermissionDenied`, …). */
   readonly code: Code;
-  /** The user data key the edit was for: `preferences`, `onboarding_status`, `feature_flags` or `custom.<name>`. */
+  /** What the edit was for: `preferences`, `onboarding_status`, `feature_flags`, `custom.<name>`, or `user` (the profile). */
   readonly key: string;
   /** The server's field violations (empty when the refusal was not about fields). */
   readonly fieldViolations: FieldViolation[];

@@ -13,6 +13,7 @@
  * | value `onboardingCompleted`      | boolean                                | `onboarding_status` | read-only                 |
  * | value `onboardingStartedAt`      | ISO-8601, absent before the first step | `onboarding_status` | read-only                 |
  * | value `onboardingCompletedAt`    | ISO-8601, absent until complete        | `onboarding_status` | read-only                 |
+ * | values `email`, `firstName`, `lastName`, `username`, `imageUrl` | string, absent when unset | the user record (Clerk) | read-only |
  * | table `flags`, row = flag key, cell `enabled` | boolean                   | `feature_flags`     | `UpdateFeatureFlags` (the server decides who may) |
  * | table `custom`, row = name after `custom.`, cell `value` | any JSON       | `custom.<name>`     | `SetUserData`, `DeleteUserData` |
  *
@@ -28,6 +29,7 @@ import {
   type OnboardingStatus,
   type Preferences,
 } from "./gen/userdata/v1/user_data_pb.js";
+import type { User } from "./gen/userdata/v1/user_pb.js";
 
 /** Store ids of the preference values. */
 export const PREFERENCE_VALUES = ["theme", "notifications", "language", "timezone"] as const;
@@ -42,6 +44,45 @@ export const ONBOARDING_VALUES = [
 ] as const;
 /** An onboarding value id. */
 export type OnboardingId = (typeof ONBOARDING_VALUES)[number];
+/** Store ids of the user record's profile values (read-only: Clerk owns them). */
+export const PROFILE_VALUES = ["email", "firstName", "lastName", "username", "imageUrl"] as const;
+/** A profile value id. */
+export type ProfileId = (typeof PROFILE_VALUES)[number];
+/** The profile in store form; unset fields are `undefined`. */
+export type ProfileState = Record<ProfileId, string | undefined>;
+/** A user with no profile fields. */
+export const NO_PROFILE: ProfileState = {
+  email: undefined,
+  firstName: undefined,
+  lastName: undefined,
+  username: undefined,
+  imageUrl: undefined,
+};
+
+/** The profile from a typed `User`. */
+export function profileFromProto(user: User | undefined): ProfileState {
+  return {
+    email: user?.email,
+    firstName: user?.firstName,
+    lastName: user?.lastName,
+    username: user?.username,
+    imageUrl: user?.imageUrl,
+  };
+}
+
+/** The profile from a user change's JSON (`{email, first_name, …}`). */
+export function profileFromJson(value: JsonValue | undefined): ProfileState {
+  if (!isObject(value)) return { ...NO_PROFILE };
+  const text = (key: string) => (typeof value[key] === "string" ? (value[key] as string) : undefined);
+  return {
+    email: text("email"),
+    firstName: text("first_name"),
+    lastName: text("last_name"),
+    username: text("username"),
+    imageUrl: text("image_url"),
+  };
+}
+
 /** The table of feature flags (row id = flag key, cell `enabled`). */
 export const FLAGS_TABLE = "flags";
 /** The cell of a flag row. */

@@ -27,6 +27,9 @@ import {
   type PreferenceId,
   type PreferencesState,
   PREFERENCES_KEY,
+  PROFILE_VALUES,
+  profileFromJson,
+  profileFromProto,
   flagsFromJson,
   jsonEqual,
   onboardingFromJson,
@@ -86,6 +89,9 @@ export interface UserDataPersisterOptions extends ClientOptions {
   /** Reopen the stream with a fresh token this long before the current one expires. Default 5 s. */
   tokenRefreshMarginMs?: number;
 }
+
+/** The key a refused profile edit names: the user record, not user data. */
+const USER_KEY = "user";
 
 /** How many times a write is tried again after a stale etag that did not touch its fields. */
 const MAX_ETAG_RETRIES = 2;
@@ -188,13 +194,15 @@ class UserDataSync {
   async snapshot(signal?: AbortSignal): Promise<ServerState> {
     const clerkId = await this.user();
     const call = signal ? { signal } : {};
-    const [prefs, onboarding, flags, custom] = await Promise.all([
+    const [user, prefs, onboarding, flags, custom] = await Promise.all([
+      this.clients.users.getUser({ clerkId }, call),
       this.clients.data.getPreferences({ clerkId }, call),
       this.clients.data.getOnboarding({ clerkId }, call),
       this.clients.data.listFeatureFlags({ clerkId }, call),
       this.listCustom(clerkId, signal),
     ]);
     return {
+      profile: profileFromProto(user.user),
       preferences: preferencesFromProto(prefs.preferences),
       preferencesEtag: prefs.etag,
       onboarding: onboardingFromProto(onboarding.status),
@@ -479,13 +487,18 @@ class UserDataSync {
     const clerkId = await this.user();
     if (prefs.size > 0) await this.guard(PREFERENCES_KEY, edits, this.writePreferences(clerkId, prefs));
     if (step !== null) await this.guard(ONBOARDING_KEY, edits, this.writeOnboarding(clerkId, step));
-    if (readOnly.length > 0) {
+    for (const [key, description] of [
+      [ONBOARDING_KEY, "is read-only: it follows onboardingStep"],
+      [USER_KEY, "is read-only: the profile comes from Clerk"],
+    ] as const) {
+      const locations = readOnly.filter((l) => keyOf(l) === key);
+      if (locations.length === 0) continue;
       const refusal = localRefusal(
-        ONBOARDING_KEY,
+        key,
         Code.InvalidArgument,
-        readOnly.map((l) => ({ field: describeLocation(l), description: "is read-only: it follows onboardingStep" })),
+        locations.map((l) => ({ field: describeLocation(l), description })),
       );
-      this.refuse(refusal, readOnly.map((l) => [locationKey(l), edits.get(locationKey(l))]));
+      this.refuse(refusal, locations.map((l) => [locationKey(l), edits.get(locationKey(l))]));
     }
     if (flags.size > 0) await this.guard(FLAGS_KEY, edits, this.writeFlags(clerkId, flags));
     for (const [name, value] of custom) {
@@ -730,7 +743,9 @@ class UserDataSync {
 /** The server key a location belongs to. */
 function keyOf(location: Location): string {
   if (location.kind === "value") {
-    return (PREFERENCE_VALUES as readonly string[]).includes(location.id) ? PREFERENCES_KEY : ONBOARDING_KEY;
+    if ((PREFERENCE_VALUES as readonly string[]).includes(location.id)) return PREFERENCES_KEY;
+    if ((PROFILE_VALUES as readonly string[]).includes(location.id)) return USER_KEY;
+    return ONBOARDING_KEY;
   }
   return location.table === FLAGS_TABLE ? FLAGS_KEY : CUSTOM_PREFIX + location.row;
 }
@@ -742,6 +757,12 @@ export function applyToState(state: ServerState, change: Change): void {
       Object.assign(state, emptyState());
       return;
     }
+    case ChangeKind.USER_CREATED:
+    case ChangeKind.USER_UPDATED: {
+      // Erased values (a deleted user's history) carry no profile.
+      if (!change.erased) state.profile = profileFromJson(jsonOf(change.after));
+      return;
+    }
     case ChangeKind.DATA_SET:
     case ChangeKind.DATA_DELETED: {
       const after = change.kind === ChangeKind.DATA_SET ? jsonOf(change.after) : undefined;
@@ -749,7 +770,7 @@ export function applyToState(state: ServerState, change: Change): void {
       return;
     }
     default:
-      return; // User record changes are not part of the layout.
+      return;
   }
 }
 

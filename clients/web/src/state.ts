@@ -16,6 +16,9 @@ import {
   FLAG_CELL,
   FLAGS_TABLE,
   NOT_STARTED,
+  NO_PROFILE,
+  PROFILE_VALUES,
+  type ProfileState,
   ONBOARDING_VALUES,
   type OnboardingState,
   PREFERENCE_VALUES,
@@ -35,6 +38,7 @@ export interface CustomEntry {
  * known (the stream does not carry etags) and `""` when nothing is stored.
  */
 export interface ServerState {
+  profile: ProfileState;
   preferences: PreferencesState;
   preferencesEtag: string | undefined;
   onboarding: OnboardingState;
@@ -47,6 +51,7 @@ export interface ServerState {
 /** A user with nothing stored. */
 export function emptyState(): ServerState {
   return {
+    profile: { ...NO_PROFILE },
     preferences: { ...DEFAULT_PREFERENCES },
     preferencesEtag: "",
     onboarding: { ...NOT_STARTED },
@@ -85,7 +90,7 @@ export function describeLocation(location: Location): string {
   return location.kind === "value" ? `values/${location.id}` : `${location.table}/${location.row}/${location.cell}`;
 }
 
-const LAYOUT_VALUES: readonly string[] = [...PREFERENCE_VALUES, ...ONBOARDING_VALUES];
+const LAYOUT_VALUES: readonly string[] = [...PREFERENCE_VALUES, ...ONBOARDING_VALUES, ...PROFILE_VALUES];
 
 /** The layout's locations in the server state. */
 export function flattenState(state: ServerState): Flat {
@@ -93,6 +98,10 @@ export function flattenState(state: ServerState): Flat {
   for (const id of PREFERENCE_VALUES) flat.set(locationKey({ kind: "value", id }), state.preferences[id]);
   for (const id of ONBOARDING_VALUES) {
     const value = state.onboarding[id];
+    if (value !== undefined) flat.set(locationKey({ kind: "value", id }), value);
+  }
+  for (const id of PROFILE_VALUES) {
+    const value = state.profile[id];
     if (value !== undefined) flat.set(locationKey({ kind: "value", id }), value);
   }
   for (const [row, enabled] of Object.entries(state.flags)) {

@@ -73,6 +73,16 @@ describe("applying changes", () => {
     assert.deepEqual(flattenState(state), flattenState(emptyState()));
   });
 
+  test("a user change sets the profile; an erased one does not", () => {
+    const state = emptyState();
+    applyToState(state, change(ChangeKind.USER_UPDATED, "", { clerk_id: "user_1", email: "a@example.org", first_name: "Ada", last_name: null }));
+    assert.deepEqual(state.profile, { email: "a@example.org", firstName: "Ada", lastName: undefined, username: undefined, imageUrl: undefined });
+    const erased = change(ChangeKind.USER_UPDATED, "");
+    erased.erased = true;
+    applyToState(state, erased);
+    assert.equal(state.profile.firstName, "Ada");
+  });
+
   test("deleting the user clears the layout", () => {
     const state = emptyState();
     state.flags = { beta: true };

@@ -40,9 +40,18 @@ describe("loading", () => {
   });
 
   test("a user with nothing stored loads the documented defaults", async () => {
-    const c = client(h, await createUser(h));
+    const clerkId = await createUser(h);
+    const c = client(h, clerkId);
     await c.persister.load();
-    assert.deepEqual(plain(c.store.getValues()), { theme: "system", notifications: true, language: "en", timezone: "UTC", onboardingStep: "welcome", onboardingCompleted: false });
+    assert.deepEqual(plain(c.store.getValues()), {
+      theme: "system",
+      notifications: true,
+      language: "en",
+      timezone: "UTC",
+      onboardingStep: "welcome",
+      onboardingCompleted: false,
+      email: `${clerkId}@example.org`,
+    });
     assert.deepEqual(plain(c.store.getTables()), {});
   });
 
@@ -71,6 +80,19 @@ describe("following", () => {
     );
     await h.admin.data.deleteUserData({ clerkId, key: "custom.seen_tour" });
     await until("custom value deleted", () => !c.store.hasRow("custom", "seen_tour"));
+    await c.persister.destroy();
+  });
+
+  test("a change to the user record arrives in the profile values", async () => {
+    const clerkId = await createUser(h);
+    const c = client(h, clerkId);
+    await c.persister.startAutoLoad();
+    await live(c);
+
+    await h.admin.users.updateUser({ user: { clerkId, firstName: "Ada", lastName: "Lovelace" }, updateMask: { paths: ["first_name", "last_name"] } });
+
+    await until("profile", () => c.store.getValue("firstName") === "Ada" && c.store.getValue("lastName") === "Lovelace");
+    assert.equal(c.store.getValue("email"), `${clerkId}@example.org`);
     await c.persister.destroy();
   });
 
@@ -235,6 +257,20 @@ describe("writing", () => {
     await c.persister.destroy();
   });
 
+  test("a profile edit is refused locally (Clerk owns it) and rolled back", async () => {
+    const clerkId = await createUser(h);
+    const c = client(h, clerkId);
+    await c.persister.startAutoPersisting();
+
+    c.store.setValue("email", "someone@else.example");
+
+    await until("an error", () => c.errors.length > 0);
+    assert.equal(c.errors[0]?.key, "user");
+    assert.deepEqual(c.errors[0]?.fieldViolations.map((v) => v.field), ["values/email"]);
+    assert.equal(c.store.getValue("email"), `${clerkId}@example.org`);
+    await c.persister.destroy();
+  });
+
   test("read-only onboarding values are refused locally and rolled back", async () => {
     const c = client(h, await createUser(h));
     await c.persister.startAutoPersisting();
@@ -317,7 +353,7 @@ describe("writing", () => {
     const stored = (await h.admin.data.getPreferences({ clerkId })).preferences;
     assert.equal(stored?.language, "de", "the other field is kept");
     assert.deepEqual(c.errors, []);
-    assert.deepEqual(c.calls.filter((m) => m !== "GetOnboarding" && m !== "ListFeatureFlags" && m !== "ListUserData"), [
+    assert.deepEqual(c.calls.filter((m) => m.endsWith("Preferences")), [
       "GetPreferences",
       "UpdatePreferences",
       "GetPreferences",
