@@ -15,6 +15,7 @@ try {
   const clerkId = "user_2demoAdaLovelace";
   await createUser(stack.service, clerkId);
   const admin = stack.service.clients();
+  await admin.users.updateUser({ user: { clerkId, email: "ada@example.org", firstName: "Ada", lastName: "Lovelace" }, updateMask: { paths: ["email", "first_name", "last_name"] } });
   await admin.data.updatePreferences({ clerkId, preferences: { theme: 1, language: "en", timezone: "Europe/London" }, updateMask: { paths: ["theme", "language", "timezone"] } });
   await admin.data.advanceOnboarding({ clerkId, step: 2 });
   await admin.data.updateFeatureFlags({ clerkId, set: { beta_dashboard: true, new_checkout: false, analytical_engine: true } });

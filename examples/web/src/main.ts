@@ -46,7 +46,7 @@ async function signIn(clerkId: string): Promise<void> {
 
   $("sign-in").hidden = true;
   $("app").hidden = false;
-  $("who").textContent = clerkId;
+  signedIn.set(store, clerkId);
   bind(store);
   await persister.startAutoPersisting();
 }
@@ -66,6 +66,9 @@ function showError(error: UserDataWriteError): void {
 }
 
 type Store = ReturnType<typeof createStore>;
+
+const signedIn = new WeakMap<Store, string>();
+const clerkIdOf = (store: Store) => signedIn.get(store) ?? "";
 
 function bind(store: Store): void {
   document.querySelectorAll<HTMLInputElement>('input[name="theme"]').forEach((radio) =>
@@ -94,6 +97,9 @@ function bind(store: Store): void {
   });
 
   const render = () => {
+    const name = [store.getValue("firstName"), store.getValue("lastName")].filter(Boolean).join(" ");
+    const email = store.getValue("email");
+    $("who").textContent = [name, email ? `<${String(email)}>` : "", `(${clerkIdOf(store)})`].filter(Boolean).join(" ");
     const theme = String(store.getValue("theme") ?? "system");
     document.body.dataset["theme"] = theme;
     document.querySelectorAll<HTMLInputElement>('input[name="theme"]').forEach((r) => (r.checked = r.value === theme));
