@@ -8,6 +8,7 @@ use gateway::{config::SigningSecret, sign::sign_headers};
 use tonic::transport::Channel;
 use user_service::{
     domain::{
+        change::Actor,
         data::{activity, keys::PREFERENCES, preferences},
         user::{Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, EventContext},
@@ -70,7 +71,11 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
                     event: Some(EventContext {
                         idempotency_key: format!("msg_{clerk_id}"),
                         source_time_ms: now_ms(),
+                        event_type: Some("user.created".into()),
+                        source: "bench".into(),
+                        kind: EventContext::kind_of("CreateUser", Some("user.created")),
                     }),
+                    actor: Actor::new("bench", None),
                 };
                 s.create_user(cmd).await.map(|_| ()).map_err(|e| e.to_string())
             }
@@ -122,6 +127,7 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
                     &key,
                     &[PREFERENCES],
                     None,
+                    &Actor::new("bench", None),
                     Box::new(move |set| preferences::update(set, patch, None)),
                 )
                 .await
@@ -158,6 +164,7 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
                     &key,
                     &activity::KEYS,
                     None,
+                    &Actor::new("bench", None),
                     Box::new(move |set| activity::update(set, |a| a.record_login(entry))),
                 )
                 .await

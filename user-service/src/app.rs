@@ -12,6 +12,7 @@ use tonic_web::GrpcWebLayer;
 use crate::{
     auth::{Authenticator, ClerkVerifier, Jwks, JwksSettings, KeySource, Tokens},
     config::{Config, MetricsListen},
+    feed::{Feed, FeedConfig},
     grpc,
     metrics::{self, Metrics},
     middleware::{AuthLayer, BrowserCorsLayer, LimitLayer, ObserveLayer, RequestIdLayer},
@@ -206,16 +207,23 @@ impl App {
         let addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         let Self { listener, metrics, store, security, config } = self;
-        let (routes, health) = grpc::routes(store.clone(), !config.no_reflection)?;
+        let metrics = metrics.map(|(metrics, listener)| (metrics, Some(listener)));
+        let feed_config = FeedConfig {
+            poll_interval: config.change_poll_interval,
+            heartbeat_interval: config.change_heartbeat_interval,
+        };
+        let feed = Feed::start(store.clone(), feed_config, metrics.as_ref().map(|(m, _)| m.clone()));
+        let (routes, health) = grpc::routes(store.clone(), feed.clone(), !config.no_reflection)?;
         let health_task =
             tokio::spawn(grpc::watch_database(store.clone(), health, config.health_check_interval));
-        let prune_task = tokio::spawn(prune_processed_events(store.clone(), config.idempotency_retention));
+        let prune_task =
+            tokio::spawn(prune(store.clone(), config.idempotency_retention, config.change_retention));
         let (metrics, metrics_task) = match metrics {
-            Some((metrics, listener)) => {
-                let task = tokio::spawn(metrics::serve(listener, metrics.clone(), store.clone()));
+            Some((metrics, Some(listener))) => {
+                let task = tokio::spawn(metrics::serve(listener, metrics.clone(), store.clone(), feed));
                 (Some(metrics), Some(task))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         log_security(&config, addr, &security);
         tracing::info!(
@@ -297,15 +305,21 @@ fn log_security(config: &Config, addr: SocketAddr, security: &Security) {
     }
 }
 
-/// Deletes idempotency records past their retention, once an hour.
-async fn prune_processed_events(store: Arc<dyn Store>, retention: Duration) {
+/// Deletes idempotency records and changes past their retention, once an
+/// hour.
+async fn prune(store: Arc<dyn Store>, idempotency_retention: Duration, change_retention: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         every.tick().await;
-        match store.prune_processed_events(retention).await {
+        match store.prune_processed_events(idempotency_retention).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "pruned old idempotency records"),
             Err(err) => tracing::warn!(error = %err, "could not prune idempotency records"),
+        }
+        match store.prune_changes(change_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned old changes"),
+            Err(err) => tracing::warn!(error = %err, "could not prune changes"),
         }
     }
 }

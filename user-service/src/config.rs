@@ -39,13 +39,28 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "7d", value_parser = humantime_duration)]
     pub idempotency_retention: Duration,
 
+    /// How long the change log keeps changes; a follower whose cursor is
+    /// older gets OUT_OF_RANGE and reloads.
+    #[arg(long, env = "CHANGE_RETENTION", default_value = "90d", value_parser = positive_duration)]
+    pub change_retention: Duration,
+
+    /// How often an idle `WatchChanges` stream gets a heartbeat with its
+    /// cursor.
+    #[arg(long, env = "CHANGE_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = positive_duration)]
+    pub change_heartbeat_interval: Duration,
+
+    /// How often the change log is read without a wake-up (a safety net:
+    /// commits here and NOTIFY from other replicas wake followers at once).
+    #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub change_poll_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
     /// Bearer tokens file; turns authentication on. One client per line:
-    /// `name scopes token`, scopes a comma-separated list of `read`, `write`
-    /// and `admin` (each named explicitly: `admin` does not imply the others),
+    /// `name scopes token`, scopes a comma-separated list of `read`, `write`,
+    /// `admin` and `audit` (each named explicitly: none implies another),
     /// the token in clear (at least 16 characters) or as
     /// `sha256:<64 hex digits>` (the SHA-256 of the token). A word starting
     /// with `#` starts a comment. A malformed line stops startup.

@@ -44,6 +44,16 @@ pub enum Error {
     /// The request is well-formed but the system state forbids it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A change-log cursor older than what retention keeps: changes after it
+    /// are gone, so the caller must reload and follow again from now.
+    #[error(
+        "cursor is older than the change log's retention; reload the state and watch again with an \
+         empty cursor (the oldest cursor still available is {oldest})"
+    )]
+    CursorExpired {
+        /// The oldest cursor a follower may resume from.
+        oldest: String,
+    },
     /// The database cannot be reached right now; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),

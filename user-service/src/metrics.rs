@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use crate::{middleware::code_name, store::Store};
+use crate::{feed::Feed, middleware::code_name, store::Store};
 
 /// Calls handled, by method and gRPC code.
 pub const REQUESTS_TOTAL: &str = "grpc_server_requests_total";
@@ -18,6 +18,15 @@ pub const REQUESTS_TOTAL: &str = "grpc_server_requests_total";
 pub const REQUEST_DURATION: &str = "grpc_server_request_duration_seconds";
 /// Database pool connections, by state (`idle`, `in_use`).
 pub const POOL_CONNECTIONS: &str = "db_pool_connections";
+
+/// Change-log followers connected (`WatchChanges` streams).
+pub const CHANGE_FOLLOWERS: &str = "change_stream_followers";
+/// Time from a change's commit to its sending to a follower.
+pub const CHANGE_DELIVERY: &str = "change_stream_delivery_seconds";
+/// How long the furthest-behind follower has had a change waiting.
+pub const CHANGE_LAG: &str = "change_stream_max_lag_seconds";
+/// Followers that fell behind the live fan-out and read the log instead.
+pub const CHANGE_FALLBACKS: &str = "change_stream_fallbacks_total";
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -43,6 +52,9 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(CHANGE_DELIVERY.to_owned()), &LATENCY_BUCKETS)
+            })
             // Fails only for an empty list of buckets, which this is not.
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
@@ -61,8 +73,48 @@ impl Metrics {
             None,
             "Database pool connections, by state (idle, in_use).".into(),
         );
+        recorder.describe_gauge(CHANGE_FOLLOWERS.into(), None, "WatchChanges streams connected.".into());
+        recorder.describe_histogram(
+            CHANGE_DELIVERY.into(),
+            Some(Unit::Seconds),
+            "Time from a change's commit to its sending on a WatchChanges stream.".into(),
+        );
+        recorder.describe_gauge(
+            CHANGE_LAG.into(),
+            Some(Unit::Seconds),
+            "How long the furthest-behind WatchChanges follower has had a change waiting (0: none).".into(),
+        );
+        recorder.describe_counter(
+            CHANGE_FALLBACKS.into(),
+            None,
+            "Followers that fell behind the live fan-out and read the change log instead.".into(),
+        );
         let handle = recorder.handle();
         Self { recorder, handle }
+    }
+
+    /// Sets the number of change followers.
+    pub fn set_change_followers(&self, count: usize) {
+        let key = Key::from_static_name(CHANGE_FOLLOWERS);
+        self.recorder.register_gauge(&key, &METADATA).set(count as f64);
+    }
+
+    /// Records one change sent to a follower, `age` after its commit.
+    pub fn record_change_delivery(&self, age: Duration) {
+        let key = Key::from_static_name(CHANGE_DELIVERY);
+        self.recorder.register_histogram(&key, &METADATA).record(age.as_secs_f64());
+    }
+
+    /// Counts a follower that fell back to reading the log.
+    pub fn count_change_fallback(&self) {
+        let key = Key::from_static_name(CHANGE_FALLBACKS);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
+    /// Sets the lag of the furthest-behind follower.
+    pub fn set_change_lag(&self, lag: Duration) {
+        let key = Key::from_static_name(CHANGE_LAG);
+        self.recorder.register_gauge(&key, &METADATA).set(lag.as_secs_f64());
     }
 
     /// Counts one finished call.
@@ -105,7 +157,7 @@ impl Default for Metrics {
 
 /// Serves `GET /metrics` on `listener` until the task is dropped, sampling
 /// the pool of `store` at each scrape; runs upkeep every 5 seconds.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>, feed: Arc<Feed>) {
     use axum::{Router, http::header, routing::get};
 
     let upkeep = {
@@ -120,6 +172,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn 
     };
     let scrape = move || {
         metrics.set_pool(store.pool_stats());
+        metrics.set_change_followers(feed.followers());
+        metrics.set_change_lag(feed.max_lag());
         let body = metrics.render();
         async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
     };

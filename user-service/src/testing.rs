@@ -72,6 +72,12 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// A database another test server already uses (a second replica); the
+    /// first one owns it.
+    pub fn shared(url: &str) -> Self {
+        Self { url: url.to_owned(), name: None, _dir: None }
+    }
+
     /// The same database reached through another URL (e.g. a proxy).
     pub fn with_url(mut self, url: String) -> Self {
         self.url = url;
@@ -251,6 +257,9 @@ pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
         skip_migrations: false,
         health_check_interval: Duration::from_millis(200),
         idempotency_retention: Duration::from_secs(7 * 86_400),
+        change_retention: Duration::from_secs(90 * 86_400),
+        change_heartbeat_interval: Duration::from_secs(15),
+        change_poll_interval: Duration::from_secs(1),
         log_format: LogFormat::Human,
         auth_tokens: None,
         clerk_issuer: None,

@@ -1,5 +1,6 @@
 //! Domain types and rules, free of transport and SQL.
 
+pub mod change;
 pub mod data;
 pub mod user;
 pub mod validation;

@@ -6,7 +6,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for};
+use super::{
+    change::Actor,
+    user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for},
+};
 use crate::error::{Error, Result};
 
 /// Keys of the `user_data` rows this module writes.
@@ -31,6 +34,25 @@ pub struct EventContext {
     pub idempotency_key: String,
     /// The source's `updated_at` (or event time), ms since the epoch.
     pub source_time_ms: i64,
+    /// The event's type (`user.updated`), for the change log.
+    pub event_type: Option<String>,
+    /// Whose key it is: the authenticated client. Keys are namespaced by
+    /// it, so one client cannot claim (and so block) another's events.
+    pub source: String,
+    /// The kind of write the key was used for (the RPC, and the event type
+    /// when given): the same key for another kind of write is an error, not
+    /// a duplicate.
+    pub kind: String,
+}
+
+impl EventContext {
+    /// The kind recorded for a write by `method` of an event of `event_type`.
+    pub fn kind_of(method: &str, event_type: Option<&str>) -> String {
+        match event_type {
+            Some(event_type) => format!("{method} {event_type}"),
+            None => method.to_owned(),
+        }
+    }
 }
 
 /// What an event-driven write did.
@@ -85,9 +107,8 @@ pub struct CreateUser {
     pub signup_source: SignupSource,
     /// Present for Clerk-driven creates.
     pub event: Option<EventContext>,
-    /// The authenticated caller (`Principal::actor`), recorded in
-    /// `name_history` when a create event updates a known user's name.
-    pub actor: String,
+    /// Who asks, for the change log (and `name_history`).
+    pub actor: Actor,
 }
 
 /// Which fields an update changes; `None` leaves a field as it is.
@@ -155,14 +176,14 @@ pub struct UpdateUser {
     pub patch: UserPatch,
     /// Write only if the stored version is this one.
     pub expected_version: Option<i64>,
-    /// The authenticated caller (`Principal::actor`), recorded as
-    /// `changed_by` in `name_history`.
-    pub actor: String,
     /// Clerk id of the admin the caller says made the change, recorded as
     /// `claimed_by` in `name_history` (as claimed, not verified).
     pub changed_by: Option<String>,
     /// Present for Clerk-driven updates.
     pub event: Option<EventContext>,
+    /// Who asks, for the change log; its client is recorded as `changed_by`
+    /// in `name_history`.
+    pub actor: Actor,
 }
 
 /// Deletes a user.
@@ -174,6 +195,8 @@ pub struct DeleteUser {
     pub expected_version: Option<i64>,
     /// Present for Clerk-driven deletes.
     pub event: Option<EventContext>,
+    /// Who asks, for the change log.
+    pub actor: Actor,
 }
 
 /// What the store found for the user a write names.
@@ -320,7 +343,7 @@ pub fn plan_create(cmd: CreateUser, existing: Existing, now: DateTime<Utc>) -> R
                 role: None,
                 status: None,
             };
-            let by = ChangedBy { actor: &cmd.actor, claimed: None };
+            let by = ChangedBy { actor: &cmd.actor.client, claimed: None };
             Ok(update_present(user, &patch, by, Some(event), now))
         }
     }
@@ -350,7 +373,7 @@ pub fn plan_update(cmd: UpdateUser, existing: Existing, now: DateTime<Utc>) -> R
         }
         (Existing::Present(user), event) => {
             check_version(&user, cmd.expected_version)?;
-            let by = ChangedBy { actor: &cmd.actor, claimed: cmd.changed_by.as_deref() };
+            let by = ChangedBy { actor: &cmd.actor.client, claimed: cmd.changed_by.as_deref() };
             Ok(update_present(user, &cmd.patch, by, event.as_ref(), now))
         }
     }
@@ -450,7 +473,13 @@ mod tests {
     use super::*;
 
     fn event(key: &str, ms: i64) -> Option<EventContext> {
-        Some(EventContext { idempotency_key: key.into(), source_time_ms: ms })
+        Some(EventContext {
+            idempotency_key: key.into(),
+            source_time_ms: ms,
+            event_type: None,
+            source: String::new(),
+            kind: String::new(),
+        })
     }
 
     fn stored(first: &str, source: Option<i64>) -> User {
@@ -469,9 +498,9 @@ mod tests {
             key: UserKey::ClerkId("user_1".into()),
             patch,
             expected_version: None,
-            actor: "gateway".into(),
             changed_by: None,
             event,
+            actor: Actor::new("gateway", None),
         }
     }
 
@@ -541,7 +570,7 @@ mod tests {
                     status: Status::Active,
                     signup_source: SignupSource::Clerk,
                     event: event("k", 99),
-                    actor: "gateway".into(),
+                    actor: Actor::new("gateway", None),
                 },
                 Existing::Deleted,
                 Utc::now(),

@@ -6,6 +6,7 @@ use userdata_proto::v1 as pb;
 
 use crate::{
     domain::{
+        change::Actor,
         user::{
             self, Profile, Role, SignupSource, Status, User, UserKey, parse_clerk_id, parse_email,
             parse_etag, parse_image_url, parse_name, parse_user_id,
@@ -19,6 +20,8 @@ use crate::{
 
 /// Longest accepted idempotency key (svix ids are about 30 characters).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Longest accepted event type (`user.updated`, `session.created`, …).
+pub const MAX_EVENT_TYPE_LEN: usize = 64;
 
 /// Converts a chrono time to a protobuf Timestamp.
 pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
@@ -119,7 +122,12 @@ fn parse_profile(v: &mut Violations, u: &pb::User) -> Profile {
 }
 
 /// Parses an optional event context.
-pub fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option<EventContext> {
+pub fn parse_event(
+    v: &mut Violations,
+    ctx: Option<&pb::EventContext>,
+    actor: &Actor,
+    method: &str,
+) -> Option<EventContext> {
     let ctx = ctx?;
     let key = &ctx.idempotency_key;
     let key_ok = if key.is_empty() {
@@ -137,7 +145,21 @@ pub fn parse_event(v: &mut Violations, ctx: Option<&pb::EventContext>) -> Option
         Some(ts) => time_from_proto(ts).map(|t| t.timestamp_millis()),
     };
     let time = v.check("event_context.source_time", time);
-    Some(EventContext { idempotency_key: key.clone(), source_time_ms: time? }).filter(|_| key_ok)
+    let event_type = match ctx.event_type.as_str() {
+        "" => None,
+        t if t.len() <= MAX_EVENT_TYPE_LEN && t.bytes().all(|b| b.is_ascii_graphic()) => Some(t.to_owned()),
+        _ => {
+            v.add(
+                "event_context.event_type",
+                format!("must be at most {MAX_EVENT_TYPE_LEN} printable ASCII characters without spaces"),
+            );
+            None
+        }
+    };
+    let kind = EventContext::kind_of(method, event_type.as_deref());
+    let source = actor.client.clone();
+    Some(EventContext { idempotency_key: key.clone(), source_time_ms: time?, event_type, source, kind })
+        .filter(|_| key_ok)
 }
 
 /// Parses a user named by exactly one of an id field (called `id_field`) and
@@ -162,8 +184,8 @@ pub fn parse_expected_version(v: &mut Violations, etag: &str) -> Option<i64> {
     if etag.is_empty() { None } else { v.check("etag", parse_etag(etag)) }
 }
 
-/// Parses and validates a `CreateUserRequest` made by `actor`.
-pub fn create_user(req: pb::CreateUserRequest, actor: String) -> Result<CreateUser> {
+/// Parses and validates a `CreateUserRequest`.
+pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUser> {
     let Some(u) = req.user.as_ref() else {
         return Err(Error::invalid("user", "is required"));
     };
@@ -172,7 +194,7 @@ pub fn create_user(req: pb::CreateUserRequest, actor: String) -> Result<CreateUs
     let profile = parse_profile(&mut v, u);
     let role = v.check("user.role", role_from_proto(u.role));
     let status = v.check("user.status", status_from_proto(u.status));
-    let event = parse_event(&mut v, req.event_context.as_ref());
+    let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "CreateUser");
     let signup_source = match pb::SignupSource::try_from(req.signup_source) {
         Ok(pb::SignupSource::Unspecified) if req.event_context.is_some() => Some(SignupSource::Clerk),
         Ok(pb::SignupSource::Unspecified | pb::SignupSource::Admin) => Some(SignupSource::Admin),
@@ -192,8 +214,8 @@ pub fn create_user(req: pb::CreateUserRequest, actor: String) -> Result<CreateUs
         role: role.flatten().unwrap_or_default(),
         status: status.flatten().unwrap_or_default(),
         signup_source: signup_source.unwrap_or(SignupSource::Admin),
+        actor: actor.with_event(event.as_ref()),
         event,
-        actor,
     })
 }
 
@@ -258,14 +280,13 @@ pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
 
 const PROFILE_PATHS: [&str; 5] = ["email", "first_name", "last_name", "username", "image_url"];
 
-/// Parses and validates an `UpdateUserRequest` made by `actor` (the
-/// authenticated caller, see `Principal::actor`).
-pub fn update_user(req: pb::UpdateUserRequest, actor: String) -> Result<UpdateUser> {
+/// Parses and validates an `UpdateUserRequest`.
+pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUser> {
     let Some(u) = req.user.as_ref() else {
         return Err(Error::invalid("user", "is required"));
     };
     let mut v = Violations::default();
-    let event = parse_event(&mut v, req.event_context.as_ref());
+    let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "UpdateUser");
     let key = if req.event_context.is_some() {
         if u.clerk_id.is_empty() {
             v.add("user.clerk_id", "is required with an event context");
@@ -315,7 +336,8 @@ pub fn update_user(req: pb::UpdateUserRequest, actor: String) -> Result<UpdateUs
         if req.changed_by.is_empty() { None } else { v.check("changed_by", parse_clerk_id(&req.changed_by)) };
     let expected_version = parse_expected_version(&mut v, &req.etag);
     let key = v.finish_parsed(key)?;
-    Ok(UpdateUser { key, patch, expected_version, actor, changed_by, event })
+    let actor = actor.with_event(event.as_ref()).claiming(changed_by.clone());
+    Ok(UpdateUser { key, patch, expected_version, changed_by, event, actor })
 }
 
 /// The fields an update touches: the mask's paths, `*` for all, or (AIP-134)
@@ -356,16 +378,16 @@ fn mask_paths(v: &mut Violations, mask: Option<&FieldMask>, u: &pb::User) -> Vec
 }
 
 /// Parses a `DeleteUserRequest`.
-pub fn delete_user(req: &pb::DeleteUserRequest) -> Result<DeleteUser> {
+pub fn delete_user(req: &pb::DeleteUserRequest, actor: Actor) -> Result<DeleteUser> {
     let mut v = Violations::default();
     let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
-    let event = parse_event(&mut v, req.event_context.as_ref());
+    let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "DeleteUser");
     if event.is_some() && !matches!(key, Some(UserKey::ClerkId(_))) && !req.id.is_empty() {
         v.add("clerk_id", "is required with an event context");
     }
     let expected_version = parse_expected_version(&mut v, &req.etag);
     let key = v.finish_parsed(key)?;
-    Ok(DeleteUser { key, expected_version, event })
+    Ok(DeleteUser { key, expected_version, actor: actor.with_event(event.as_ref()), event })
 }
 
 /// Builds a `CreateUserResponse`.

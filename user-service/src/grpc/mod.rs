@@ -1,6 +1,8 @@
 //! The gRPC transport: our services plus standard health and reflection.
 
 pub mod access;
+mod caller;
+mod changes;
 mod convert;
 mod json;
 mod page_token;
@@ -13,12 +15,13 @@ use std::{sync::Arc, time::Duration};
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use userdata_proto::v1::{
+    change_service_server::{ChangeServiceServer, SERVICE_NAME as CHANGE_SERVICE},
     user_data_service_server::{SERVICE_NAME as USER_DATA_SERVICE, UserDataServiceServer},
     user_service_server::{SERVICE_NAME as USER_SERVICE, UserServiceServer},
 };
 
-pub use self::{status::ERROR_DOMAIN, user_data::UserDataApi, users::UsersApi};
-use crate::store::Store;
+pub use self::{changes::ChangesApi, status::ERROR_DOMAIN, user_data::UserDataApi, users::UsersApi};
+use crate::{feed::Feed, store::Store};
 
 /// Largest request or response message accepted, in bytes.
 pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
@@ -28,6 +31,7 @@ pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 /// keep it in step with the database.
 pub fn routes(
     store: Arc<dyn Store>,
+    feed: Arc<Feed>,
     reflection: bool,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -45,10 +49,13 @@ pub fn routes(
     let users = UserServiceServer::new(UsersApi::new(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let data = UserDataServiceServer::new(UserDataApi::new(store))
+    let data = UserDataServiceServer::new(UserDataApi::new(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let mut routes = Routes::new(health).add_service(users).add_service(data);
+    let changes = ChangeServiceServer::new(ChangesApi::new(store, feed))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let mut routes = Routes::new(health).add_service(users).add_service(data).add_service(changes);
     if reflection {
         routes = routes.add_service(v1.build_v1()?).add_service(v1alpha.build_v1alpha()?);
     }
@@ -71,7 +78,7 @@ pub async fn watch_database(store: Arc<dyn Store>, reporter: HealthReporter, eve
         };
         if last != Some(status) {
             tracing::info!(?status, "health status changed");
-            for service in ["", USER_SERVICE, USER_DATA_SERVICE] {
+            for service in ["", USER_SERVICE, USER_DATA_SERVICE, CHANGE_SERVICE] {
                 reporter.set_service_status(service, status).await;
             }
             last = Some(status);

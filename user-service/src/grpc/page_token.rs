@@ -1,57 +1,99 @@
-//! Opaque, tamper-evident page tokens for `ListUsers` (AIP-158).
+//! Opaque, tamper-evident page tokens (AIP-158), one scheme for every list
+//! RPC.
 //!
-//! A token holds the id of the last user returned and a checksum over that id
-//! and the request's filters, so a token cannot be edited or reused with other
-//! filters without being rejected.
+//! A token holds the position after which the next page starts and a
+//! checksum over the RPC's name, that position and the request's filters, so
+//! a token cannot be edited, nor reused with other filters or another RPC,
+//! without being rejected.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::UserFilter;
+use crate::{domain::change::Cursor, store::UserFilter};
 
 const VERSION: u8 = 1;
-const LEN: usize = 1 + 16 + 8;
+const CHECKSUM_LEN: usize = 8;
 
-fn checksum(id: &Uuid, filter: &UserFilter) -> [u8; 8] {
+fn checksum(rpc: &str, position: &[u8], filters: &[Option<&str>]) -> [u8; CHECKSUM_LEN] {
     let mut hash = Sha256::new();
-    hash.update(b"userdata.v1.ListUsers");
+    hash.update(rpc.as_bytes());
     hash.update([VERSION]);
-    hash.update(id.as_bytes());
-    let email = filter.email.as_deref().map(str::to_lowercase);
+    hash.update(position);
     // Length-prefix each part so different filters never hash alike.
-    for part in [filter.status.map(|s| s.as_str()), filter.role.map(|r| r.as_str()), email.as_deref()] {
+    for part in filters {
         let part = part.unwrap_or("\u{0}");
         hash.update((part.len() as u64).to_le_bytes());
         hash.update(part.as_bytes());
     }
     let digest = hash.finalize();
-    let mut out = [0; 8];
-    out.copy_from_slice(&digest[..8]);
+    let mut out = [0; CHECKSUM_LEN];
+    out.copy_from_slice(&digest[..CHECKSUM_LEN]);
     out
 }
 
-/// Makes the token that continues after `last`.
-pub fn encode(last: Uuid, filter: &UserFilter) -> String {
-    let mut bytes = Vec::with_capacity(LEN);
+fn seal(rpc: &str, position: &[u8], filters: &[Option<&str>]) -> String {
+    let mut bytes = Vec::with_capacity(1 + position.len() + CHECKSUM_LEN);
     bytes.push(VERSION);
-    bytes.extend_from_slice(last.as_bytes());
-    bytes.extend_from_slice(&checksum(&last, filter));
+    bytes.extend_from_slice(position);
+    bytes.extend_from_slice(&checksum(rpc, position, filters));
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Reads a token made by [`encode`] for the same filters.
+/// The position of a token made by [`seal`] for the same RPC and filters.
+fn open<const N: usize>(rpc: &str, token: &str, filters: &[Option<&str>]) -> Result<[u8; N], String> {
+    let bad = || format!("is not a page token from a previous {rpc} call with the same filters");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    if bytes.len() != 1 + N + CHECKSUM_LEN || bytes[0] != VERSION {
+        return Err(bad());
+    }
+    let position: [u8; N] = bytes[1..=N].try_into().map_err(|_| bad())?;
+    if bytes[1 + N..] != checksum(rpc, &position, filters) {
+        return Err(bad());
+    }
+    Ok(position)
+}
+
+fn user_filters(filter: &UserFilter) -> [Option<String>; 3] {
+    [
+        filter.status.map(|s| s.as_str().to_owned()),
+        filter.role.map(|r| r.as_str().to_owned()),
+        filter.email.as_deref().map(str::to_lowercase),
+    ]
+}
+
+fn borrowed(parts: &[Option<String>]) -> Vec<Option<&str>> {
+    parts.iter().map(Option::as_deref).collect()
+}
+
+/// Makes the `ListUsers` token that continues after `last`.
+pub fn encode(last: Uuid, filter: &UserFilter) -> String {
+    seal("ListUsers", last.as_bytes(), &borrowed(&user_filters(filter)))
+}
+
+/// Reads a `ListUsers` token made by [`encode`] for the same filters.
 pub fn decode(token: &str, filter: &UserFilter) -> Result<Uuid, String> {
-    const BAD: &str = "is not a page token from a previous ListUsers call with the same filters";
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| BAD.to_string())?;
-    if bytes.len() != LEN || bytes[0] != VERSION {
-        return Err(BAD.into());
-    }
-    let id = Uuid::from_slice(&bytes[1..17]).map_err(|_| BAD.to_string())?;
-    if bytes[17..] != checksum(&id, filter) {
-        return Err(BAD.into());
-    }
-    Ok(id)
+    open::<16>("ListUsers", token, &borrowed(&user_filters(filter))).map(Uuid::from_bytes)
+}
+
+/// Makes the `ListChanges` token that continues after `last`; `filters`
+/// are the request's filters as text.
+pub fn encode_cursor(last: Cursor, filters: &[Option<&str>]) -> String {
+    let mut position = [0; 16];
+    position[..8].copy_from_slice(&last.txid.to_be_bytes());
+    position[8..].copy_from_slice(&last.id.to_be_bytes());
+    seal("ListChanges", &position, filters)
+}
+
+/// Reads a `ListChanges` token made by [`encode_cursor`] for the same filters.
+pub fn decode_cursor(token: &str, filters: &[Option<&str>]) -> Result<Cursor, String> {
+    let position = open::<16>("ListChanges", token, filters)?;
+    let half = |range: std::ops::Range<usize>| {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&position[range]);
+        i64::from_be_bytes(bytes)
+    };
+    Ok(Cursor { txid: half(0..8), id: half(8..16) })
 }
 
 #[cfg(test)]
@@ -84,5 +126,17 @@ mod tests {
         for garbage in ["", "x", "!!!!", &"A".repeat(1000)] {
             assert!(decode(garbage, &filter).is_err());
         }
+    }
+
+    #[test]
+    fn a_change_token_round_trips_and_is_bound_to_its_rpc_and_filters() {
+        let cursor = Cursor { txid: 9_000_000_123, id: 77 };
+        let filters = [Some("user_1"), None];
+        let token = encode_cursor(cursor, &filters);
+        assert_eq!(decode_cursor(&token, &filters), Ok(cursor));
+        assert!(decode_cursor(&token, &[Some("user_2"), None]).is_err());
+        // A ListUsers token is not a ListChanges token, even of the same size.
+        let users = encode(Uuid::now_v7(), &UserFilter::default());
+        assert!(decode_cursor(&users, &[None, None, None]).is_err());
     }
 }

@@ -27,6 +27,11 @@ impl From<Error> for Status {
             Error::EtagMismatch { .. } => (Code::Aborted, "ETAG_MISMATCH"),
             Error::PermissionDenied { reason, .. } => (Code::PermissionDenied, *reason),
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
+            Error::CursorExpired { oldest } => {
+                let metadata = HashMap::from([("oldest_cursor".to_owned(), oldest.clone())]);
+                details.set_error_info("CURSOR_EXPIRED", ERROR_DOMAIN, metadata);
+                return Status::with_error_details(Code::OutOfRange, message, details);
+            }
             Error::Unavailable(_) => {
                 tracing::warn!(error = %err, "database unavailable");
                 (Code::Unavailable, "DATABASE_UNAVAILABLE")

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     auth::{Principal, Scope},
     domain::{
+        change::Actor,
         data::{
             self, DataEntry, activity, flags,
             keys::{self, FEATURE_FLAGS, ONBOARDING_STATUS, PREFERENCES},
@@ -276,6 +277,7 @@ impl UserDataApi {
         &self,
         user: UserKey,
         event: Option<EventContext>,
+        actor: Actor,
         change: impl FnOnce(&mut activity::ActivityValue) + Send + 'static,
     ) -> Result<(pb::Activity, bool, i32)> {
         let write = self
@@ -284,6 +286,7 @@ impl UserDataApi {
                 &user,
                 &activity::KEYS,
                 event.as_ref(),
+                &actor.with_event(event.as_ref()),
                 Box::new(move |set| activity::update(set, change)),
             )
             .await?;
@@ -316,6 +319,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::UpdatePreferencesRequest>,
     ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -330,6 +334,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[PREFERENCES],
                 None,
+                &actor,
                 Box::new(move |set| preferences::update(set, patch, expected)),
             )
             .await?;
@@ -382,6 +387,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::UpdateFeatureFlagsRequest>,
     ) -> Result<Response<pb::UpdateFeatureFlagsResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -407,6 +413,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[FEATURE_FLAGS],
                 None,
+                &actor,
                 Box::new(move |data| flags::update(data, &set, &clear, expected)),
             )
             .await?;
@@ -512,6 +519,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::AdvanceOnboardingRequest>,
     ) -> Result<Response<pb::AdvanceOnboardingResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -526,6 +534,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[ONBOARDING_STATUS],
                 None,
+                &actor,
                 Box::new(move |set| onboarding::advance_stored(set, step, expected, now)),
             )
             .await?;
@@ -542,6 +551,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::ResetOnboardingRequest>,
     ) -> Result<Response<pb::ResetOnboardingResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
         self.authorize(&principal, &user).await?;
@@ -550,6 +560,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[ONBOARDING_STATUS],
                 None,
+                &actor,
                 Box::new(|set| {
                     set.remove(ONBOARDING_STATUS);
                     Ok(())
@@ -578,15 +589,16 @@ impl UserDataService for UserDataApi {
         request: Request<pb::RecordLoginRequest>,
     ) -> Result<Response<pb::RecordLoginResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
         let entry = login_entry(&mut v, req.login.as_ref());
-        let event = parse_event(&mut v, req.event_context.as_ref());
+        let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "RecordLogin");
         let (user, entry) = v.finish_parsed(user.zip(entry))?;
         self.authorize(&principal, &user).await?;
         let (activity, replayed, outcome) =
-            self.activity_edit(user, event, move |a| a.record_login(entry)).await?;
+            self.activity_edit(user, event, actor, move |a| a.record_login(entry)).await?;
         Ok(Response::new(pb::RecordLoginResponse { activity: Some(activity), replayed, outcome }))
     }
 
@@ -596,6 +608,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -603,10 +616,11 @@ impl UserDataService for UserDataApi {
             None => Some(Utc::now()),
             Some(ts) => v.check("active_at", super::convert::time_from_proto(ts)),
         };
-        let event = parse_event(&mut v, req.event_context.as_ref());
+        let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "RecordActivity");
         let (user, at) = v.finish_parsed(user.zip(at))?;
         self.authorize(&principal, &user).await?;
-        let (activity, replayed, outcome) = self.activity_edit(user, event, move |a| a.touch(at)).await?;
+        let (activity, replayed, outcome) =
+            self.activity_edit(user, event, actor, move |a| a.touch(at)).await?;
         Ok(Response::new(pb::RecordActivityResponse { activity: Some(activity), replayed, outcome }))
     }
 
@@ -712,6 +726,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::SetUserDataRequest>,
     ) -> Result<Response<pb::SetUserDataResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -733,6 +748,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[key.as_str()],
                 None,
+                &actor,
                 Box::new(move |set| data::set_value(set, &edited, value, expected)),
             )
             .await?;
@@ -746,6 +762,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::DeleteUserDataRequest>,
     ) -> Result<Response<pb::DeleteUserDataResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -759,6 +776,7 @@ impl UserDataService for UserDataApi {
                 &user,
                 &[key.as_str()],
                 None,
+                &actor,
                 Box::new(move |set| data::delete_value(set, &edited, expected)),
             )
             .await?;

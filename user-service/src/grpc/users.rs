@@ -37,7 +37,7 @@ impl UserService for UsersApi {
         if user.is_some_and(|u| u.role != 0 || u.status != 0) {
             access::require_scope(principal, Scope::Admin, "setting role or status")?;
         }
-        let actor = principal.actor();
+        let actor = super::caller::actor(&request);
         let cmd = convert::create_user(request.into_inner(), actor)?;
         let result = self.store.create_user(cmd).await?;
         Ok(Response::new(convert::create_response(result)))
@@ -80,12 +80,13 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let actor = Principal::of(&request)?.clone();
-        let cmd = convert::update_user(request.into_inner(), actor.actor())?;
+        let principal = Principal::of(&request)?.clone();
+        let actor = super::caller::actor(&request);
+        let cmd = convert::update_user(request.into_inner(), actor)?;
         if cmd.patch.role.is_some() || cmd.patch.status.is_some() {
-            access::require_scope(&actor, Scope::Admin, "changing role or status")?;
+            access::require_scope(&principal, Scope::Admin, "changing role or status")?;
         }
-        access::authorize(&*self.store, &actor, &cmd.key).await?;
+        access::authorize(&*self.store, &principal, &cmd.key).await?;
         let result = self.store.update_user(cmd).await?;
         Ok(Response::new(convert::update_response(result)))
     }
@@ -95,7 +96,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let cmd = convert::delete_user(request.get_ref())?;
+        let cmd = convert::delete_user(request.get_ref(), super::caller::actor(&request))?;
         access::authorize(&*self.store, Principal::of(&request)?, &cmd.key).await?;
         let result = self.store.delete_user(cmd).await?;
         Ok(Response::new(convert::delete_response(result)))

@@ -1,6 +1,7 @@
 //! Storage: the [`Store`] trait and its PostgreSQL and SQLite implementations.
 //! SQL lives only below this module.
 
+mod changes;
 mod observed;
 mod postgres;
 mod sqlite;
@@ -12,10 +13,15 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use self::{postgres::PgStore, sqlite::SqliteStore};
+pub use self::{
+    changes::{ChangeBatch, ChangeSignal},
+    postgres::PgStore,
+    sqlite::SqliteStore,
+};
 pub use crate::domain::data::DataSet;
 use crate::{
     domain::{
+        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
         user::{Role, Status, User, UserKey},
         write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
     },
@@ -111,6 +117,7 @@ pub trait Store: Send + Sync + 'static {
         user: &UserKey,
         keys: &[&str],
         event: Option<&EventContext>,
+        actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite>;
 
@@ -119,6 +126,40 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes idempotency records older than `age`; returns how many.
     async fn prune_processed_events(&self, age: Duration) -> Result<u64>;
+
+    /// Wakes after commits that recorded changes (here or, on PostgreSQL, on
+    /// another replica).
+    fn change_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Final changes after `after` that match `filter`, in log order, at most
+    /// `limit` (see [`ChangeBatch`]).
+    async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch>;
+
+    /// The position of the newest final change ([`Cursor::START`] when the
+    /// log is empty): where a follower starting "now" begins.
+    async fn change_head(&self) -> Result<Cursor>;
+
+    /// Changes up to this cursor may have been pruned: a follower behind it
+    /// has lost changes.
+    async fn pruned_through(&self) -> Result<Cursor>;
+
+    /// A page of the audit trail after `after` (in the query's order).
+    async fn list_changes(
+        &self,
+        query: &AuditQuery,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<LoggedChange>>;
+
+    /// Removes changes older than `age`; returns how many.
+    async fn prune_changes(&self, age: Duration) -> Result<u64>;
+}
+
+/// The time `age` before now, or `None` when that is before any time the
+/// database can hold (nothing is that old).
+pub(super) fn cutoff(age: Duration) -> Option<chrono::DateTime<chrono::Utc>> {
+    let age = chrono::Duration::from_std(age).ok()?;
+    chrono::Utc::now().checked_sub_signed(age)
 }
 
 /// A snapshot of the connection pool.
@@ -189,19 +230,37 @@ fn migrate_error(err: sqlx::migrate::MigrateError) -> Error {
     }
 }
 
+/// An event as recorded under its idempotency key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(super) struct Recorded {
+    /// The user it was for.
+    pub clerk_id: String,
+    /// The kind of write (empty for rows older than kinds).
+    pub kind: String,
+    /// The answer to replay.
+    pub result: Option<sqlx::types::Json<WriteResult>>,
+}
+
 /// Turns a recorded event into the replayed answer, refusing a key reused for
-/// another user (a caller bug that must not silently succeed).
+/// another user or another kind of write (a caller bug, or a client claiming
+/// keys, that must not silently succeed).
 pub(super) fn replay(
-    row: Option<(String, Option<WriteResult>)>,
+    row: Option<Recorded>,
     clerk_id: &str,
+    event: &EventContext,
 ) -> Result<Option<WriteResult>> {
+    const FIELD: &str = "event_context.idempotency_key";
     match row {
         None => Ok(None),
-        Some((recorded, _)) if recorded != clerk_id => Err(Error::invalid(
-            "event_context.idempotency_key",
-            format!("was already used for another user (clerk_id {recorded:?})"),
+        Some(recorded) if recorded.clerk_id != clerk_id => {
+            Err(Error::invalid(FIELD, "was already used for another user"))
+        }
+        Some(recorded) if !recorded.kind.is_empty() && recorded.kind != event.kind => Err(Error::invalid(
+            FIELD,
+            format!("was already used for another kind of write ({})", recorded.kind),
         )),
-        Some((_, result)) => {
+        Some(Recorded { result, .. }) => {
+            let result = result.map(|r| r.0);
             let mut result = result.unwrap_or(WriteResult { user: None, outcome: None, replayed: false });
             result.replayed = true;
             Ok(Some(result))

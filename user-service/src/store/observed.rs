@@ -13,9 +13,10 @@ use std::{
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter, UserValue};
+use super::{ChangeBatch, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter, UserValue};
 use crate::{
     domain::{
+        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
         user::{User, UserKey},
         write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
     },
@@ -108,10 +109,11 @@ impl Store for Observed {
         user: &UserKey,
         keys: &[&str],
         event: Option<&EventContext>,
+        actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
         let _call = self.enter();
-        self.inner.edit_data(user, keys, event, edit).await
+        self.inner.edit_data(user, keys, event, actor, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
@@ -122,5 +124,39 @@ impl Store for Observed {
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
         let _call = self.enter();
         self.inner.prune_processed_events(age).await
+    }
+
+    fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.change_signal()
+    }
+
+    async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch> {
+        let _call = self.enter();
+        self.inner.read_changes(after, filter, limit).await
+    }
+
+    async fn change_head(&self) -> Result<Cursor> {
+        let _call = self.enter();
+        self.inner.change_head().await
+    }
+
+    async fn pruned_through(&self) -> Result<Cursor> {
+        let _call = self.enter();
+        self.inner.pruned_through().await
+    }
+
+    async fn list_changes(
+        &self,
+        query: &AuditQuery,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<LoggedChange>> {
+        let _call = self.enter();
+        self.inner.list_changes(query, after, limit).await
+    }
+
+    async fn prune_changes(&self, age: Duration) -> Result<u64> {
+        let _call = self.enter();
+        self.inner.prune_changes(age).await
     }
 }

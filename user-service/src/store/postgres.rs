@@ -1,23 +1,29 @@
 //! PostgreSQL store: the production backend.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{
     PgConnection, PgPool, Postgres, Transaction,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions},
+    query::Query,
     types::Json,
 };
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter, UserValue, migrate_error,
+    ChangeBatch, ChangeSignal, ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter,
+    UserValue,
+    changes::{CHANGE_COLUMNS, ChangeRow},
+    migrate_error,
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
     domain::{
+        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange, NewChange},
         user::{Profile, Role, Status, User, UserKey},
         write::{
             self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, UpdateUser,
@@ -32,10 +38,29 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 const USER_COLUMNS: &str = "id, clerk_id, email, first_name, last_name, username, image_url, \
      role, status, created_at, updated_at, source_updated_at, version";
 
+/// The channel on which replicas tell each other that changes committed.
+const CHANGES_CHANNEL: &str = "userdata_changes";
+
 /// A [`Store`] on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    signals: Arc<Signals>,
+}
+
+/// Wake-ups for change-log readers: here at once, on other replicas through
+/// `NOTIFY`, sent after commit by one task so writers never wait for it.
+#[derive(Debug, Default)]
+struct Signals {
+    local: ChangeSignal,
+    notify_replicas: Notify,
+}
+
+impl Signals {
+    fn committed(&self) {
+        self.local.wake();
+        self.notify_replicas.notify_one();
+    }
 }
 
 impl PgStore {
@@ -51,17 +76,77 @@ impl PgStore {
         if options.migrate {
             MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         }
-        Ok(Self { pool })
-    }
-
-    /// Wraps an existing pool (already migrated), e.g. from `#[sqlx::test]`.
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        let signals = Arc::new(Signals::default());
+        tokio::spawn(listen_for_replicas(url.to_owned(), pool.clone(), Arc::downgrade(&signals)));
+        tokio::spawn(notify_replicas(pool.clone(), Arc::downgrade(&signals)));
+        Ok(Self { pool, signals })
     }
 
     /// The migrator, for tests that prepare their own databases.
     pub fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
+    }
+}
+
+/// Wakes local readers whenever another replica notifies (and after a lost
+/// connection, since notifications may have been missed meanwhile). Listens
+/// on a connection of its own, outside the pool. Ends with the store.
+async fn listen_for_replicas(url: String, pool: PgPool, signals: std::sync::Weak<Signals>) {
+    let mut listener = None;
+    while signals.strong_count() > 0 {
+        let current = match listener.as_mut() {
+            Some(current) => current,
+            None => match PgListener::connect(&url).await {
+                Ok(mut new) => match new.listen(CHANGES_CHANNEL).await {
+                    Ok(()) => listener.insert(new),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot LISTEN for changes; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                Err(_) if pool.is_closed() => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot LISTEN for changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let received = tokio::time::timeout(Duration::from_secs(5), current.try_recv()).await;
+        let Some(signals) = signals.upgrade() else { return };
+        match received {
+            Ok(Ok(Some(_))) => signals.local.wake(),
+            // Timed out: just check that the store is still alive.
+            Err(_) => {}
+            // The connection dropped (and will be remade): catch up.
+            Ok(Ok(None)) => signals.local.wake(),
+            Ok(Err(_)) => {
+                listener = None;
+                signals.local.wake();
+            }
+        }
+    }
+}
+
+/// Sends `NOTIFY` after local commits that recorded changes, coalesced: at
+/// most one in flight and one every few milliseconds.
+async fn notify_replicas(pool: PgPool, signals: std::sync::Weak<Signals>) {
+    loop {
+        let Some(strong) = signals.upgrade() else { return };
+        // Wake up now and then to notice that the store is gone.
+        let woke = tokio::time::timeout(Duration::from_secs(5), strong.notify_replicas.notified()).await;
+        drop(strong);
+        if woke.is_err() {
+            continue;
+        }
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(err) = sqlx::query("select pg_notify($1, '')").bind(CHANGES_CHANNEL).execute(&pool).await {
+            tracing::debug!(error = %err, "cannot NOTIFY other replicas; their safety poll will catch up");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -144,8 +229,11 @@ const INSERT_IF_NEW: &str = "with u as (insert into users (id, clerk_id, email, 
          on conflict (clerk_id) do nothing returning id), \
      d as (insert into user_data (user_id, key, value, created_at, updated_at) \
          select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
-     e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-         select $17, $2, $18, $19, now() from u where $17::text is not null) \
+     e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         select $17, $2, $18, $19, now(), $26, $27 from u where $17::text is not null), \
+     c as (insert into changes (at, user_id, clerk_id, kind, after, actor_client, actor_event_id, \
+             actor_event_type, actor_changed_by, actor_request_id) \
+         select $14, u.id, $2, 'user_created', $20, $21, $22, $23, $24, $25 from u) \
      select count(*) from u";
 
 /// The fast path of a create: one round trip when the user is new, which is
@@ -156,6 +244,7 @@ async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteRe
     let now = super::now();
     let plan = write::plan_create(cmd.clone(), Existing::Missing, now)?;
     let Change::Insert { user, data } = &plan.change else { return Ok(None) };
+    let actor = &cmd.actor;
     let (keys, values): (Vec<&str>, Vec<Json<&Value>>) = data.iter().map(|(k, v)| (*k, Json(v))).unzip();
     let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(INSERT_IF_NEW)
         .bind(user.id)
@@ -177,6 +266,14 @@ async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteRe
         .bind(cmd.event.as_ref().map(|e| e.idempotency_key.as_str()))
         .bind(plan.result.outcome.map_or("none", write::Outcome::as_str))
         .bind(Json(&plan.result))
+        .bind(Json(crate::domain::change::user_value(user)))
+        .bind(&actor.client)
+        .bind(&actor.event_id)
+        .bind(&actor.event_type)
+        .bind(&actor.changed_by)
+        .bind(&actor.request_id)
+        .bind(cmd.event.as_ref().map(|e| e.source.as_str()))
+        .bind(cmd.event.as_ref().map(|e| e.kind.as_str()))
         .fetch_one(pool)
         .await;
     match inserted {
@@ -192,6 +289,7 @@ async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteRe
 #[derive(sqlx::FromRow)]
 struct StateRow {
     replay_clerk_id: Option<String>,
+    replay_kind: Option<String>,
     replay_result: Option<Json<WriteResult>>,
     deleted: bool,
     id: Option<Uuid>,
@@ -253,19 +351,27 @@ async fn load_state(
         UserKey::ClerkId(clerk_id) => ("clerk_id = $1", "clerk_id = $1", clerk_id.clone()),
     };
     let row: StateRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select pe.clerk_id as replay_clerk_id, pe.result as replay_result, \
+        "select pe.clerk_id as replay_clerk_id, pe.kind as replay_kind, pe.result as replay_result, \
                 exists(select 1 from deleted_users where {tomb_filter}) as deleted, u.* \
          from (select 1) as one \
-         left join processed_events pe on pe.idempotency_key = $2 \
+         left join lateral (select clerk_id, kind, result from processed_events \
+             where idempotency_key = $2 and source in ($3, '') limit 1) pe on true \
          left join lateral (select {USER_COLUMNS} from users where {user_filter} for update) u on true"
     )))
     .bind(bind)
     .bind(event.map(|e| e.idempotency_key.as_str()))
+    .bind(event.map(|e| e.source.as_str()))
     .fetch_one(tx)
     .await?;
-    let recorded = row.replay_clerk_id.clone().map(|c| (c, row.replay_result.clone().map(|r| r.0)));
-    let replayed = match (recorded, key) {
-        (Some(recorded), UserKey::ClerkId(clerk_id)) => super::replay(Some(recorded), clerk_id)?,
+    let recorded = row.replay_clerk_id.clone().map(|clerk_id| super::Recorded {
+        clerk_id,
+        kind: row.replay_kind.clone().unwrap_or_default(),
+        result: row.replay_result.clone(),
+    });
+    let replayed = match (recorded, key, event) {
+        (Some(recorded), UserKey::ClerkId(clerk_id), Some(event)) => {
+            super::replay(Some(recorded), clerk_id, event)?
+        }
         _ => None,
     };
     let deleted = row.deleted;
@@ -279,13 +385,59 @@ async fn load_state(
 
 /// Parameters `$n` of the idempotency record, shared by every write statement
 /// so each change and its record are one statement.
-const RECORD_EVENT: &str = "e as (insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-     select $20, $21, $22, $23, now() where $20::text is not null on conflict do nothing)";
+const RECORD_EVENT: &str = "e as (insert into processed_events \
+         (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+     select $20, $21, $22, $23, now(), $35, $36 where $20::text is not null on conflict do nothing)";
 
-/// Applies a planned change and records the event in one statement.
+/// Appends changes to the log: `$14` is the time, `$24`..`$34` the actor
+/// and the changes (see [`bind_changes`]).
+const RECORD_CHANGES: &str = "c as (insert into changes (at, user_id, clerk_id, kind, key, before, after, \
+         actor_client, actor_event_id, actor_event_type, actor_changed_by, actor_request_id) \
+     select $14, t.user_id, t.clerk_id, t.kind, t.key, t.before, t.after, $24, $25, $26, $27, $28 \
+     from unnest($29::uuid[], $30::text[], $31::text[], $32::text[], $33::jsonb[], $34::jsonb[]) \
+         as t(user_id, clerk_id, kind, key, before, after))";
+
+/// A deletion takes the personal values out of the user's earlier changes
+/// (keeping what happened, when and by whom) and out of the results recorded
+/// for their earlier events, which a redelivery would otherwise give back.
+const ERASE_USER: &str = "x as (update changes set before = null, after = null, erased = true \
+         where clerk_id = $2 and not erased), \
+     r as (update processed_events set result = result - 'user' where clerk_id = $2 and result ? 'user')";
+
+/// Binds the actor and the columns of `changes`, in that order, as the
+/// statement's next parameters.
+fn bind_changes<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    actor: &'q Actor,
+    changes: &'q [NewChange],
+) -> Query<'q, Postgres, PgArguments> {
+    let user_ids: Vec<Option<Uuid>> = changes.iter().map(|c| c.user_id).collect();
+    let clerk_ids: Vec<&str> = changes.iter().map(|c| c.clerk_id.as_str()).collect();
+    let kinds: Vec<&str> = changes.iter().map(|c| c.kind.as_str()).collect();
+    let keys: Vec<Option<&str>> = changes.iter().map(|c| c.key.as_deref()).collect();
+    let before: Vec<Option<Json<&Value>>> = changes.iter().map(|c| c.before.as_ref().map(Json)).collect();
+    let after: Vec<Option<Json<&Value>>> = changes.iter().map(|c| c.after.as_ref().map(Json)).collect();
+    query
+        .bind(&actor.client)
+        .bind(&actor.event_id)
+        .bind(&actor.event_type)
+        .bind(&actor.changed_by)
+        .bind(&actor.request_id)
+        .bind(user_ids)
+        .bind(clerk_ids)
+        .bind(kinds)
+        .bind(keys)
+        .bind(before)
+        .bind(after)
+}
+
+/// Applies a planned change, records the event and appends the changes in
+/// one statement.
 async fn apply(
     tx: &mut PgConnection,
     change: &Change,
+    changes: &[NewChange],
+    actor: &Actor,
     record: Option<Record<'_>>,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -300,14 +452,14 @@ async fn apply(
         _ => None,
     };
     let sql = match change {
-        Change::None => format!("with {RECORD_EVENT} select 1"),
+        Change::None => format!("with {RECORD_EVENT}, {RECORD_CHANGES} select 1"),
         Change::Insert { .. } => format!(
             "with u as (insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
                  role, status, created_at, updated_at, source_updated_at, version) \
                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning id), \
              d as (insert into user_data (user_id, key, value, created_at, updated_at) \
                  select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
-             {RECORD_EVENT} select 1"
+             {RECORD_EVENT}, {RECORD_CHANGES} select 1"
         ),
         Change::Update { .. } => format!(
             "with u as (update users set email = $3, first_name = $4, last_name = $5, username = $6, \
@@ -325,13 +477,13 @@ async fn apply(
                                   then (user_data.value - 0) || excluded.value \
                                 else user_data.value || excluded.value end, \
                    updated_at = excluded.updated_at, version = user_data.version + 1), \
-             {RECORD_EVENT} select 1"
+             {RECORD_EVENT}, {RECORD_CHANGES} select 1"
         ),
         Change::Delete { .. } => format!(
             "with u as (delete from users where id = $1), \
              t as (insert into deleted_users (clerk_id, user_id, deleted_at) values ($2, $1, $14) \
                  on conflict (clerk_id) do nothing), \
-             {RECORD_EVENT} select 1"
+             {ERASE_USER}, {RECORD_EVENT}, {RECORD_CHANGES} select 1"
         ),
     };
     let user = match change {
@@ -342,8 +494,8 @@ async fn apply(
         Change::Delete { user_id, clerk_id } => (*user_id, Some(clerk_id.as_str())),
         _ => (user.map(|u| u.id), user.map(|u| u.clerk_id.as_str())),
     };
-    // Every statement takes the same 23 parameters; each uses what it needs.
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    // Every statement takes the same 36 parameters; each uses what it needs.
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .bind(clerk_id)
         .bind(user.and_then(|u| u.profile.email.as_deref()))
@@ -366,7 +518,10 @@ async fn apply(
         .bind(record.map(|(e, _, _)| e.idempotency_key.as_str()))
         .bind(record.map(|(_, c, _)| c))
         .bind(record.map(|(_, _, r)| r.outcome.map_or("none", write::Outcome::as_str)))
-        .bind(record.map(|(_, _, r)| Json(r)))
+        .bind(record.map(|(_, _, r)| Json(r)));
+    bind_changes(query, actor, changes)
+        .bind(record.map(|(e, _, _)| e.source.as_str()))
+        .bind(record.map(|(e, _, _)| e.kind.as_str()))
         .execute(tx)
         .await
         .map_err(|e| match user {
@@ -381,12 +536,15 @@ async fn recorded_result(
     event: &EventContext,
     clerk_id: &str,
 ) -> Result<Option<WriteResult>> {
-    let row: Option<(String, Option<Json<WriteResult>>)> =
-        sqlx::query_as("select clerk_id, result from processed_events where idempotency_key = $1")
-            .bind(&event.idempotency_key)
-            .fetch_optional(tx)
-            .await?;
-    super::replay(row.map(|(c, r)| (c, r.map(|j| j.0))), clerk_id)
+    let row: Option<super::Recorded> = sqlx::query_as(
+        "select clerk_id, kind, result from processed_events \
+         where idempotency_key = $1 and source in ($2, '') limit 1",
+    )
+    .bind(&event.idempotency_key)
+    .bind(&event.source)
+    .fetch_optional(tx)
+    .await?;
+    super::replay(row, clerk_id, event)
 }
 
 async fn record_event(
@@ -396,13 +554,15 @@ async fn record_event(
     result: &WriteResult,
 ) -> Result<()> {
     sqlx::query(
-        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-         values ($1, $2, $3, $4, now()) on conflict do nothing",
+        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         values ($1, $2, $3, $4, now(), $5, $6) on conflict do nothing",
     )
     .bind(&event.idempotency_key)
     .bind(clerk_id)
     .bind(result.outcome.map_or("none", write::Outcome::as_str))
     .bind(Json(result))
+    .bind(&event.source)
+    .bind(&event.kind)
     .execute(tx)
     .await?;
     Ok(())
@@ -472,8 +632,27 @@ async fn write_changes(
     Ok(entries)
 }
 
-/// A transaction, with the steps of the shared write algorithms.
-struct PgTx(Transaction<'static, Postgres>);
+/// A transaction, with the steps of the shared write algorithms. A commit
+/// that recorded changes wakes change-log readers.
+struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    signals: Arc<Signals>,
+    recorded_changes: bool,
+}
+
+impl PgTx {
+    fn new(tx: Transaction<'static, Postgres>, store: &PgStore) -> Self {
+        Self { tx, signals: store.signals.clone(), recorded_changes: false }
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        if self.recorded_changes {
+            self.signals.committed();
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl UserTx for PgTx {
@@ -482,15 +661,23 @@ impl UserTx for PgTx {
         key: &UserKey,
         event: Option<&EventContext>,
     ) -> Result<(Option<WriteResult>, Existing)> {
-        load_state(&mut self.0, key, event).await
+        load_state(&mut self.tx, key, event).await
     }
 
-    async fn apply(&mut self, change: &Change, record: Option<Record<'_>>, now: DateTime<Utc>) -> Result<()> {
-        apply(&mut self.0, change, record, now).await
+    async fn apply(
+        &mut self,
+        change: &Change,
+        changes: &[NewChange],
+        actor: &Actor,
+        record: Option<Record<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.recorded_changes |= !changes.is_empty();
+        apply(&mut self.tx, change, changes, actor, record, now).await
     }
 
     async fn commit(self) -> Result<()> {
-        Ok(self.0.commit().await?)
+        PgTx::commit(self).await
     }
 }
 
@@ -502,12 +689,12 @@ impl DataTx for PgTx {
             "select u.id, u.clerk_id from users u where {filter} for update"
         )))
         .bind(bind)
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(&mut *self.tx)
         .await?)
     }
 
     async fn is_tombstoned(&mut self, user: &UserKey) -> Result<bool> {
-        is_tombstoned(&mut self.0, user).await
+        is_tombstoned(&mut self.tx, user).await
     }
 
     async fn entries(&mut self, user_id: Uuid, keys: &[&str]) -> Result<Vec<DataEntry>> {
@@ -516,7 +703,7 @@ impl DataTx for PgTx {
         )
         .bind(user_id)
         .bind(keys)
-        .fetch_all(&mut *self.0)
+        .fetch_all(&mut *self.tx)
         .await?;
         Ok(rows.into_iter().map(entry).collect())
     }
@@ -527,13 +714,13 @@ impl DataTx for PgTx {
             "select count(*) from user_data where user_id = $1 and key >= 'custom.' and key < 'custom/'",
         )
         .bind(user_id)
-        .fetch_one(&mut *self.0)
+        .fetch_one(&mut *self.tx)
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {
-        recorded_result(&mut self.0, event, clerk_id).await
+        recorded_result(&mut self.tx, event, clerk_id).await
     }
 
     async fn write_changes(
@@ -543,15 +730,36 @@ impl DataTx for PgTx {
         entries: BTreeMap<String, DataEntry>,
         now: DateTime<Utc>,
     ) -> Result<BTreeMap<String, DataEntry>> {
-        write_changes(&mut self.0, user_id, changes, entries, now).await
+        write_changes(&mut self.tx, user_id, changes, entries, now).await
     }
 
     async fn record(&mut self, (event, clerk_id, result): Record<'_>, _now: DateTime<Utc>) -> Result<()> {
-        record_event(&mut self.0, event, clerk_id, result).await
+        record_event(&mut self.tx, event, clerk_id, result).await
+    }
+
+    async fn append_changes(
+        &mut self,
+        changes: &[NewChange],
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        // The same parameter numbers as in `apply`'s statements.
+        let sql = format!("with {RECORD_CHANGES} select 1");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for _ in 1..14 {
+            query = query.bind(None::<i32>);
+        }
+        query = query.bind(now);
+        for _ in 15..24 {
+            query = query.bind(None::<i32>);
+        }
+        bind_changes(query, actor, changes).execute(&mut *self.tx).await?;
+        self.recorded_changes = true;
+        Ok(())
     }
 
     async fn commit(self) -> Result<()> {
-        Ok(self.0.commit().await?)
+        PgTx::commit(self).await
     }
 }
 
@@ -573,13 +781,19 @@ impl Store for PgStore {
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
         if let Some(created) = create_if_new(&self.pool, &cmd).await? {
+            self.signals.committed();
             return Ok(created);
         }
         let key = UserKey::ClerkId(cmd.clerk_id.clone());
         let event = cmd.event.clone();
-        txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, now| {
-            write::plan_create(cmd, existing, now)
-        })
+        let actor = cmd.actor.clone();
+        txn::write_user(
+            PgTx::new(begin(&self.pool, &key).await?, self),
+            &key,
+            event.as_ref(),
+            &actor,
+            |existing, now| write::plan_create(cmd, existing, now),
+        )
         .await
     }
 
@@ -623,18 +837,28 @@ impl Store for PgStore {
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, now| {
-            write::plan_update(cmd, existing, now)
-        })
+        let actor = cmd.actor.clone();
+        txn::write_user(
+            PgTx::new(begin(&self.pool, &key).await?, self),
+            &key,
+            event.as_ref(),
+            &actor,
+            |existing, now| write::plan_update(cmd, existing, now),
+        )
         .await
     }
 
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        txn::write_user(PgTx(begin(&self.pool, &key).await?), &key, event.as_ref(), |existing, _| {
-            write::plan_delete(cmd, existing)
-        })
+        let actor = cmd.actor.clone();
+        txn::write_user(
+            PgTx::new(begin(&self.pool, &key).await?, self),
+            &key,
+            event.as_ref(),
+            &actor,
+            |existing, _| write::plan_delete(cmd, existing),
+        )
         .await
     }
 
@@ -683,9 +907,10 @@ impl Store for PgStore {
         user: &UserKey,
         keys: &[&str],
         event: Option<&EventContext>,
+        actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        txn::edit_data(PgTx(self.pool.begin().await?), user, keys, event, edit).await
+        txn::edit_data(PgTx::new(self.pool.begin().await?, self), user, keys, event, actor, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
@@ -706,11 +931,116 @@ impl Store for PgStore {
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
         let done = sqlx::query("delete from processed_events where processed_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
     }
+
+    fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signals.local.subscribe()
+    }
+
+    async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch> {
+        // Every transaction older than the horizon has ended, and every later
+        // one gets a larger id: the rows below it are final.
+        let horizon: i64 = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&self.pool)
+            .await?;
+        let rows: Vec<ChangeRow<Uuid>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select txid, id, {CHANGE_COLUMNS} from changes \
+             where (txid, id) > ($1, $2) and txid < $3 and ($4::text is null or clerk_id = $4) \
+               and (cardinality($5::text[]) = 0 or key is null or key = any($5)) \
+             order by txid, id limit $6"
+        )))
+        .bind(after.txid)
+        .bind(after.id)
+        .bind(horizon)
+        .bind(&filter.clerk_id)
+        .bind(&filter.keys)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let changes = rows.into_iter().map(LoggedChange::try_from).collect::<Result<Vec<_>>>()?;
+        let more = changes.len() >= limit as usize;
+        let last = changes.last().map_or(after, |c| c.cursor);
+        let head = if more { last } else { final_head(&self.pool, horizon).await?.max(last) };
+        let held_back: bool = sqlx::query_scalar("select exists(select 1 from changes where txid >= $1)")
+            .bind(horizon)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(ChangeBatch { changes, head, more, held_back })
+    }
+
+    async fn change_head(&self) -> Result<Cursor> {
+        let horizon: i64 = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&self.pool)
+            .await?;
+        final_head(&self.pool, horizon).await
+    }
+
+    async fn pruned_through(&self) -> Result<Cursor> {
+        let (txid, id): (i64, i64) = sqlx::query_as("select pruned_txid, pruned_id from change_log_state")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Cursor { txid, id })
+    }
+
+    async fn list_changes(
+        &self,
+        query: &AuditQuery,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<LoggedChange>> {
+        let (cmp, order) = if query.oldest_first { (">", "asc") } else { ("<", "desc") };
+        let rows: Vec<ChangeRow<Uuid>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select txid, id, {CHANGE_COLUMNS} from changes \
+             where txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+               and ($1::bigint is null or (txid, id) {cmp} ($1, $2)) \
+               and ($3::text is null or clerk_id = $3) and ($4::text is null or actor_client = $4) \
+               and ($5::timestamptz is null or at >= $5) and ($6::timestamptz is null or at < $6) \
+               and ($7::text is null or kind = $7) \
+             order by txid {order}, id {order} limit $8"
+        )))
+        .bind(after.map(|c| c.txid))
+        .bind(after.map(|c| c.id))
+        .bind(&query.clerk_id)
+        .bind(&query.actor)
+        .bind(query.start)
+        .bind(query.end)
+        .bind(query.kind.map(|k| k.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(LoggedChange::try_from).collect()
+    }
+
+    async fn prune_changes(&self, age: Duration) -> Result<u64> {
+        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        // Moves the mark to the newest pruned change, so a follower behind it
+        // learns that it has lost changes.
+        let pruned: i64 = sqlx::query_scalar(
+            "with gone as (delete from changes where at < $1 returning txid, id), \
+             top as (select txid, id from gone order by txid desc, id desc limit 1), \
+             mark as (update change_log_state s set pruned_txid = top.txid, pruned_id = top.id from top \
+                 where (top.txid, top.id) > (s.pruned_txid, s.pruned_id)) \
+             select count(*) from gone",
+        )
+        .bind(cutoff)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(pruned).unwrap_or_default())
+    }
+}
+
+/// The newest change below `horizon` (all final), or the start of the log.
+async fn final_head(pool: &PgPool, horizon: i64) -> Result<Cursor> {
+    let newest: Option<(i64, i64)> =
+        sqlx::query_as("select txid, id from changes where txid < $1 order by txid desc, id desc limit 1")
+            .bind(horizon)
+            .fetch_optional(pool)
+            .await?;
+    Ok(newest.map_or(Cursor::START, |(txid, id)| Cursor { txid, id }))
 }

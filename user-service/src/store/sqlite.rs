@@ -15,11 +15,15 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::{Uuid, fmt::Hyphenated};
 
 use super::{
-    ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter, UserValue, migrate_error,
+    ChangeBatch, ChangeSignal, ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter,
+    UserValue,
+    changes::{CHANGE_COLUMNS, ChangeRow},
+    migrate_error,
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
     domain::{
+        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange, NewChange},
         user::{Profile, Role, Status, User, UserKey},
         write::{
             self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, UpdateUser,
@@ -43,6 +47,9 @@ pub struct SqliteStore {
     /// write latency even under many concurrent callers and never fails a
     /// write with "database is locked".
     writer: Arc<Mutex<()>>,
+    /// Wakes change-log readers after commits that recorded changes (one
+    /// process owns the file, so no one else needs telling).
+    signal: Arc<ChangeSignal>,
 }
 
 impl SqliteStore {
@@ -71,7 +78,7 @@ impl SqliteStore {
         if options.migrate {
             MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         }
-        Ok(Self { pool, writer: Arc::new(Mutex::new(())) })
+        Ok(Self { pool, writer: Arc::new(Mutex::new(())), signal: Arc::new(ChangeSignal::default()) })
     }
 
     /// The migrator, for tests that prepare their own databases.
@@ -183,12 +190,15 @@ async fn recorded_result(
     event: &EventContext,
     clerk_id: &str,
 ) -> Result<Option<WriteResult>> {
-    let row: Option<(String, Option<Json<WriteResult>>)> =
-        sqlx::query_as("select clerk_id, result from processed_events where idempotency_key = $1")
-            .bind(&event.idempotency_key)
-            .fetch_optional(tx)
-            .await?;
-    super::replay(row.map(|(c, r)| (c, r.map(|j| j.0))), clerk_id)
+    let row: Option<super::Recorded> = sqlx::query_as(
+        "select clerk_id, kind, result from processed_events \
+         where idempotency_key = $1 and source in ($2, '') limit 1",
+    )
+    .bind(&event.idempotency_key)
+    .bind(&event.source)
+    .fetch_optional(tx)
+    .await?;
+    super::replay(row, clerk_id, event)
 }
 
 async fn record_event(
@@ -197,14 +207,16 @@ async fn record_event(
     now: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query(
-        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at) \
-         values ($1, $2, $3, $4, $5) on conflict do nothing",
+        "insert into processed_events (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
     )
     .bind(&event.idempotency_key)
     .bind(clerk_id)
     .bind(result.outcome.map_or("none", write::Outcome::as_str))
     .bind(Json(result))
     .bind(now)
+    .bind(&event.source)
+    .bind(&event.kind)
     .execute(tx)
     .await?;
     Ok(())
@@ -354,9 +366,60 @@ async fn apply(tx: &mut SqliteConnection, change: &Change, now: DateTime<Utc>) -
             .bind(clerk_id)
             .bind(user_id.map(text_id))
             .bind(now)
-            .execute(tx)
+            .execute(&mut *tx)
             .await?;
+            erase_user(tx, clerk_id).await?;
         }
+    }
+    Ok(())
+}
+
+/// A deletion takes the personal values out of the user's earlier changes
+/// (keeping what happened, when and by whom) and out of the results recorded
+/// for their earlier events, which a redelivery would otherwise give back.
+async fn erase_user(tx: &mut SqliteConnection, clerk_id: &str) -> Result<()> {
+    sqlx::query(
+        "update changes set before = null, after = null, erased = 1 where clerk_id = $1 and not erased",
+    )
+    .bind(clerk_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update processed_events set result = json_remove(result, '$.user') \
+         where clerk_id = $1 and result is not null",
+    )
+    .bind(clerk_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn append_changes(
+    tx: &mut SqliteConnection,
+    changes: &[NewChange],
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for change in changes {
+        sqlx::query(
+            "insert into changes (at, user_id, clerk_id, kind, key, before, after, actor_client, \
+             actor_event_id, actor_event_type, actor_changed_by, actor_request_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(now)
+        .bind(change.user_id.map(text_id))
+        .bind(&change.clerk_id)
+        .bind(change.kind.as_str())
+        .bind(&change.key)
+        .bind(change.before.as_ref().map(Json))
+        .bind(change.after.as_ref().map(Json))
+        .bind(&actor.client)
+        .bind(&actor.event_id)
+        .bind(&actor.event_type)
+        .bind(&actor.changed_by)
+        .bind(&actor.request_id)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(())
 }
@@ -440,12 +503,33 @@ struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
     /// This writer's turn, held until the transaction ends.
     _turn: OwnedMutexGuard<()>,
+    signal: Arc<ChangeSignal>,
+    recorded_changes: bool,
 }
 
 impl SqliteTx {
     async fn begin(store: &SqliteStore) -> Result<Self> {
         let turn = store.writer.clone().lock_owned().await;
-        Ok(Self { tx: store.pool.begin_with("BEGIN IMMEDIATE").await?, _turn: turn })
+        Ok(Self {
+            tx: store.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _turn: turn,
+            signal: store.signal.clone(),
+            recorded_changes: false,
+        })
+    }
+
+    async fn append(&mut self, changes: &[NewChange], actor: &Actor, now: DateTime<Utc>) -> Result<()> {
+        append_changes(&mut self.tx, changes, actor, now).await?;
+        self.recorded_changes |= !changes.is_empty();
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        if self.recorded_changes {
+            self.signal.wake();
+        }
+        Ok(())
     }
 }
 
@@ -464,16 +548,23 @@ impl UserTx for SqliteTx {
         Ok((None, load_existing(&mut self.tx, key).await?))
     }
 
-    async fn apply(&mut self, change: &Change, record: Option<Record<'_>>, now: DateTime<Utc>) -> Result<()> {
+    async fn apply(
+        &mut self,
+        change: &Change,
+        changes: &[NewChange],
+        actor: &Actor,
+        record: Option<Record<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         apply(&mut self.tx, change, now).await?;
         if let Some(record) = record {
             record_event(&mut self.tx, record, now).await?;
         }
-        Ok(())
+        self.append(changes, actor, now).await
     }
 
     async fn commit(self) -> Result<()> {
-        Ok(self.tx.commit().await?)
+        SqliteTx::commit(self).await
     }
 }
 
@@ -536,8 +627,17 @@ impl DataTx for SqliteTx {
         record_event(&mut self.tx, record, now).await
     }
 
+    async fn append_changes(
+        &mut self,
+        changes: &[NewChange],
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.append(changes, actor, now).await
+    }
+
     async fn commit(self) -> Result<()> {
-        Ok(self.tx.commit().await?)
+        SqliteTx::commit(self).await
     }
 }
 
@@ -560,7 +660,8 @@ impl Store for SqliteStore {
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
         let key = UserKey::ClerkId(cmd.clerk_id.clone());
         let event = cmd.event.clone();
-        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), |existing, now| {
+        let actor = cmd.actor.clone();
+        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, now| {
             write::plan_create(cmd, existing, now)
         })
         .await
@@ -606,7 +707,8 @@ impl Store for SqliteStore {
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), |existing, now| {
+        let actor = cmd.actor.clone();
+        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, now| {
             write::plan_update(cmd, existing, now)
         })
         .await
@@ -615,7 +717,8 @@ impl Store for SqliteStore {
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
         let key = cmd.key.clone();
         let event = cmd.event.clone();
-        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), |existing, _| {
+        let actor = cmd.actor.clone();
+        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, _| {
             write::plan_delete(cmd, existing)
         })
         .await
@@ -667,9 +770,10 @@ impl Store for SqliteStore {
         user: &UserKey,
         keys: &[&str],
         event: Option<&EventContext>,
+        actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        txn::edit_data(SqliteTx::begin(self).await?, user, keys, event, edit).await
+        txn::edit_data(SqliteTx::begin(self).await?, user, keys, event, actor, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
@@ -695,11 +799,99 @@ impl Store for SqliteStore {
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
         let done = sqlx::query("delete from processed_events where processed_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;
+        Ok(done.rows_affected())
+    }
+
+    fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signal.subscribe()
+    }
+
+    async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch> {
+        // One writer at a time, ids in commit order: every row up to the
+        // newest one visible is final.
+        let horizon = self.change_head().await?.id;
+        let rows: Vec<ChangeRow<Hyphenated>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select id as txid, id, {CHANGE_COLUMNS} from changes \
+             where id > $1 and id <= $2 and ($3 is null or clerk_id = $3) \
+               and ($4 = '[]' or key is null or key in (select value from json_each($4))) \
+             order by id limit $5"
+        )))
+        .bind(after.id)
+        .bind(horizon)
+        .bind(&filter.clerk_id)
+        .bind(json_list(&filter.keys))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let changes = rows.into_iter().map(LoggedChange::try_from).collect::<Result<Vec<_>>>()?;
+        let more = changes.len() >= limit as usize;
+        let last = changes.last().map_or(after, |c| c.cursor);
+        let head = if more { last } else { Cursor { txid: horizon, id: horizon }.max(last) };
+        Ok(ChangeBatch { changes, head, more, held_back: false })
+    }
+
+    async fn change_head(&self) -> Result<Cursor> {
+        let newest: Option<i64> =
+            sqlx::query_scalar("select max(id) from changes").fetch_one(&self.pool).await?;
+        Ok(newest.map_or(Cursor::START, |id| Cursor { txid: id, id }))
+    }
+
+    async fn pruned_through(&self) -> Result<Cursor> {
+        let (txid, id): (i64, i64) = sqlx::query_as("select pruned_txid, pruned_id from change_log_state")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Cursor { txid, id })
+    }
+
+    async fn list_changes(
+        &self,
+        query: &AuditQuery,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<LoggedChange>> {
+        let (cmp, order) = if query.oldest_first { (">", "asc") } else { ("<", "desc") };
+        let rows: Vec<ChangeRow<Hyphenated>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select id as txid, id, {CHANGE_COLUMNS} from changes \
+             where ($1 is null or id {cmp} $1) \
+               and ($2 is null or clerk_id = $2) and ($3 is null or actor_client = $3) \
+               and ($4 is null or at >= $4) and ($5 is null or at < $5) and ($6 is null or kind = $6) \
+             order by id {order} limit $7"
+        )))
+        .bind(after.map(|c| c.id))
+        .bind(&query.clerk_id)
+        .bind(&query.actor)
+        .bind(query.start)
+        .bind(query.end)
+        .bind(query.kind.map(|k| k.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(LoggedChange::try_from).collect()
+    }
+
+    async fn prune_changes(&self, age: Duration) -> Result<u64> {
+        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let _turn = self.writer.clone().lock_owned().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let newest: Option<i64> = sqlx::query_scalar("select max(id) from changes where at < $1")
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+        let done = sqlx::query("delete from changes where at < $1").bind(cutoff).execute(&mut *tx).await?;
+        // Moves the mark to the newest pruned change, so a follower behind it
+        // learns that it has lost changes.
+        sqlx::query(
+            "update change_log_state set pruned_txid = $1, pruned_id = $1 where $1 is not null and $1 > pruned_id",
+        )
+        .bind(newest)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

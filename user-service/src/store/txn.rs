@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{DataEdit, DataEntry, DataSet, DataWrite};
 use crate::{
     domain::{
+        change::{self, Actor, NewChange},
         data::CUSTOM_PREFIX,
         user::UserKey,
         write::{Change, EventContext, Existing, Outcome, Plan, WriteResult},
@@ -36,8 +37,17 @@ pub(super) trait UserTx: Send {
         event: Option<&EventContext>,
     ) -> Result<(Option<WriteResult>, Existing)>;
 
-    /// Makes the planned change and records the event.
-    async fn apply(&mut self, change: &Change, record: Option<Record<'_>>, now: DateTime<Utc>) -> Result<()>;
+    /// Makes the planned change, records the event and appends `changes` to
+    /// the change log. A deletion also erases the values of the user's
+    /// earlier changes and of their recorded event results.
+    async fn apply(
+        &mut self,
+        change: &Change,
+        changes: &[NewChange],
+        actor: &Actor,
+        record: Option<Record<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// Commits.
     async fn commit(self) -> Result<()>;
@@ -49,21 +59,27 @@ pub(super) async fn write_user<T: UserTx>(
     mut tx: T,
     key: &UserKey,
     event: Option<&EventContext>,
+    actor: &Actor,
     decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
 ) -> Result<WriteResult> {
     let (replayed, existing) = tx.load(key, event).await?;
     if let Some(replayed) = replayed {
         return Ok(replayed);
     }
+    let before = match &existing {
+        Existing::Present(user) => Some(user.clone()),
+        Existing::Missing | Existing::Deleted => None,
+    };
     let now = super::now();
     let plan = decide(existing, now)?;
+    let changes = change::of_user_write(&plan.change, before.as_ref());
     // Events are only ever keyed by clerk_id (the gRPC layer insists).
     let record = match (event, key) {
         (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id.as_str(), &plan.result)),
         _ => None,
     };
     if record.is_some() || !matches!(plan.change, Change::None) {
-        tx.apply(&plan.change, record, now).await?;
+        tx.apply(&plan.change, &changes, actor, record, now).await?;
     }
     tx.commit().await?;
     Ok(plan.result)
@@ -100,6 +116,14 @@ pub(super) trait DataTx: Send {
     /// Records an event so a redelivery is recognised.
     async fn record(&mut self, record: Record<'_>, now: DateTime<Utc>) -> Result<()>;
 
+    /// Appends changes to the change log.
+    async fn append_changes(
+        &mut self,
+        changes: &[NewChange],
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
     /// Commits.
     async fn commit(self) -> Result<()>;
 }
@@ -112,6 +136,7 @@ pub(super) async fn edit_data<T: DataTx>(
     user: &UserKey,
     keys: &[&str],
     event: Option<&EventContext>,
+    actor: &Actor,
     edit: DataEdit,
 ) -> Result<DataWrite> {
     let Some((user_id, clerk_id)) = tx.lock_user(user).await? else {
@@ -136,8 +161,18 @@ pub(super) async fn edit_data<T: DataTx>(
     }
     edit(&mut set)?;
     let (current, changes) = set.into_changes();
+    let logged: Vec<NewChange> = changes
+        .iter()
+        .map(|(key, after)| {
+            let before = current.get(key).map(|e| e.value.clone());
+            NewChange::data(user_id, &clerk_id, key, before, after.clone())
+        })
+        .collect();
     let now = super::now();
     let entries = tx.write_changes(user_id, changes, current, now).await?;
+    if !logged.is_empty() {
+        tx.append_changes(&logged, actor, now).await?;
+    }
     let outcome = event.map(|_| Outcome::Applied);
     if let Some(event) = event {
         let result = WriteResult { user: None, outcome, replayed: false };

@@ -14,6 +14,7 @@ use crate::{
 };
 
 crate::on_both_backends!(
+    watch_changes_follows_only_the_users_own_changes_whatever_the_request_names,
     a_signed_in_user_reaches_their_own_data_through_every_open_rpc,
     another_users_data_is_permission_denied_on_every_open_rpc,
     suspended_banned_and_deleted_users_are_permission_denied,
@@ -390,4 +391,69 @@ async fn suspended_banned_and_deleted_users_are_permission_denied(db: Db) {
     let result =
         call_open("UserService/GetUser", &mut users, &mut data, &Target::of(&bob), Naming::ByClerkId).await;
     assert_denied(result, "USER_NOT_ACTIVE", "deleted");
+}
+
+async fn watch_changes_follows_only_the_users_own_changes_whatever_the_request_names(db: Db) {
+    let clerk = Clerk::start().await;
+    let (server, alice, bob) = alice_and_bob(db, &clerk).await;
+    let mut changes = pb::change_service_client::ChangeServiceClient::with_interceptor(
+        server.channel().await,
+        session::Bearer(Some(clerk.token(ALICE))),
+    );
+    // Alice asks for Bob's changes: she gets her own.
+    let mut stream = changes
+        .watch_changes(pb::WatchChangesRequest { clerk_id: BOB.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, mut admin) = session::clients(&server, Some(ADMIN_TOKEN.into())).await;
+    for (user, key) in [(&bob, "custom.bobs"), (&alice, "custom.alices")] {
+        admin
+            .set_user_data(pb::SetUserDataRequest {
+                user_id: user.id.clone(),
+                key: key.into(),
+                value: Some(pb_value(json!(1))),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Bob's change was written first; the first change on the stream must be
+    // Alice's.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let message = stream.message().await.unwrap().expect("the stream stays open");
+            if let Some(pb::watch_changes_response::Event::Change(change)) = message.event {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("a change within 10 s");
+    assert_eq!((first.clerk_id.as_str(), first.key.as_str()), (ALICE, "custom.alices"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_user_cannot_watch_changes() {
+    let clerk = Clerk::start().await;
+    let (server, alice, _) = alice_and_bob(Db::Sqlite, &clerk).await;
+    let (mut admin, _) = session::clients(&server, Some(ADMIN_TOKEN.into())).await;
+    admin
+        .update_user(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                id: alice.id,
+                status: pb::UserStatus::Suspended as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask { paths: vec!["status".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut changes = pb::change_service_client::ChangeServiceClient::with_interceptor(
+        server.channel().await,
+        session::Bearer(Some(clerk.token(ALICE))),
+    );
+    let result = changes.watch_changes(pb::WatchChangesRequest::default()).await.map(drop);
+    assert_denied(result, "USER_NOT_ACTIVE", "suspended watcher");
 }

@@ -15,6 +15,8 @@ crate::on_both_backends!(
     a_delete_for_an_unknown_user_is_remembered,
     events_may_not_set_role_or_status,
     a_reused_key_for_another_user_is_rejected,
+    a_reused_key_for_another_kind_of_write_is_rejected,
+    a_reused_key_for_another_event_type_is_rejected,
     bad_event_contexts_are_named,
     concurrent_creates_of_one_clerk_id_leave_one_row,
     concurrent_deliveries_of_one_event_have_one_effect,
@@ -171,6 +173,32 @@ async fn events_may_not_set_role_or_status(db: Db) {
     assert_eq!(get_by_clerk_id(&mut client, "user_rs").await.unwrap_err().code(), Code::NotFound);
 }
 
+async fn a_reused_key_for_another_kind_of_write_is_rejected(db: Db) {
+    let server = TestServer::start(db).await;
+    let mut client = server.users().await;
+    client.create_user(clerk_create("user_kk", "A", "msg_kind", 1_000)).await.unwrap();
+    let err = client.update_user(clerk_update("user_kk", "B", "C", "msg_kind", 2_000)).await.unwrap_err();
+    assert_field_violation(&err, "event_context.idempotency_key");
+    assert!(err.message().contains("another kind of write"), "{err:?}");
+    assert_eq!(get_by_clerk_id(&mut client, "user_kk").await.unwrap().first_name.as_deref(), Some("A"));
+}
+
+async fn a_reused_key_for_another_event_type_is_rejected(db: Db) {
+    let server = TestServer::start(db).await;
+    let mut client = server.users().await;
+    client.create_user(clerk_create("user_kt", "A", "msg_t0", 500)).await.unwrap();
+    let typed = |event_type: &str, first: &str| {
+        let mut request = clerk_update("user_kt", first, "L", "msg_type", 1_000);
+        request.event_context.as_mut().unwrap().event_type = event_type.into();
+        request
+    };
+    client.update_user(typed("user.updated", "B")).await.unwrap();
+    let again = client.update_user(typed("user.updated", "B")).await.unwrap().into_inner();
+    assert!(again.replayed);
+    let err = client.update_user(typed("session.created", "C")).await.unwrap_err();
+    assert_field_violation(&err, "event_context.idempotency_key");
+}
+
 async fn a_reused_key_for_another_user_is_rejected(db: Db) {
     let server = TestServer::start(db).await;
     let mut client = server.users().await;
@@ -266,4 +294,37 @@ async fn concurrent_deliveries_of_one_event_have_one_effect(db: Db) {
     let data = server.store.list_user_data(user.id.parse().unwrap()).await.unwrap();
     let history = data.iter().find(|d| d.key == "name_history").unwrap();
     assert_eq!(history.value.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_namespaced_by_client() {
+    use std::io::Write;
+    use tonic::{Request, metadata::MetadataValue};
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "first read,write first-token-0123456789\nsecond read,write second-token-0123456789")
+        .unwrap();
+    let path = file.path().to_owned();
+    let server = TestServer::start_with(Db::Postgres, move |c| c.auth_tokens = Some(path)).await;
+    let mut client = server.users().await;
+    let as_client = |token: &str, request: pb::UpdateUserRequest| {
+        let mut request = Request::new(request);
+        let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+        request
+    };
+    let first = client
+        .update_user(as_client("first-token-0123456789", clerk_update("user_ns", "A", "L", "msg_ns", 1_000)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    // The same key from another client is that client's own event, not a
+    // duplicate of the first one's (nor could the first one block it).
+    let second = client
+        .update_user(as_client("second-token-0123456789", clerk_update("user_ns", "B", "L", "msg_ns", 2_000)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.replayed);
+    assert_eq!(second.user.unwrap().first_name.as_deref(), Some("B"));
 }

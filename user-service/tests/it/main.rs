@@ -2,6 +2,7 @@
 //! test on a fresh PostgreSQL database and again on a fresh SQLite file.
 
 mod browser;
+mod changes;
 mod clerk;
 mod data;
 mod end_user;

@@ -53,9 +53,12 @@ async fn reflection_v1_and_v1alpha_list_every_service_and_know_error_details(db:
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in
-        ["userdata.v1.UserService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
-    {
+    for expected in [
+        "userdata.v1.UserService",
+        "userdata.v1.ChangeService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
     let found = responses.next().await.unwrap().unwrap().message_response;

@@ -1,0 +1,361 @@
+//! The live change feed: one reader per process tails the change log and
+//! fans each change out to every follower; a follower replays what it missed
+//! from the log itself, so it never skips nor repeats a change.
+//!
+//! How a follower stays exact (see also `store/CHANGES.md`):
+//! - it subscribes to the fan-out *before* reading the log, and the log is
+//!   read only up to what is final, which never moves backwards; so the
+//!   replay reaches at least where the fan-out starts for it;
+//! - it keeps its own cursor and drops anything at or before it, so what the
+//!   replay and the fan-out both carry is sent once;
+//! - when it falls too far behind the fan-out (a slow client), it goes back
+//!   to reading the log from its cursor: writers never wait for followers.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex as SyncMutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::Utc;
+use tokio::sync::{Mutex, broadcast, mpsc};
+
+use crate::{
+    domain::change::{ChangeFilter, Cursor, LoggedChange},
+    error::{Error, Result},
+    metrics::Metrics,
+    store::Store,
+};
+
+/// How many changes the fan-out holds for a follower that is busy sending;
+/// one that falls further behind reads the log instead.
+const FANOUT_CAPACITY: usize = 4096;
+/// Rows read from the log per query.
+const BATCH: u32 = 500;
+/// How soon to look again while a committed change waits for an older
+/// transaction to end.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(10);
+
+/// Settings of the feed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedConfig {
+    /// Safety net: how often the log is read even without a wake-up (a lost
+    /// notification, a transaction that ended without changes).
+    pub poll_interval: Duration,
+    /// How often an idle follower gets a heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self { poll_interval: Duration::from_secs(1), heartbeat_interval: Duration::from_secs(15) }
+    }
+}
+
+/// What a follower is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedEvent {
+    /// The next matching change.
+    Change(Arc<LoggedChange>),
+    /// Nothing new matched; everything up to the cursor has been read.
+    Heartbeat(Cursor),
+}
+
+/// The process's change feed.
+pub struct Feed {
+    store: Arc<dyn Store>,
+    config: FeedConfig,
+    fanout: broadcast::Sender<Arc<LoggedChange>>,
+    /// Where the fan-out has read to; `None` while nobody follows (then the
+    /// log is not read at all).
+    head: Mutex<Option<Cursor>>,
+    followers: SyncMutex<HashMap<u64, Arc<Progress>>>,
+    next_follower: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// How far one follower has got, for the lag gauge.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Milliseconds since the epoch of the oldest change this follower has
+    /// not sent yet, or 0 when it has sent everything it knows of.
+    behind_since_ms: AtomicI64,
+}
+
+impl Feed {
+    /// Starts the feed's reader on `store`.
+    pub fn start(store: Arc<dyn Store>, config: FeedConfig, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+        let feed = Arc::new(Self {
+            store,
+            config,
+            fanout: broadcast::Sender::new(FANOUT_CAPACITY),
+            head: Mutex::new(None),
+            followers: SyncMutex::new(HashMap::new()),
+            next_follower: AtomicU64::new(0),
+            metrics,
+        });
+        tokio::spawn(read_log(Arc::downgrade(&feed)));
+        feed
+    }
+
+    /// Followers connected right now.
+    pub fn followers(&self) -> usize {
+        self.followers.lock().map_or(0, |f| f.len())
+    }
+
+    /// How long the furthest-behind follower has had a change waiting.
+    pub fn max_lag(&self) -> Duration {
+        let now = Utc::now().timestamp_millis();
+        let oldest = self.followers.lock().map_or(0, |followers| {
+            followers
+                .values()
+                .map(|p| p.behind_since_ms.load(Ordering::Relaxed))
+                .filter(|ms| *ms > 0)
+                .min()
+                .unwrap_or(0)
+        });
+        if oldest == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(u64::try_from(now - oldest).unwrap_or(0))
+        }
+    }
+
+    /// Follows the log after `start` (`None`: from now) for changes matching
+    /// `filter`. Fails with `OUT_OF_RANGE` when `start` is older than
+    /// retention keeps. Events arrive on the returned channel until the
+    /// receiver is dropped.
+    pub async fn follow(
+        self: &Arc<Self>,
+        start: Option<Cursor>,
+        filter: ChangeFilter,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Result<FeedEvent>>> {
+        // Subscribe first: whatever the fan-out sends from now on, the
+        // replay below reaches at least up to it.
+        let fanout = self.subscribe().await?;
+        let cursor = match start {
+            Some(cursor) => {
+                check_retained(self.store.as_ref(), cursor).await?;
+                cursor
+            }
+            None => self.store.change_head().await?,
+        };
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = self.next_follower.fetch_add(1, Ordering::Relaxed);
+        let progress = Arc::new(Progress::default());
+        if let Ok(mut followers) = self.followers.lock() {
+            followers.insert(id, progress.clone());
+        }
+        let follower = Follower { feed: self.clone(), id, progress, filter, cursor, tx };
+        tokio::spawn(follower.run(fanout));
+        Ok(rx)
+    }
+
+    async fn subscribe(&self) -> Result<broadcast::Receiver<Arc<LoggedChange>>> {
+        let mut head = self.head.lock().await;
+        let receiver = self.fanout.subscribe();
+        if head.is_none() {
+            // The reader was idle: it resumes from here, which is before
+            // anything this follower's replay will read.
+            *head = Some(self.store.change_head().await?);
+        }
+        Ok(receiver)
+    }
+
+    fn record_delivery(&self, change: &LoggedChange) {
+        if let Some(metrics) = &self.metrics {
+            let age = (Utc::now() - change.at).to_std().unwrap_or_default();
+            metrics.record_change_delivery(age);
+        }
+    }
+}
+
+/// Fails with `OUT_OF_RANGE` when changes after `cursor` may have been pruned.
+async fn check_retained(store: &dyn Store, cursor: Cursor) -> Result<()> {
+    let pruned = store.pruned_through().await?;
+    if cursor < pruned {
+        return Err(Error::CursorExpired { oldest: pruned.to_string() });
+    }
+    Ok(())
+}
+
+/// The feed's reader: reads what is final after its head and fans it out,
+/// whenever a commit wakes it, every `poll_interval` anyway, and soon again
+/// while a change is held back by an older transaction.
+async fn read_log(feed: std::sync::Weak<Feed>) {
+    let Some(strong) = feed.upgrade() else { return };
+    let mut signal = strong.store.change_signal();
+    let poll = strong.config.poll_interval;
+    drop(strong);
+    let mut wait = poll;
+    loop {
+        tokio::select! {
+            changed = signal.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+        let Some(feed) = feed.upgrade() else { return };
+        wait = match read_once(&feed).await {
+            Ok(true) => HELD_BACK_RETRY,
+            Ok(false) => poll,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the change log; retrying");
+                poll
+            }
+        };
+    }
+}
+
+/// Reads and fans out everything final after the head. Returns whether some
+/// change is held back.
+async fn read_once(feed: &Feed) -> Result<bool> {
+    let mut head = feed.head.lock().await;
+    if feed.fanout.receiver_count() == 0 {
+        // Nobody follows: forget the position rather than read for no one.
+        *head = None;
+        return Ok(false);
+    }
+    let Some(mut cursor) = *head else { return Ok(false) };
+    loop {
+        let batch = feed.store.read_changes(cursor, &ChangeFilter::default(), BATCH).await?;
+        for change in batch.changes {
+            cursor = change.cursor;
+            // No receivers left is fine: the next round notices.
+            let _ = feed.fanout.send(Arc::new(change));
+        }
+        cursor = cursor.max(batch.head);
+        *head = Some(cursor);
+        if !batch.more {
+            return Ok(batch.held_back);
+        }
+    }
+}
+
+/// One follower's task.
+struct Follower {
+    feed: Arc<Feed>,
+    id: u64,
+    progress: Arc<Progress>,
+    filter: ChangeFilter,
+    cursor: Cursor,
+    tx: mpsc::Sender<Result<FeedEvent>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Ok(mut followers) = self.feed.followers.lock() {
+            followers.remove(&self.id);
+        }
+    }
+}
+
+/// Why a follower stops.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The follower failed; the client was told.
+    Failed,
+}
+
+impl Follower {
+    async fn run(mut self, mut fanout: broadcast::Receiver<Arc<LoggedChange>>) {
+        if let Some(metrics) = &self.feed.metrics {
+            metrics.set_change_followers(self.feed.followers());
+        }
+        let _ = self.follow(&mut fanout).await;
+        drop(fanout);
+        let feed = self.feed.clone();
+        drop(self);
+        if let Some(metrics) = &feed.metrics {
+            metrics.set_change_followers(feed.followers());
+        }
+    }
+
+    async fn follow(&mut self, fanout: &mut broadcast::Receiver<Arc<LoggedChange>>) -> Result<(), Stop> {
+        self.replay().await?;
+        let mut heartbeat = tokio::time::interval(self.feed.config.heartbeat_interval);
+        heartbeat.reset();
+        loop {
+            tokio::select! {
+                received = fanout.recv() => match received {
+                    Ok(change) => {
+                        if change.cursor <= self.cursor {
+                            continue;
+                        }
+                        self.cursor = change.cursor;
+                        if self.filter.matches(&change.change) {
+                            self.send_change(change).await?;
+                            heartbeat.reset();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "change follower fell behind; reading the log");
+                        if let Some(metrics) = &self.feed.metrics {
+                            metrics.count_change_fallback();
+                        }
+                        self.replay().await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.fail(Error::Unavailable("the change feed stopped".into())).await;
+                        return Err(Stop::Failed);
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    self.send(FeedEvent::Heartbeat(self.cursor)).await?;
+                }
+                () = self.tx.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+
+    /// Sends everything final after the cursor from the log.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        if let Err(err) = check_retained(self.feed.store.as_ref(), self.cursor).await {
+            self.fail(err).await;
+            return Err(Stop::Failed);
+        }
+        loop {
+            let batch = match self.feed.store.read_changes(self.cursor, &self.filter, BATCH).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    self.fail(err).await;
+                    return Err(Stop::Failed);
+                }
+            };
+            if let Some(first) = batch.changes.first() {
+                self.progress.behind_since_ms.store(first.at.timestamp_millis().max(1), Ordering::Relaxed);
+            }
+            for change in batch.changes {
+                self.cursor = change.cursor;
+                self.send_change(Arc::new(change)).await?;
+            }
+            self.cursor = self.cursor.max(batch.head);
+            self.progress.behind_since_ms.store(0, Ordering::Relaxed);
+            if !batch.more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_change(&self, change: Arc<LoggedChange>) -> Result<(), Stop> {
+        self.feed.record_delivery(&change);
+        self.send(FeedEvent::Change(change)).await
+    }
+
+    async fn send(&self, event: FeedEvent) -> Result<(), Stop> {
+        self.tx.send(Ok(event)).await.map_err(|_| Stop::Gone)
+    }
+
+    async fn fail(&self, err: Error) {
+        let _ = self.tx.send(Err(err)).await;
+    }
+}

@@ -1,0 +1,678 @@
+//! The change log: what writes record, `WatchChanges` (exactly once, in
+//! order, resumable, across replicas and crashes) and `ListChanges`.
+
+use std::{collections::HashMap, io::Write, time::Duration};
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::{Code, Request, Status, Streaming, metadata::MetadataValue};
+use tonic_types::StatusExt;
+use userdata_proto::v1::{
+    self as pb, change_service_client::ChangeServiceClient, watch_changes_response::Event,
+};
+
+use crate::helpers::*;
+
+/// A `ChangeService` client.
+type Changes = ChangeServiceClient<tonic::transport::Channel>;
+
+/// Longest wait for something the test expects to happen.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+crate::on_both_backends!(
+    every_write_path_records_its_changes_with_the_actor,
+    rejected_stale_replayed_and_no_op_writes_record_nothing,
+    concurrent_writers_reach_a_follower_exactly_once_and_in_commit_order_per_user,
+    a_follower_resuming_from_its_last_cursor_misses_nothing_and_repeats_nothing,
+    a_follower_starting_now_sees_only_later_changes,
+    a_key_filter_passes_those_keys_and_the_users_own_changes,
+    an_idle_stream_gets_heartbeats_with_its_cursor,
+    a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor,
+    deleting_a_user_erases_their_values_and_keeps_the_facts,
+    list_changes_pages_and_filters_by_user_actor_kind_and_order,
+    bad_watch_and_list_requests_name_the_field,
+);
+
+async fn changes_client(server: &TestServer) -> Changes {
+    ChangeServiceClient::new(server.channel().await)
+}
+
+/// Opens a stream after `cursor` (empty: now) with a filter.
+async fn watch(
+    client: &mut Changes,
+    request: pb::WatchChangesRequest,
+) -> Streaming<pb::WatchChangesResponse> {
+    client.watch_changes(request).await.expect("watch changes").into_inner()
+}
+
+/// The next change on the stream, skipping heartbeats.
+async fn next_change(stream: &mut Streaming<pb::WatchChangesResponse>) -> pb::Change {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .expect("a change within the patience")
+            .expect("the stream is open")
+            .expect("a message, not an error");
+        if let Some(Event::Change(change)) = message.event {
+            return change;
+        }
+    }
+}
+
+/// The next `n` changes.
+async fn next_changes(stream: &mut Streaming<pb::WatchChangesResponse>, n: usize) -> Vec<pb::Change> {
+    let mut changes = Vec::with_capacity(n);
+    for _ in 0..n {
+        changes.push(next_change(stream).await);
+    }
+    changes
+}
+
+/// Every change in the log, oldest first.
+async fn all_changes(client: &mut Changes, clerk_id: &str) -> Vec<pb::Change> {
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_changes(pb::ListChangesRequest {
+                clerk_id: clerk_id.into(),
+                order: pb::ChangeOrder::OldestFirst as i32,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list changes")
+            .into_inner();
+        found.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            return found;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Waits until the log hands out `count` changes of `clerk_id` (a change
+/// is handed out once every older transaction has ended): a follower starting
+/// "now" after this sees none of them.
+async fn wait_final(client: &mut Changes, clerk_id: &str, count: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while all_changes(client, clerk_id).await.len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "the changes of {clerk_id} never became final");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn json_of(value: Option<&prost_types::Value>) -> serde_json::Value {
+    use prost_types::value::Kind;
+    let Some(value) = value else { return serde_json::Value::Null };
+    match value.kind.as_ref() {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        // Integers come back as integers, so they compare with `json!(3)`.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 1e15 => json!(*n as i64),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(l)) => l.values.iter().map(|v| json_of(Some(v))).collect(),
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_of(Some(v))))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    }
+}
+
+fn kind(change: &pb::Change) -> pb::ChangeKind {
+    pb::ChangeKind::try_from(change.kind).unwrap()
+}
+
+fn set_custom(clerk_id: &str, key: &str, value: serde_json::Value) -> pb::SetUserDataRequest {
+    pb::SetUserDataRequest {
+        clerk_id: clerk_id.into(),
+        key: key.into(),
+        value: Some(pb_value(value)),
+        ..Default::default()
+    }
+}
+
+fn theme(clerk_id: &str, theme: pb::Theme) -> pb::UpdatePreferencesRequest {
+    pb::UpdatePreferencesRequest {
+        clerk_id: clerk_id.into(),
+        preferences: Some(pb::Preferences { theme: theme as i32, ..Default::default() }),
+        update_mask: Some(mask(&["theme"])),
+        ..Default::default()
+    }
+}
+
+async fn every_write_path_records_its_changes_with_the_actor(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    let mut create = clerk_create("user_log", "Ada", "msg_create", 1_000);
+    create.event_context.as_mut().unwrap().event_type = "user.created".into();
+    users.create_user(create).await.unwrap();
+    let mut rename = Request::new(pb::UpdateUserRequest {
+        user: Some(pb::User {
+            clerk_id: "user_log".into(),
+            first_name: Some("Grace".into()),
+            ..Default::default()
+        }),
+        update_mask: Some(mask(&["first_name"])),
+        changed_by: "user_admin".into(),
+        ..Default::default()
+    });
+    rename.metadata_mut().insert("x-request-id", MetadataValue::from_static("req-rename-1"));
+    users.update_user(rename).await.unwrap();
+    data.update_preferences(theme("user_log", pb::Theme::Dark)).await.unwrap();
+    data.set_user_data(set_custom("user_log", "custom.color", json!("teal"))).await.unwrap();
+    data.delete_user_data(pb::DeleteUserDataRequest {
+        clerk_id: "user_log".into(),
+        key: "custom.color".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let log = all_changes(&mut changes, "user_log").await;
+    let summary: Vec<(pb::ChangeKind, &str)> = log.iter().map(|c| (kind(c), c.key.as_str())).collect();
+    assert_eq!(
+        summary,
+        [
+            (pb::ChangeKind::UserCreated, ""),
+            (pb::ChangeKind::UserUpdated, ""),
+            (pb::ChangeKind::DataSet, "preferences"),
+            (pb::ChangeKind::DataSet, "custom.color"),
+            (pb::ChangeKind::DataDeleted, "custom.color"),
+        ]
+    );
+    let created = &log[0];
+    assert_eq!(json_of(created.after.as_ref())["first_name"], "Ada");
+    let actor = created.actor.as_ref().unwrap();
+    assert_eq!((actor.client.as_str(), actor.event_id.as_str()), ("anonymous", "msg_create"));
+    assert_eq!(actor.event_type, "user.created");
+    let renamed = &log[1];
+    assert_eq!(json_of(renamed.before.as_ref())["first_name"], "Ada");
+    assert_eq!(json_of(renamed.after.as_ref())["first_name"], "Grace");
+    let actor = renamed.actor.as_ref().unwrap();
+    assert_eq!((actor.changed_by.as_str(), actor.request_id.as_str()), ("user_admin", "req-rename-1"));
+    assert!(actor.event_id.is_empty());
+    assert_eq!(json_of(log[2].after.as_ref())["theme"], "dark");
+    assert_eq!(json_of(log[4].before.as_ref()), json!("teal"));
+    assert!(log[4].after.is_none());
+    let cursors: Vec<&String> = log.iter().map(|c| &c.cursor).collect();
+    assert!(cursors.windows(2).all(|w| w[0] != w[1]), "{cursors:?}");
+}
+
+async fn rejected_stale_replayed_and_no_op_writes_record_nothing(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    users.create_user(clerk_create("user_quiet", "Ada", "msg_1", 2_000)).await.unwrap();
+    data.update_preferences(theme("user_quiet", pb::Theme::Dark)).await.unwrap();
+    let before = all_changes(&mut changes, "user_quiet").await.len();
+
+    // Rejected: an invalid time zone.
+    let mut bad = theme("user_quiet", pb::Theme::Light);
+    bad.preferences.as_mut().unwrap().timezone = "Mars/Olympus".into();
+    bad.update_mask = Some(mask(&["theme", "timezone"]));
+    assert_eq!(data.update_preferences(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    // Stale: older than what is stored.
+    users.update_user(clerk_update("user_quiet", "Old", "Name", "msg_2", 1_000)).await.unwrap();
+    // Replayed: the same event again.
+    users.create_user(clerk_create("user_quiet", "Ada", "msg_1", 2_000)).await.unwrap();
+    // No-op: the value it already has.
+    data.update_preferences(theme("user_quiet", pb::Theme::Dark)).await.unwrap();
+    // A stale etag.
+    let mut stale = set_custom("user_quiet", "custom.x", json!(1));
+    stale.etag = "\"v99\"".into();
+    assert!(data.set_user_data(stale).await.is_err());
+
+    assert_eq!(all_changes(&mut changes, "user_quiet").await.len(), before);
+}
+
+async fn concurrent_writers_reach_a_follower_exactly_once_and_in_commit_order_per_user(db: Db) {
+    const WRITERS: usize = 8;
+    const USERS: usize = 4;
+    const WRITES: usize = 25;
+    let server = TestServer::start_with(db, |c| c.max_connections = 8).await;
+    let mut users = server.users().await;
+    let mut changes = changes_client(&server).await;
+    for u in 0..USERS {
+        create(&mut users, &format!("user_c{u}")).await;
+        wait_final(&mut changes, &format!("user_c{u}"), 1).await;
+    }
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut data = DataClient::new(server.channel().await);
+        writers.push(tokio::spawn(async move {
+            for i in 0..WRITES {
+                let user = format!("user_c{}", (w + i) % USERS);
+                data.set_user_data(set_custom(&user, "custom.counter", json!(format!("{w}-{i}"))))
+                    .await
+                    .expect("write");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let received = next_changes(&mut stream, WRITERS * WRITES).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut last_value: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut last_cursor: Option<String> = None;
+    for change in &received {
+        assert_eq!(kind(change), pb::ChangeKind::DataSet);
+        let after = json_of(change.after.as_ref());
+        assert!(seen.insert(after.clone()), "{after} delivered twice");
+        // Each user's changes chain: what one wrote is what the next found.
+        let before = json_of(change.before.as_ref());
+        let previous = last_value.insert(change.clerk_id.clone(), after).unwrap_or(serde_json::Value::Null);
+        assert_eq!(before, previous, "out of commit order for {}", change.clerk_id);
+        assert_ne!(last_cursor.as_ref(), Some(&change.cursor));
+        last_cursor = Some(change.cursor.clone());
+    }
+    assert_eq!(seen.len(), WRITERS * WRITES);
+    // Nothing more arrives: the next message is a heartbeat or nothing.
+    let extra = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(
+        !matches!(&extra, Ok(Some(Ok(pb::WatchChangesResponse { event: Some(Event::Change(_)) })))),
+        "{extra:?}"
+    );
+}
+
+async fn a_follower_resuming_from_its_last_cursor_misses_nothing_and_repeats_nothing(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_resume").await;
+    wait_final(&mut changes, "user_resume", 1).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    for i in 0..5 {
+        data.set_user_data(set_custom("user_resume", "custom.n", json!(i))).await.unwrap();
+    }
+    let first = next_changes(&mut stream, 3).await;
+    drop(stream);
+    for i in 5..10 {
+        data.set_user_data(set_custom("user_resume", "custom.n", json!(i))).await.unwrap();
+    }
+    let resumed = pb::WatchChangesRequest { cursor: first[2].cursor.clone(), ..Default::default() };
+    let mut stream = watch(&mut changes, resumed).await;
+    let rest = next_changes(&mut stream, 7).await;
+    let values: Vec<serde_json::Value> =
+        first.iter().chain(&rest).map(|c| json_of(c.after.as_ref())).collect();
+    assert_eq!(values, (0..10).map(|i| json!(i)).collect::<Vec<_>>());
+}
+
+async fn a_follower_starting_now_sees_only_later_changes(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_now").await;
+    data.set_user_data(set_custom("user_now", "custom.n", json!("before"))).await.unwrap();
+    wait_final(&mut changes, "user_now", 2).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    data.set_user_data(set_custom("user_now", "custom.n", json!("after"))).await.unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(json_of(change.after.as_ref()), json!("after"));
+}
+
+async fn a_key_filter_passes_those_keys_and_the_users_own_changes(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_keys").await;
+    create(&mut users, "user_other").await;
+    wait_final(&mut changes, "user_keys", 1).await;
+    let request = pb::WatchChangesRequest {
+        clerk_id: "user_keys".into(),
+        keys: vec!["preferences".into()],
+        ..Default::default()
+    };
+    let mut stream = watch(&mut changes, request).await;
+    data.set_user_data(set_custom("user_keys", "custom.skip", json!(1))).await.unwrap();
+    data.update_preferences(theme("user_other", pb::Theme::Dark)).await.unwrap();
+    data.update_preferences(theme("user_keys", pb::Theme::Light)).await.unwrap();
+    users
+        .delete_user(pb::DeleteUserRequest { clerk_id: "user_keys".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let got = next_changes(&mut stream, 2).await;
+    assert_eq!(
+        (kind(&got[0]), got[0].key.as_str(), got[0].clerk_id.as_str()),
+        (pb::ChangeKind::DataSet, "preferences", "user_keys")
+    );
+    assert_eq!(kind(&got[1]), pb::ChangeKind::UserDeleted);
+}
+
+async fn an_idle_stream_gets_heartbeats_with_its_cursor(db: Db) {
+    let server =
+        TestServer::start_with(db, |c| c.change_heartbeat_interval = Duration::from_millis(100)).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_beat").await;
+    wait_final(&mut changes, "user_beat", 1).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    data.set_user_data(set_custom("user_beat", "custom.n", json!(1))).await.unwrap();
+    let change = next_change(&mut stream).await;
+    let message = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
+    let Some(Event::Heartbeat(beat)) = message.event else { panic!("expected a heartbeat, got {message:?}") };
+    assert_eq!(beat.cursor, change.cursor);
+}
+
+async fn a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_old").await;
+    data.set_user_data(set_custom("user_old", "custom.n", json!(1))).await.unwrap();
+    let first = all_changes(&mut changes, "user_old").await[0].cursor.clone();
+    data.set_user_data(set_custom("user_old", "custom.n", json!(2))).await.unwrap();
+    // Everything written so far is past a zero retention.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(server.store.prune_changes(Duration::ZERO).await.unwrap() >= 3);
+
+    let request = pb::WatchChangesRequest { cursor: first, ..Default::default() };
+    let err = changes.watch_changes(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    let info = err.get_details_error_info().expect("ErrorInfo");
+    let oldest = info.metadata.get("oldest_cursor").expect("oldest_cursor").clone();
+    assert!(err.message().contains(&oldest), "{err:?}");
+
+    let mut stream =
+        watch(&mut changes, pb::WatchChangesRequest { cursor: oldest, ..Default::default() }).await;
+    data.set_user_data(set_custom("user_old", "custom.n", json!(3))).await.unwrap();
+    assert_eq!(json_of(next_change(&mut stream).await.after.as_ref()), json!(3));
+}
+
+async fn deleting_a_user_erases_their_values_and_keeps_the_facts(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    users.create_user(clerk_create("user_gone", "Ada", "msg_c", 1_000)).await.unwrap();
+    data.record_login(pb::RecordLoginRequest {
+        clerk_id: "user_gone".into(),
+        login: Some(pb::LoginRecord { ip: Some("203.0.113.9".into()), success: true, ..Default::default() }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut delete = pb::DeleteUserRequest { clerk_id: "user_gone".into(), ..Default::default() };
+    delete.event_context = event("msg_d", 2_000);
+    users.delete_user(delete).await.unwrap();
+
+    let log = all_changes(&mut changes, "user_gone").await;
+    assert_eq!(kind(log.last().unwrap()), pb::ChangeKind::UserDeleted);
+    for change in &log {
+        assert!(change.before.is_none() && change.after.is_none(), "{change:?}");
+    }
+    assert!(log[..log.len() - 1].iter().all(|c| c.erased));
+    assert_eq!(log[0].actor.as_ref().unwrap().event_id, "msg_c");
+    let text = format!("{log:?}");
+    assert!(
+        !text.contains("203.0.113.9") && !text.contains("Ada") && !text.contains("example.org"),
+        "{text}"
+    );
+
+    // A redelivered create is recognised, and gives nothing back.
+    let replay =
+        users.create_user(clerk_create("user_gone", "Ada", "msg_c", 1_000)).await.unwrap().into_inner();
+    assert!(replay.replayed);
+    assert!(replay.user.is_none(), "{replay:?}");
+}
+
+async fn list_changes_pages_and_filters_by_user_actor_kind_and_order(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_a").await;
+    create(&mut users, "user_b").await;
+    for i in 0..5 {
+        data.set_user_data(set_custom("user_a", "custom.n", json!(i))).await.unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = changes
+            .list_changes(pb::ListChangesRequest {
+                clerk_id: "user_a".into(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.changes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+    let newest_first: Vec<pb::Change> = pages.into_iter().flatten().collect();
+    assert_eq!(kind(newest_first.last().unwrap()), pb::ChangeKind::UserCreated);
+    assert_eq!(json_of(newest_first[0].after.as_ref()), json!(4));
+
+    let only = |kind: pb::ChangeKind, actor: &str| pb::ListChangesRequest {
+        kind: kind as i32,
+        actor: actor.into(),
+        ..Default::default()
+    };
+    let created = changes.list_changes(only(pb::ChangeKind::UserCreated, "")).await.unwrap().into_inner();
+    assert_eq!(created.changes.len(), 2);
+    let nobody =
+        changes.list_changes(only(pb::ChangeKind::Unspecified, "reporting")).await.unwrap().into_inner();
+    assert!(nobody.changes.is_empty());
+    let future = pb::ListChangesRequest {
+        start_time: Some(prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    assert!(changes.list_changes(future).await.unwrap().into_inner().changes.is_empty());
+
+    // A token is bound to its filters.
+    let first = changes
+        .list_changes(pb::ListChangesRequest {
+            clerk_id: "user_a".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = changes
+        .list_changes(pb::ListChangesRequest {
+            clerk_id: "user_b".into(),
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_field_violation(&err, "page_token");
+}
+
+async fn bad_watch_and_list_requests_name_the_field(db: Db) {
+    let server = TestServer::start(db).await;
+    let mut changes = changes_client(&server).await;
+    let cases: [(pb::WatchChangesRequest, &str); 4] = [
+        (pb::WatchChangesRequest { cursor: "yesterday".into(), ..Default::default() }, "cursor"),
+        (
+            pb::WatchChangesRequest { user_id: "x".into(), clerk_id: "user_1".into(), ..Default::default() },
+            "user_id",
+        ),
+        (pb::WatchChangesRequest { keys: vec!["nope".into()], ..Default::default() }, "keys[0]"),
+        (pb::WatchChangesRequest { user_id: "not-a-uuid".into(), ..Default::default() }, "user_id"),
+    ];
+    for (request, field) in cases {
+        let err = changes.watch_changes(request).await.unwrap_err();
+        assert_field_violation(&err, field);
+    }
+    let err = changes
+        .list_changes(pb::ListChangesRequest { page_size: -1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_field_violation(&err, "page_size");
+    let err = changes
+        .list_changes(pb::ListChangesRequest { page_token: "garbage".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_field_violation(&err, "page_token");
+    let unknown = pb::WatchChangesRequest { user_id: uuid::Uuid::now_v7().to_string(), ..Default::default() };
+    assert_eq!(changes.watch_changes(unknown).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_held_open_is_delivered_when_it_commits() {
+    use sqlx::Connection;
+    let server = TestServer::start(Db::Postgres).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_held").await;
+    wait_final(&mut changes, "user_held", 1).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+
+    // A slow writer: its transaction takes an id and writes a change, then
+    // stays open while later writes commit.
+    let mut slow = sqlx::PgConnection::connect(&server.database.url).await.unwrap();
+    let mut held = slow.begin().await.unwrap();
+    sqlx::query(
+        "insert into changes (at, clerk_id, kind, key, after, actor_client) \
+         values (now(), 'user_held', 'data_set', 'custom.slow', '\"held\"', 'test')",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    for i in 0..3 {
+        data.set_user_data(set_custom("user_held", "custom.fast", json!(i))).await.unwrap();
+    }
+    // Committed, but behind the open transaction: nothing may be handed out
+    // yet, or the slow change would land behind the follower's cursor.
+    let early = tokio::time::timeout(Duration::from_millis(500), next_change(&mut stream)).await;
+    assert!(early.is_err(), "a change overtook an open transaction: {early:?}");
+
+    held.commit().await.unwrap();
+    let got = next_changes(&mut stream, 4).await;
+    let values: Vec<serde_json::Value> = got.iter().map(|c| json_of(c.after.as_ref())).collect();
+    assert_eq!(values, [json!("held"), json!(0), json!(1), json!(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_replica_reaches_a_follower_on_another() {
+    // No safety poll to speak of: only NOTIFY can wake replica B in time.
+    let slow_poll = |c: &mut user_service::config::Config| c.change_poll_interval = Duration::from_secs(3600);
+    let a = TestServer::start_with(Db::Postgres, slow_poll).await;
+    let database = user_service::testing::TestDatabase::shared(&a.database.url);
+    let b = TestServer::try_start(database, "127.0.0.1:0".parse().unwrap(), slow_poll).await.unwrap();
+    let mut users = a.users().await;
+    create(&mut users, "user_two").await;
+    let mut changes = changes_client(&b).await;
+    wait_final(&mut changes, "user_two", 1).await;
+    let mut follower = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    let mut data = DataClient::new(a.channel().await);
+    let started = std::time::Instant::now();
+    data.set_user_data(set_custom("user_two", "custom.n", json!("via a"))).await.unwrap();
+    let change = next_change(&mut follower).await;
+    assert_eq!(json_of(change.after.as_ref()), json!("via a"));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_resume_after_user_service_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kill.db").display());
+    let mut service = Spawned::start(&url);
+    let channel = service.channel().await;
+    let mut users = userdata_proto::v1::user_service_client::UserServiceClient::new(channel.clone());
+    let mut data = DataClient::new(channel.clone());
+    create(&mut users, "user_kill").await;
+    let mut stream = watch(&mut ChangeServiceClient::new(channel), pb::WatchChangesRequest::default()).await;
+    data.set_user_data(set_custom("user_kill", "custom.n", json!(0))).await.unwrap();
+    let seen = next_change(&mut stream).await;
+    data.set_user_data(set_custom("user_kill", "custom.n", json!(1))).await.unwrap();
+
+    service.kill();
+    let mut service = Spawned::start(&url);
+    let channel = service.channel().await;
+    let mut data = DataClient::new(channel.clone());
+    data.set_user_data(set_custom("user_kill", "custom.n", json!(2))).await.unwrap();
+    let resumed = pb::WatchChangesRequest { cursor: seen.cursor, ..Default::default() };
+    let mut stream = watch(&mut ChangeServiceClient::new(channel), resumed).await;
+    let rest = next_changes(&mut stream, 2).await;
+    let values: Vec<serde_json::Value> = rest.iter().map(|c| json_of(c.after.as_ref())).collect();
+    assert_eq!(values, [json!(1), json!(2)]);
+    service.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_change_log_needs_the_audit_scope() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "reader read,write,admin reader-token-0123456789\nauditor audit auditor-token-0123456789")
+        .unwrap();
+    let path = file.path().to_owned();
+    let server = TestServer::start_with(Db::Sqlite, move |c| c.auth_tokens = Some(path)).await;
+    let call = |token: &'static str| {
+        let mut request = Request::new(pb::ListChangesRequest::default());
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let mut changes = changes_client(&server).await;
+    let err: Status = changes.list_changes(call("reader-token-0123456789")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("audit"), "{err:?}");
+    assert!(changes.list_changes(call("auditor-token-0123456789")).await.is_ok());
+}
+
+/// A user-service process of its own, to be killed.
+struct Spawned {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Spawned {
+    fn start(database_url: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_user-service"))
+            .env("DATABASE_URL", database_url)
+            .env("USER_SERVICE_LISTEN", "127.0.0.1:0")
+            .env("USER_SERVICE_METRICS_LISTEN", "off")
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start user-service");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("user-service logged its address").unwrap();
+            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                && entry["fields"]["message"] == "user-service listening"
+            {
+                break entry["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining its logs so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no graceful shutdown, nothing flushed on the way out.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
