@@ -1,17 +1,18 @@
 // createUserDataPersister against a real user-service over gRPC-Web.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { ConnectError } from "@connectrpc/connect";
 import { Code } from "../src/index.js";
 import { OnboardingStep, Theme } from "../src/gen/userdata/v1/user_data_pb.js";
-import { type Harness, client, createUser, live, plain, startHarness, until } from "./support.js";
+import { type Harness, client, createUser, destroyClients, live, plain, startHarness, until } from "./support.js";
 
 let h: Harness;
 before(async () => {
   h = await startHarness();
 });
+afterEach(destroyClients);
 after(async () => {
   await h?.close();
 });
@@ -131,8 +132,8 @@ describe("following", () => {
   });
 
   test("a cursor older than retention (OUT_OF_RANGE) reloads everything, then follows again", async () => {
-    // Its own user-service: it prunes changes older than 1 s when it starts.
-    const short = await startHarness(["--change-retention", "1s"]);
+    // Its own user-service: it prunes changes older than 2 s when it starts.
+    const short = await startHarness(["--change-retention", "2s"]);
     try {
       const clerkId = await createUser(short);
       const ignored: unknown[] = [];
@@ -145,13 +146,15 @@ describe("following", () => {
       await c.persister.stopAutoLoad();
       await short.admin.data.updatePreferences({ clerkId, preferences: { language: "ja" }, updateMask: { paths: ["language"] } });
       const written = Date.now();
-      // Let the changes age past retention, then restart: the startup prune drops them.
-      await until("changes older than retention", () => Date.now() - written > 1_200);
+      // Let the changes age past retention, then restart: the startup prune
+      // drops them. A fresh change (another user) keeps the log non-empty.
+      await until("changes older than retention", () => Date.now() - written > 2_500);
+      await createUser(short);
       await short.service.restart();
 
       await c.persister.startAutoLoad();
       await until("reloaded", () => c.store.getValue("language") === "ja");
-      assert.ok(ignored.some((e) => e instanceof ConnectError && e.code === Code.OutOfRange), "the stream said OUT_OF_RANGE");
+      assert.ok(ignored.some((e) => e instanceof ConnectError && e.code === Code.OutOfRange), `the stream said OUT_OF_RANGE: ${ignored.map(String).join("; ")}`);
       assert.equal(c.calls.filter((m) => m === "GetPreferences").length, 2, "loaded twice");
 
       await short.admin.data.updatePreferences({ clerkId, preferences: { language: "de" }, updateMask: { paths: ["language"] } });

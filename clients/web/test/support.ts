@@ -55,6 +55,13 @@ export interface Client {
   tokensMinted: () => number;
 }
 
+const opened: ReturnType<typeof createUserDataPersister>[] = [];
+
+/** Destroys every persister made by {@link client} (a failed test leaves none running). */
+export async function destroyClients(): Promise<void> {
+  await Promise.all(opened.splice(0).map((p) => p.destroy()));
+}
+
 /** A store and a persister for `clerkId` with tokens minted by the dev key. */
 export function client(h: Harness, clerkId: string, options: Partial<UserDataPersisterOptions> & { ttlSeconds?: number } = {}): Client {
   const store = createStore();
@@ -79,6 +86,7 @@ export function client(h: Harness, clerkId: string, options: Partial<UserDataPer
     maxReconnectDelayMs: 500,
     ...options,
   });
+  opened.push(persister);
   return { store, persister, errors, statuses, calls, tokensMinted: () => minted };
 }
 
