@@ -227,3 +227,41 @@ async fn a_garbage_bearer_token_is_unauthenticated_without_a_fetch() {
     assert_unauthenticated(get_alice(&server, "e30.e30.e30".into()).await, "well-formed JWT");
     assert_eq!(clerk.fetches(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_calls_share_one_jwks_fetch() {
+    let clerk = Clerk::start().await;
+    let server = with_alice(&clerk, |config| config.clerk_jwks_min_refresh = Duration::ZERO).await;
+    let calls = (0..20).map(|_| get_alice(&server, clerk.token(ALICE)));
+    for result in futures::future::join_all(calls).await {
+        assert_eq!(result.unwrap().clerk_id, ALICE);
+    }
+    assert_eq!(clerk.fetches(), 1, "callers waiting for a fetch use its result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_pem_stops_startup_naming_the_variable() {
+    let clerk = Clerk::start().await;
+    let database = user_service::testing::TestDatabase::create(Db::Sqlite).await;
+    let started = TestServer::try_start(database, "127.0.0.1:0".parse().unwrap(), |config| {
+        clerk.configure(config);
+        config.clerk_jwks_url = None;
+        config.clerk_jwt_key = Some("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----".into());
+    })
+    .await;
+    let message = started.err().expect("startup must fail").to_string();
+    assert!(message.contains("CLERK_JWT_KEY"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clerk_alone_turns_authentication_on_for_every_call() {
+    let clerk = Clerk::start().await;
+    let database = user_service::testing::TestDatabase::create(Db::Sqlite).await;
+    let server =
+        TestServer::try_start(database, "127.0.0.1:0".parse().unwrap(), |config| clerk.configure(config))
+            .await
+            .expect("start with Clerk only");
+    let (mut users, _) = session::clients(&server, None).await;
+    let status = users.list_users(pb::ListUsersRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
