@@ -161,7 +161,9 @@ impl Feed {
                 check_retained(self.store.as_ref(), cursor).await?;
                 cursor
             }
-            None => self.store.change_head().await?,
+            // Never behind the retention mark, even when retention has
+            // pruned every change: "now" is always retained.
+            None => self.store.change_head().await?.max(self.store.pruned_through().await?),
         };
         let (tx, rx) = mpsc::channel(capacity);
         let id = self.next_follower.fetch_add(1, Ordering::Relaxed);
