@@ -21,7 +21,7 @@ use std::{
 };
 
 use chrono::Utc;
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
 
 use crate::{
     domain::change::{ChangeFilter, Cursor, LoggedChange},
@@ -30,9 +30,6 @@ use crate::{
     store::Store,
 };
 
-/// How many changes the fan-out holds for a follower that is busy sending;
-/// one that falls further behind reads the log instead.
-const FANOUT_CAPACITY: usize = 4096;
 /// Rows read from the log per query.
 const BATCH: u32 = 500;
 /// How soon to look again while a committed change waits for an older
@@ -47,11 +44,18 @@ pub struct FeedConfig {
     pub poll_interval: Duration,
     /// How often an idle follower gets a heartbeat.
     pub heartbeat_interval: Duration,
+    /// How many changes the fan-out holds for a follower that is busy
+    /// sending; one that falls further behind reads the log instead.
+    pub fanout_capacity: usize,
 }
 
 impl Default for FeedConfig {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_secs(1), heartbeat_interval: Duration::from_secs(15) }
+        Self {
+            poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(15),
+            fanout_capacity: 4096,
+        }
     }
 }
 
@@ -75,6 +79,8 @@ pub struct Feed {
     followers: SyncMutex<HashMap<u64, Arc<Progress>>>,
     next_follower: AtomicU64,
     metrics: Option<Arc<Metrics>>,
+    /// Set when the server shuts down: every stream ends.
+    closing: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -97,14 +103,21 @@ impl Feed {
         let feed = Arc::new(Self {
             store,
             config,
-            fanout: broadcast::Sender::new(FANOUT_CAPACITY),
+            fanout: broadcast::Sender::new(config.fanout_capacity.max(1)),
             head: Mutex::new(None),
             followers: SyncMutex::new(HashMap::new()),
             next_follower: AtomicU64::new(0),
             metrics,
+            closing: watch::Sender::new(false),
         });
         tokio::spawn(read_log(Arc::downgrade(&feed)));
         feed
+    }
+
+    /// Ends every stream with `UNAVAILABLE` (the server is shutting down:
+    /// graceful shutdown waits for calls to end, and a stream never would).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Followers connected right now.
@@ -271,7 +284,18 @@ impl Follower {
         if let Some(metrics) = &self.feed.metrics {
             metrics.set_change_followers(self.feed.followers());
         }
-        let _ = self.follow(&mut fanout).await;
+        let mut closing = self.feed.closing.subscribe();
+        let closed = async move {
+            // Only an error (the feed is gone) ends the wait otherwise.
+            let _ = closing.wait_for(|closing| *closing).await;
+        };
+        let shut_down = tokio::select! {
+            _ = self.follow(&mut fanout) => false,
+            () = closed => true,
+        };
+        if shut_down {
+            self.fail(Error::ShuttingDown).await;
+        }
         drop(fanout);
         let feed = self.feed.clone();
         drop(self);

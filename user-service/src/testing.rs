@@ -260,6 +260,7 @@ pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
         change_retention: Duration::from_secs(90 * 86_400),
         change_heartbeat_interval: Duration::from_secs(15),
         change_poll_interval: Duration::from_secs(1),
+        change_fanout_capacity: NonZeroUsize::new(4096).expect("non-zero"),
         log_format: LogFormat::Human,
         auth_tokens: None,
         clerk_issuer: None,

@@ -27,6 +27,7 @@ crate::on_both_backends!(
     a_follower_starting_now_sees_only_later_changes,
     a_key_filter_passes_those_keys_and_the_users_own_changes,
     an_idle_stream_gets_heartbeats_with_its_cursor,
+    a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing,
     a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor,
     deleting_a_user_erases_their_values_and_keeps_the_facts,
     list_changes_pages_and_filters_by_user_actor_kind_and_order,
@@ -91,15 +92,14 @@ async fn all_changes(client: &mut Changes, clerk_id: &str) -> Vec<pb::Change> {
     }
 }
 
-/// Waits until the log hands out `count` changes of `clerk_id` (a change
-/// is handed out once every older transaction has ended): a follower starting
-/// "now" after this sees none of them.
+/// Waits until the log hands out the first `count` changes of `clerk_id`
+/// to a follower (a change is handed out once every older transaction has
+/// ended): a follower starting "now" after this sees none of them.
 async fn wait_final(client: &mut Changes, clerk_id: &str, count: usize) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while all_changes(client, clerk_id).await.len() < count {
-        assert!(tokio::time::Instant::now() < deadline, "the changes of {clerk_id} never became final");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let from_start =
+        pb::WatchChangesRequest { cursor: "0_0".into(), clerk_id: clerk_id.into(), ..Default::default() };
+    let mut stream = watch(client, from_start).await;
+    next_changes(&mut stream, count).await;
 }
 
 fn json_of(value: Option<&prost_types::Value>) -> serde_json::Value {
@@ -347,6 +347,33 @@ async fn a_key_filter_passes_those_keys_and_the_users_own_changes(db: Db) {
     assert_eq!(kind(&got[1]), pb::ChangeKind::UserDeleted);
 }
 
+async fn a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing(db: Db) {
+    use crate::observability::{sample, scrape, with_metrics};
+    const WRITES: usize = 300;
+    let server = TestServer::start_with(db, |c| {
+        with_metrics(c);
+        c.change_fanout_capacity = std::num::NonZeroUsize::new(8).unwrap();
+    })
+    .await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_slow").await;
+    wait_final(&mut changes, "user_slow", 1).await;
+    // A follower that reads nothing while the writes happen: its stream's
+    // buffers fill, its task waits, and the fan-out moves on without it.
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    let padding = "x".repeat(2000);
+    for i in 0..WRITES {
+        data.set_user_data(set_custom("user_slow", "custom.n", json!({"i": i, "pad": padding}))).await.unwrap();
+    }
+    let received = next_changes(&mut stream, WRITES).await;
+    let order: Vec<serde_json::Value> = received.iter().map(|c| json_of(c.after.as_ref())["i"].clone()).collect();
+    assert_eq!(order, (0..WRITES).map(|i| json!(i)).collect::<Vec<_>>());
+    let metrics = scrape(server.metrics_addr.unwrap()).await;
+    let fallbacks = sample(&metrics, "change_stream_fallbacks_total", &[]).unwrap_or(0.0);
+    assert!(fallbacks >= 1.0, "the follower never fell behind the fan-out:\n{metrics}");
+}
+
 async fn an_idle_stream_gets_heartbeats_with_its_cursor(db: Db) {
     let server =
         TestServer::start_with(db, |c| c.change_heartbeat_interval = Duration::from_millis(100)).await;
@@ -371,7 +398,6 @@ async fn a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor(
     let first = all_changes(&mut changes, "user_old").await[0].cursor.clone();
     data.set_user_data(set_custom("user_old", "custom.n", json!(2))).await.unwrap();
     // Everything written so far is past a zero retention.
-    tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(server.store.prune_changes(Duration::ZERO).await.unwrap() >= 3);
 
     let request = pb::WatchChangesRequest { cursor: first, ..Default::default() };
@@ -675,4 +701,75 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_user_watches_only_their_own_changes_whatever_they_ask() {
+    use crate::session::{self, Bearer, Clerk};
+    let clerk = Clerk::start().await;
+    let (server, _tokens) = session::server(Db::Sqlite, &clerk, |_| {}).await;
+    session::create_user(&server, "user_alice").await;
+    session::create_user(&server, "user_bob").await;
+    let alice = Bearer(Some(clerk.token("user_alice")));
+    let mut changes = ChangeServiceClient::with_interceptor(server.channel().await, alice.clone());
+    // Alice asks for Bob's changes, and for everybody's: she gets her own.
+    for asked in ["user_bob", ""] {
+        let request = pb::WatchChangesRequest { clerk_id: asked.into(), ..Default::default() };
+        let mut stream = changes.watch_changes(request).await.expect("watch").into_inner();
+        let (_, mut admin) = session::clients(&server, Some(session::ADMIN_TOKEN.into())).await;
+        admin
+            .set_user_data(set_custom("user_bob", "custom.who", json!(format!("bob {asked}"))))
+            .await
+            .unwrap();
+        admin
+            .set_user_data(set_custom("user_alice", "custom.who", json!(format!("alice {asked}"))))
+            .await
+            .unwrap();
+        let change = next_change(&mut stream).await;
+        assert_eq!(change.clerk_id, "user_alice");
+        assert_eq!(json_of(change.after.as_ref()), json!(format!("alice {asked}")));
+    }
+    // Her writes are recorded as hers.
+    let (_, mut data) = session::clients(&server, Some(clerk.token("user_alice"))).await;
+    data.set_user_data(set_custom("user_alice", "custom.mine", json!(true))).await.unwrap();
+    let mut audit = ChangeServiceClient::with_interceptor(
+        server.channel().await,
+        Bearer(Some(session::ADMIN_TOKEN.into())),
+    );
+    let log = audit
+        .list_changes(pb::ListChangesRequest {
+            clerk_id: "user_alice".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(log.changes[0].actor.as_ref().unwrap().client, "user:user_alice");
+    // And the audit list is not for her.
+    let err = changes.list_changes(pb::ListChangesRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_with_unavailable_when_the_server_shuts_down() {
+    let server = TestServer::start(Db::Sqlite).await;
+    let mut changes = changes_client(&server).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    let stopping = tokio::spawn(server.stop());
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = ended.expect("an error, not a silent end");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    stopping.await.unwrap();
 }

@@ -19,12 +19,12 @@ use userdata_proto::v1 as pb;
 
 use crate::helpers::*;
 
-fn with_metrics(config: &mut user_service::config::Config) {
+pub fn with_metrics(config: &mut user_service::config::Config) {
     config.metrics_listen = MetricsListen::On("127.0.0.1:0".parse().unwrap());
 }
 
 /// `GET /metrics` over a raw HTTP/1.1 connection; the body.
-async fn scrape(addr: SocketAddr) -> String {
+pub async fn scrape(addr: SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut response = String::new();
@@ -36,7 +36,7 @@ async fn scrape(addr: SocketAddr) -> String {
 }
 
 /// The value of the sample `name{labels…}`, whatever the label order.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?.strip_prefix('{')?;
         let (inside, value) = rest.split_once("} ")?;
