@@ -3,18 +3,21 @@
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
-use axum::{Router, serve::ListenerExt};
+use axum::Router;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_rustls::rustls::ServerConfig;
 
 use crate::{
     apply::UserSync,
     config::{Config, ConfigError, MetricsListen},
+    limits::ConnectionLimits,
     metrics::{self, Metrics},
     rate_limit::{RateLimitState, RateLimiter},
-    routes::{self, Layers},
+    routes::{self, Layers, health::Readiness},
+    server::Server,
+    shed::InFlight,
     state::AppState,
-    tls::{self, TlsListener},
+    tls,
     upstream::{ReplicaWatcher, Upstream},
     verify::Verifier,
 };
@@ -57,6 +60,7 @@ pub struct App {
     router: Router,
     metrics: Option<(Arc<Metrics>, TcpListener)>,
     watcher: Option<ReplicaWatcher>,
+    limits: ConnectionLimits,
     summary: Summary,
 }
 
@@ -69,7 +73,7 @@ struct Summary {
     upstream_public: bool,
     insecure: bool,
     rate_limit: Option<(u32, u32)>,
-    trust_forwarded_for: bool,
+    trusted_proxy_hops: u32,
     signing_secrets: usize,
 }
 
@@ -105,7 +109,8 @@ impl App {
             }
         };
         let recorder = metrics.as_ref().map(|(metrics, _)| metrics.clone());
-        let upstream = Upstream::new(&config, recorder.clone()).map_err(StartError::Upstream)?;
+        let upstream =
+            Upstream::new(&config.user_service(), recorder.clone()).map_err(StartError::Upstream)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -122,23 +127,29 @@ impl App {
                 .rate_limit
                 .is_on()
                 .then_some((config.rate_limit.per_second, config.rate_limit.burst)),
-            trust_forwarded_for: config.trust_forwarded_for,
+            trusted_proxy_hops: config.trusted_proxy_hops,
             signing_secrets: config.signing_secrets.len(),
         };
         let state = AppState {
             verifier: Verifier::new(config.signing_secrets.clone()),
             users: UserSync::new(upstream.channel.clone(), config.upstream_timeout)
                 .with_metrics(recorder.clone())
-                .with_failover(upstream.failover.clone()),
+                .with_failover(upstream.failover.clone())
+                .with_unknown_user_retry_window(config.unknown_user_retry_window),
             replicas: upstream.replicas.clone(),
-            readiness_timeout: config.readiness_timeout,
+            readiness: Arc::new(Readiness::new(
+                upstream.replicas.clone(),
+                config.readiness_timeout,
+                config.readiness_cache,
+            )),
         };
         let layers = Layers {
             rate_limit: RateLimiter::new(config.rate_limit).map(|limiter| RateLimitState {
                 limiter: Arc::new(limiter),
-                trust_forwarded_for: config.trust_forwarded_for,
+                trusted_proxy_hops: config.trusted_proxy_hops,
                 metrics: recorder.clone(),
             }),
+            in_flight: Some(InFlight::new(config.connections.max_in_flight, recorder.clone())),
             metrics: recorder,
         };
         Ok(Self {
@@ -148,6 +159,7 @@ impl App {
             router: routes::router(state, layers),
             metrics,
             watcher: upstream.watcher,
+            limits: config.connections,
             summary,
         })
     }
@@ -171,29 +183,16 @@ impl App {
     /// waits for in-flight requests to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         self.log_startup();
-        let Self { listener, tls, router, metrics, watcher, .. } = self;
+        let Self { listener, tls, router, metrics, watcher, limits, .. } = self;
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        let recorder = metrics.as_ref().map(|(metrics, _)| metrics.clone());
         if let Some((metrics, listener)) = metrics {
             tasks.push(tokio::spawn(metrics::serve(listener, metrics)));
         }
         if let Some(watcher) = watcher {
             tasks.push(tokio::spawn(watcher.run()));
         }
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = match tls {
-            None => {
-                let listener = listener.tap_io(|stream| {
-                    let _ = stream.set_nodelay(true);
-                });
-                axum::serve(listener, service).with_graceful_shutdown(shutdown).await
-            }
-            Some(config) => {
-                let listener = TlsListener::new(listener, config).tap_io(|stream| {
-                    let _ = stream.get_ref().0.set_nodelay(true);
-                });
-                axum::serve(listener, service).with_graceful_shutdown(shutdown).await
-            }
-        };
+        let served = Server::new(listener, tls, router, limits, recorder).run(shutdown).await;
         for task in tasks {
             task.abort();
         }
@@ -213,7 +212,10 @@ impl App {
             user_service_tls = summary.upstream_tls,
             user_service_token = summary.upstream_token,
             rate_limit = %summary.rate_limit.map_or_else(|| "off".to_owned(), |(rate, burst)| format!("{rate}/s burst {burst}")),
-            trust_forwarded_for = summary.trust_forwarded_for,
+            trusted_proxy_hops = summary.trusted_proxy_hops,
+            max_connections = self.limits.max_connections,
+            max_connections_per_ip = self.limits.max_connections_per_ip,
+            max_in_flight = self.limits.max_in_flight,
             signing_secrets = summary.signing_secrets,
             "gateway listening"
         );

@@ -12,7 +12,8 @@
 //! | gRPC `ALREADY_EXISTS` | 200 | `already_exists` | the user the event wants exists; a retry gets the same answer |
 //! | gRPC `NOT_FOUND` on `user.deleted` | 200 | `already_gone` | the delete's goal is already met |
 //! | gRPC `NOT_FOUND` on `user.created`/`user.updated` | 400 | error | contract breach (upserts never miss); keep it visible |
-//! | gRPC `NOT_FOUND` on `session.*` (user not created yet) | 503 + `Retry-After` | error | its `user.created` may still be on its way |
+//! | gRPC `NOT_FOUND` on `session.*` (user not created yet), event younger than the retry window | 503 + `Retry-After` | error | its `user.created` may still be on its way |
+//! | the same, event older than the retry window | 200 | `unknown_user` | the user will not appear by retrying; stop Svix |
 //! | gRPC `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `OUT_OF_RANGE` | 400 | error with the gRPC message | the data is wrong; retrying cannot fix it, Svix marks it failed for a human |
 //! | gRPC `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `CANCELLED`, `UNKNOWN`, connection errors, our deadline | 503 + `Retry-After` | error | transient: Svix's retry will likely succeed |
 //! | gRPC `INTERNAL`, `DATA_LOSS`, `UNIMPLEMENTED`, `PERMISSION_DENIED`, `UNAUTHENTICATED` | 500 | error | a bug or misconfiguration; Svix retries until it is fixed |
@@ -36,6 +37,7 @@ use userdata_proto::v1::{
 
 use crate::{
     clerk::{DeletedUserJson, Event, Payload, SessionJson, UserJson},
+    config::DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
     error::WebhookError,
     metrics::Metrics,
     request_id::{REQUEST_ID, RequestId},
@@ -84,6 +86,9 @@ pub enum Outcome {
     AlreadyGone,
     /// An event type this gateway does not sync.
     Ignored,
+    /// A session event, older than the unknown-user retry window, for a user
+    /// user-service does not know; acknowledged so Svix stops retrying.
+    UnknownUser,
 }
 
 impl Outcome {
@@ -98,6 +103,7 @@ impl Outcome {
             Self::AlreadyExists => "already_exists",
             Self::AlreadyGone => "already_gone",
             Self::Ignored => "ignored",
+            Self::UnknownUser => "unknown_user",
         }
     }
 
@@ -135,6 +141,14 @@ struct Rpc {
     method: &'static str,
 }
 
+/// What every call made for one event shares: the request id sent along and
+/// the event's deadline.
+#[derive(Debug, Clone, Copy)]
+struct Scope<'a> {
+    request_id: &'a RequestId,
+    deadline: Instant,
+}
+
 /// Maps a failed gRPC call to an outcome (when the event's goal is met anyway)
 /// or to the error that decides the HTTP status. See the module table.
 pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, WebhookError> {
@@ -145,7 +159,7 @@ pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, WebhookEr
         Code::NotFound if call == Call::Delete => Ok(Outcome::AlreadyGone),
         // The user's `user.created` may still be on its way (Svix does not
         // order deliveries), so a retry can help.
-        Code::NotFound if call == Call::Session => Err(WebhookError::UpstreamUnavailable { code, message }),
+        Code::NotFound if call == Call::Session => Err(WebhookError::UnknownUser),
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
             Err(WebhookError::UpstreamRejected { code, message })
         }
@@ -177,6 +191,21 @@ pub fn clerk_time(value: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds: millis.div_euclid(1000), nanos })
 }
 
+/// Longest `EventContext.event_type` user-service accepts.
+pub const MAX_EVENT_TYPE_LEN: usize = 64;
+
+/// The event context of a write: the idempotency key, the source time and the
+/// event type (sent only when it is 1 to [`MAX_EVENT_TYPE_LEN`] characters;
+/// it is informational, so an odd one must not fail the write).
+pub fn event_context(idempotency_key: &str, source_time: Timestamp, event_type: &str) -> EventContext {
+    let event_type = if event_type.chars().count() <= MAX_EVENT_TYPE_LEN { event_type } else { "" };
+    EventContext {
+        idempotency_key: idempotency_key.to_owned(),
+        source_time: Some(source_time),
+        event_type: event_type.to_owned(),
+    }
+}
+
 fn user_message(user: &UserJson) -> User {
     let profile = user.profile();
     User {
@@ -190,6 +219,16 @@ fn user_message(user: &UserJson) -> User {
     }
 }
 
+/// What identifies one write: its idempotency key and the event type
+/// recorded with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteKey<'a> {
+    /// `EventContext.idempotency_key`: the `svix-id`, or a key derived from it.
+    pub idempotency_key: &'a str,
+    /// `EventContext.event_type`, e.g. `user.updated`.
+    pub event_type: &'a str,
+}
+
 /// Source time of a user event: `data.updated_at`, else the envelope
 /// `timestamp`, else `now` (the event then orders as "just happened").
 fn user_source_time(user: &UserJson, envelope_time: Option<i64>, now: Timestamp) -> Timestamp {
@@ -200,17 +239,17 @@ fn user_source_time(user: &UserJson, envelope_time: Option<i64>, now: Timestamp)
 pub fn create_request(
     user: &UserJson,
     envelope_time: Option<i64>,
-    idempotency_key: &str,
+    key: &WriteKey<'_>,
     now: Timestamp,
 ) -> CreateUserRequest {
     CreateUserRequest {
         user: Some(user_message(user)),
         signup_source: SignupSource::Clerk as i32,
-        event_context: Some(EventContext {
-            idempotency_key: idempotency_key.to_owned(),
-            source_time: Some(user_source_time(user, envelope_time, now)),
-            ..EventContext::default()
-        }),
+        event_context: Some(event_context(
+            key.idempotency_key,
+            user_source_time(user, envelope_time, now),
+            key.event_type,
+        )),
     }
 }
 
@@ -219,17 +258,17 @@ pub fn create_request(
 pub fn update_request(
     user: &UserJson,
     envelope_time: Option<i64>,
-    idempotency_key: &str,
+    key: &WriteKey<'_>,
     now: Timestamp,
 ) -> UpdateUserRequest {
     UpdateUserRequest {
         user: Some(user_message(user)),
         update_mask: Some(FieldMask { paths: UPDATE_MASK_PATHS.iter().map(|p| (*p).to_owned()).collect() }),
-        event_context: Some(EventContext {
-            idempotency_key: idempotency_key.to_owned(),
-            source_time: Some(user_source_time(user, envelope_time, now)),
-            ..EventContext::default()
-        }),
+        event_context: Some(event_context(
+            key.idempotency_key,
+            user_source_time(user, envelope_time, now),
+            key.event_type,
+        )),
         ..UpdateUserRequest::default()
     }
 }
@@ -239,16 +278,16 @@ pub fn update_request(
 pub fn delete_request(
     deleted: &DeletedUserJson,
     envelope_time: Option<i64>,
-    idempotency_key: &str,
+    key: &WriteKey<'_>,
     now: Timestamp,
 ) -> DeleteUserRequest {
     DeleteUserRequest {
         clerk_id: deleted.id.clone(),
-        event_context: Some(EventContext {
-            idempotency_key: idempotency_key.to_owned(),
-            source_time: Some(envelope_time.and_then(clerk_time).unwrap_or(now)),
-            ..EventContext::default()
-        }),
+        event_context: Some(event_context(
+            key.idempotency_key,
+            envelope_time.and_then(clerk_time).unwrap_or(now),
+            key.event_type,
+        )),
         ..DeleteUserRequest::default()
     }
 }
@@ -262,7 +301,7 @@ fn session_source_time(session: &SessionJson, envelope_time: Option<i64>, now: T
 pub fn login_request(
     session: &SessionJson,
     envelope_time: Option<i64>,
-    idempotency_key: &str,
+    key: &WriteKey<'_>,
     now: Timestamp,
 ) -> RecordLoginRequest {
     let source_time = session_source_time(session, envelope_time, now);
@@ -274,11 +313,7 @@ pub fn login_request(
             ip: session.ip(),
             success: true,
         }),
-        event_context: Some(EventContext {
-            idempotency_key: idempotency_key.to_owned(),
-            source_time: Some(source_time),
-            ..EventContext::default()
-        }),
+        event_context: Some(event_context(key.idempotency_key, source_time, key.event_type)),
         ..RecordLoginRequest::default()
     }
 }
@@ -287,20 +322,31 @@ pub fn login_request(
 pub fn activity_request(
     session: &SessionJson,
     envelope_time: Option<i64>,
-    idempotency_key: &str,
+    key: &WriteKey<'_>,
     now: Timestamp,
 ) -> RecordActivityRequest {
     let source_time = session_source_time(session, envelope_time, now);
     RecordActivityRequest {
         clerk_id: session.user_id.clone(),
         active_at: Some(session.last_active_at.and_then(clerk_time).unwrap_or(source_time)),
-        event_context: Some(EventContext {
-            idempotency_key: idempotency_key.to_owned(),
-            source_time: Some(source_time),
-            ..EventContext::default()
-        }),
+        event_context: Some(event_context(key.idempotency_key, source_time, key.event_type)),
         ..RecordActivityRequest::default()
     }
+}
+
+/// Idempotency key of the user write a session event carries: derived from
+/// the `svix-id`, so a redelivery of the event replays it.
+pub fn session_user_key(svix_id: &str) -> String {
+    format!("{svix_id}:user")
+}
+
+/// How long ago a Clerk time (ms, seconds tolerated) was, or `None` when it is
+/// absent, invalid or in the future.
+fn event_age(time: Option<i64>, now: Timestamp) -> Option<Duration> {
+    let then = time.and_then(clerk_time)?;
+    let millis = |t: &Timestamp| i128::from(t.seconds) * 1000 + i128::from(t.nanos) / 1_000_000;
+    let age = u64::try_from(millis(&now) - millis(&then)).ok()?;
+    Some(Duration::from_millis(age))
 }
 
 /// Applies events to user-service.
@@ -311,6 +357,7 @@ pub struct UserSync {
     timeout: Duration,
     metrics: Option<Arc<Metrics>>,
     failover: Option<Failover>,
+    unknown_user_retry_window: Duration,
 }
 
 impl UserSync {
@@ -323,7 +370,17 @@ impl UserSync {
             timeout,
             metrics: None,
             failover: None,
+            unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
         }
+    }
+
+    /// Session events for a user user-service does not know are answered
+    /// 503 while younger than `window`, and acknowledged as
+    /// [`Outcome::UnknownUser`] after.
+    #[must_use]
+    pub fn with_unknown_user_retry_window(mut self, window: Duration) -> Self {
+        self.unknown_user_retry_window = window;
+        self
     }
 
     /// Counts every call in `metrics`.
@@ -342,7 +399,8 @@ impl UserSync {
         self
     }
 
-    /// Applies one verified event; `idempotency_key` is its `svix-id`.
+    /// Applies one verified event; `idempotency_key` is its `svix-id`. All
+    /// of the event's calls share one deadline of the configured timeout.
     pub async fn apply(
         &self,
         event: &Event,
@@ -350,69 +408,126 @@ impl UserSync {
         request_id: &RequestId,
     ) -> Result<Outcome, WebhookError> {
         let now = Timestamp::from(std::time::SystemTime::now());
-        let (users, data, id) = (&self.client, &self.data, request_id);
+        let scope = Scope { request_id, deadline: Instant::now() + self.timeout };
+        let key = WriteKey { idempotency_key, event_type: &event.event_type };
+        let users = &self.client;
         match &event.payload {
             Payload::UserCreated(user) => {
-                let message = create_request(user, event.timestamp, idempotency_key, now);
+                let message = create_request(user, event.timestamp, &key, now);
                 self.call(
                     Rpc { call: Call::Create, method: methods::CREATE_USER },
                     users,
                     message,
-                    id,
+                    scope,
                     |mut client, request| async move { client.create_user(request).await },
                     |reply| (reply.outcome, reply.replayed),
                 )
                 .await
             }
-            Payload::UserUpdated(user) => {
-                let message = update_request(user, event.timestamp, idempotency_key, now);
-                self.call(
-                    Rpc { call: Call::Update, method: methods::UPDATE_USER },
-                    users,
-                    message,
-                    id,
-                    |mut client, request| async move { client.update_user(request).await },
-                    |reply| (reply.outcome, reply.replayed),
-                )
-                .await
-            }
+            Payload::UserUpdated(user) => self.update_user(user, event.timestamp, &key, now, scope).await,
             Payload::UserDeleted(deleted) => {
-                let message = delete_request(deleted, event.timestamp, idempotency_key, now);
+                let message = delete_request(deleted, event.timestamp, &key, now);
                 self.call(
                     Rpc { call: Call::Delete, method: methods::DELETE_USER },
                     users,
                     message,
-                    id,
+                    scope,
                     |mut client, request| async move { client.delete_user(request).await },
                     |reply| (reply.outcome, reply.replayed),
                 )
                 .await
             }
-            Payload::SessionCreated(session) => {
-                let message = login_request(session, event.timestamp, idempotency_key, now);
+            Payload::SessionCreated(session) | Payload::SessionActivity(session) => {
+                self.apply_session(event, session, &key, now, scope).await
+            }
+            Payload::Unhandled => Ok(Outcome::Ignored),
+        }
+    }
+
+    /// `UpdateUser` from a Clerk user object (a `user.updated` event, or the
+    /// user a session event carries).
+    async fn update_user(
+        &self,
+        user: &UserJson,
+        envelope_time: Option<i64>,
+        key: &WriteKey<'_>,
+        now: Timestamp,
+        scope: Scope<'_>,
+    ) -> Result<Outcome, WebhookError> {
+        let message = update_request(user, envelope_time, key, now);
+        self.call(
+            Rpc { call: Call::Update, method: methods::UPDATE_USER },
+            &self.client,
+            message,
+            scope,
+            |mut client, request| async move { client.update_user(request).await },
+            |reply| (reply.outcome, reply.replayed),
+        )
+        .await
+    }
+
+    /// A `session.*` event: first the user it carries, if any, through the
+    /// same ordered, tombstone-respecting upsert as `user.updated` (keyed
+    /// `<svix-id>:user`, so a redelivery replays it), then the session itself.
+    /// The answer is the session's outcome.
+    async fn apply_session(
+        &self,
+        event: &Event,
+        session: &SessionJson,
+        key: &WriteKey<'_>,
+        now: Timestamp,
+        scope: Scope<'_>,
+    ) -> Result<Outcome, WebhookError> {
+        if let Some(user) = &session.user {
+            let user_key = session_user_key(key.idempotency_key);
+            let user_write = WriteKey { idempotency_key: &user_key, event_type: key.event_type };
+            match self.update_user(user, event.timestamp, &user_write, now, scope).await {
+                Ok(outcome) => tracing::debug!(outcome = outcome.as_str(), "session's user object applied"),
+                // The user object is extra: data user-service refuses must not
+                // keep the session from being recorded for a user it knows.
+                Err(error @ WebhookError::UpstreamRejected { .. }) => {
+                    tracing::warn!(%error, "session's user object not applied; recording the session anyway");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let data = &self.data;
+        let result = match &event.payload {
+            Payload::SessionCreated(_) => {
+                let message = login_request(session, event.timestamp, key, now);
                 self.call(
                     Rpc { call: Call::Session, method: methods::RECORD_LOGIN },
                     data,
                     message,
-                    id,
+                    scope,
                     |mut client, request| async move { client.record_login(request).await },
                     |reply| (reply.outcome, reply.replayed),
                 )
                 .await
             }
-            Payload::SessionActivity(session) => {
-                let message = activity_request(session, event.timestamp, idempotency_key, now);
+            _ => {
+                let message = activity_request(session, event.timestamp, key, now);
                 self.call(
                     Rpc { call: Call::Session, method: methods::RECORD_ACTIVITY },
                     data,
                     message,
-                    id,
+                    scope,
                     |mut client, request| async move { client.record_activity(request).await },
                     |reply| (reply.outcome, reply.replayed),
                 )
                 .await
             }
-            Payload::Unhandled => Ok(Outcome::Ignored),
+        };
+        match result {
+            Err(WebhookError::UnknownUser) => {
+                let age = event_age(event.timestamp.or(session.updated_at).or(session.created_at), now);
+                if age.is_some_and(|age| age > self.unknown_user_retry_window) {
+                    Ok(Outcome::UnknownUser)
+                } else {
+                    Err(WebhookError::UnknownUser)
+                }
+            }
+            other => other,
         }
     }
 
@@ -428,7 +543,7 @@ impl UserSync {
         request
     }
 
-    /// Sends `message` with `send` on a clone of `client` under the deadline
+    /// Sends `message` with `send` on a clone of `client` before `deadline`
     /// and turns the reply, via `outcome_of` (which picks `outcome` and
     /// `replayed`), or the error into an outcome. See [`Self::with_failover`]
     /// for the one retry.
@@ -437,7 +552,7 @@ impl UserSync {
         rpc: Rpc,
         client: &C,
         message: M,
-        request_id: &RequestId,
+        scope: Scope<'_>,
         send: impl Fn(C, tonic::Request<M>) -> F,
         outcome_of: impl FnOnce(&R) -> (i32, bool),
     ) -> Result<Outcome, WebhookError>
@@ -446,7 +561,7 @@ impl UserSync {
         M: Clone,
         F: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let deadline = Instant::now() + self.timeout;
+        let Scope { request_id, deadline } = scope;
         let mut may_retry = self.failover.is_some();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -496,6 +611,10 @@ mod tests {
         Timestamp { seconds: 1_800_000_000, nanos: 0 }
     }
 
+    fn key<'a>(idempotency_key: &'a str, event_type: &'a str) -> WriteKey<'a> {
+        WriteKey { idempotency_key, event_type }
+    }
+
     fn sample_user() -> UserJson {
         UserJson {
             id: "user_sample".into(),
@@ -515,7 +634,8 @@ mod tests {
 
     #[test]
     fn create_request_carries_profile_source_and_event_context() {
-        let request = create_request(&sample_user(), Some(1_700_000_001_000), "msg_c", now());
+        let request =
+            create_request(&sample_user(), Some(1_700_000_001_000), &key("msg_c", "user.created"), now());
         let user = request.user.unwrap_or_default();
         assert_eq!(user.clerk_id, "user_sample");
         assert_eq!(user.email.as_deref(), Some("b@example.test"));
@@ -524,6 +644,7 @@ mod tests {
         assert_eq!(request.signup_source, SignupSource::Clerk as i32);
         let context = request.event_context.unwrap_or_default();
         assert_eq!(context.idempotency_key, "msg_c");
+        assert_eq!(context.event_type, "user.created");
         assert_eq!(context.source_time, Some(Timestamp { seconds: 1_700_000_000, nanos: 250_000_000 }));
     }
 
@@ -531,17 +652,17 @@ mod tests {
     fn user_source_time_falls_back_to_envelope_then_now() {
         let mut user = sample_user();
         user.updated_at = None;
-        let request = update_request(&user, Some(1_700_000_009_000), "k", now());
+        let request = update_request(&user, Some(1_700_000_009_000), &key("k", "user.updated"), now());
         let time = request.event_context.and_then(|c| c.source_time);
         assert_eq!(time.map(|t| t.seconds), Some(1_700_000_009));
 
-        let request = update_request(&user, None, "k", now());
+        let request = update_request(&user, None, &key("k", "user.updated"), now());
         assert_eq!(request.event_context.and_then(|c| c.source_time), Some(now()));
     }
 
     #[test]
     fn update_request_names_all_profile_fields_and_never_role_or_status() {
-        let request = update_request(&sample_user(), None, "msg_u", now());
+        let request = update_request(&sample_user(), None, &key("msg_u", "user.updated"), now());
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
         assert_eq!(paths, ["email", "first_name", "last_name", "username", "image_url"]);
         assert!(request.etag.is_empty());
@@ -551,13 +672,13 @@ mod tests {
     fn delete_request_uses_the_envelope_timestamp_or_now() {
         let deleted =
             DeletedUserJson { id: "user_gone".into(), deleted: Some(true), object: Some("user".into()) };
-        let request = delete_request(&deleted, Some(1_661_861_640_000), "msg_d", now());
+        let request = delete_request(&deleted, Some(1_661_861_640_000), &key("msg_d", "user.deleted"), now());
         assert_eq!(request.clerk_id, "user_gone");
         let context = request.event_context.unwrap_or_default();
         assert_eq!(context.idempotency_key, "msg_d");
         assert_eq!(context.source_time.map(|t| t.seconds), Some(1_661_861_640));
 
-        let request = delete_request(&deleted, None, "msg_d", now());
+        let request = delete_request(&deleted, None, &key("msg_d", "user.deleted"), now());
         assert_eq!(request.event_context.and_then(|c| c.source_time), Some(now()));
     }
 
@@ -630,7 +751,8 @@ mod tests {
 
     #[test]
     fn a_created_session_is_one_successful_login_keyed_by_the_svix_id() {
-        let request = login_request(&sample_session("203.0.113.7"), None, "msg_s", now());
+        let request =
+            login_request(&sample_session("203.0.113.7"), None, &key("msg_s", "session.created"), now());
         assert_eq!(request.clerk_id, "user_sample");
         let login = request.login.unwrap_or_default();
         assert!(login.success);
@@ -644,19 +766,43 @@ mod tests {
 
     #[test]
     fn an_unparseable_session_ip_is_dropped_not_fatal() {
-        let request = login_request(&sample_session("not-an-ip"), None, "msg_s", now());
+        let request =
+            login_request(&sample_session("not-an-ip"), None, &key("msg_s", "session.created"), now());
         assert_eq!(request.login.unwrap_or_default().ip, None);
     }
 
     #[test]
     fn an_ended_session_records_activity_at_its_last_activity() {
-        let request = activity_request(&sample_session("203.0.113.7"), None, "msg_e", now());
+        let request =
+            activity_request(&sample_session("203.0.113.7"), None, &key("msg_e", "session.ended"), now());
         assert_eq!(request.active_at, clerk_time(1_700_000_000_400));
     }
 
     #[test]
-    fn a_session_for_a_user_not_yet_created_asks_for_a_retry() {
+    fn a_session_for_a_user_not_yet_created_is_an_unknown_user() {
         let outcome = classify_status(Call::Session, &Status::not_found("user"));
-        assert!(matches!(outcome, Err(WebhookError::UpstreamUnavailable { .. })));
+        assert!(matches!(outcome, Err(WebhookError::UnknownUser)));
+    }
+
+    #[test]
+    fn an_event_type_longer_than_64_characters_is_left_out_of_the_context() {
+        let long = "x".repeat(MAX_EVENT_TYPE_LEN + 1);
+        assert_eq!(event_context("k", now(), &long).event_type, "");
+        let longest = "y".repeat(MAX_EVENT_TYPE_LEN);
+        assert_eq!(event_context("k", now(), &longest).event_type, longest);
+    }
+
+    #[test]
+    fn the_session_user_write_is_keyed_by_the_svix_id() {
+        assert_eq!(session_user_key("msg_2abc"), "msg_2abc:user");
+    }
+
+    #[test]
+    fn event_age_is_measured_from_the_clerk_time() {
+        let now = now();
+        let an_hour_ago = (now.seconds - 3600) * 1000;
+        assert_eq!(event_age(Some(an_hour_ago), now), Some(Duration::from_secs(3600)));
+        assert_eq!(event_age(Some((now.seconds + 60) * 1000), now), None, "future");
+        assert_eq!(event_age(None, now), None);
     }
 }

@@ -158,6 +158,10 @@ pub struct SessionJson {
     pub updated_at: Option<i64>,
     /// Where the session was used from.
     pub latest_activity: Option<SessionActivityJson>,
+    /// The session's user, shaped like `data` of `user.created`: sent by
+    /// Clerk's webhook schema since 2025-04-15, absent (or `null`) before.
+    /// [`parse_event`] guarantees its `id` is `user_id`.
+    pub user: Option<UserJson>,
 }
 
 /// `latest_activity` of a session.
@@ -252,8 +256,9 @@ impl InvalidEvent {
 
 /// Parses a (verified) webhook body.
 pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| InvalidEvent::new(format!("body is not a JSON event object: {e}"), None))?;
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        InvalidEvent::new(format!("body is not a JSON event object: {}", crate::error::json_error(&e)), None)
+    })?;
     let event_type = envelope
         .event_type
         .filter(|t| !t.is_empty())
@@ -263,13 +268,39 @@ pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
         USER_CREATED => Payload::UserCreated(typed_data(envelope.data.as_deref(), "user")?),
         USER_UPDATED => Payload::UserUpdated(typed_data(envelope.data.as_deref(), "user")?),
         USER_DELETED => Payload::UserDeleted(typed_data(envelope.data.as_deref(), "user")?),
-        SESSION_CREATED => Payload::SessionCreated(typed_data(envelope.data.as_deref(), "session")?),
+        SESSION_CREATED => Payload::SessionCreated(session_data(envelope.data.as_deref())?),
         SESSION_ENDED | SESSION_REMOVED | SESSION_REVOKED => {
-            Payload::SessionActivity(typed_data(envelope.data.as_deref(), "session")?)
+            Payload::SessionActivity(session_data(envelope.data.as_deref())?)
         }
         _ => Payload::Unhandled,
     };
     Ok(Event { event_type, timestamp: envelope.timestamp, instance_id: envelope.instance_id, payload })
+}
+
+/// A session's `data`: a [`SessionJson`] whose embedded user, if any, is a
+/// valid user object about the same user. A bad user object names `data.user`
+/// (or `data.user.id`), so the sender sees which part to fix.
+fn session_data(data: Option<&RawValue>) -> Result<SessionJson, InvalidEvent> {
+    let session: SessionJson = typed_data(data, "session").map_err(|error| {
+        let user_fails = data
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            .and_then(|value| value.get("user").filter(|user| !user.is_null()).cloned())
+            .is_some_and(|user| serde_json::from_value::<UserJson>(user).is_err());
+        if user_fails && error.field == Some("data") {
+            InvalidEvent::new(format!("invalid session user: {}", error.message), Some("data.user"))
+        } else {
+            error
+        }
+    })?;
+    if let Some(user) = &session.user
+        && user.id != session.user_id
+    {
+        return Err(InvalidEvent::new(
+            "session user id missing or not the session's user_id",
+            Some("data.user.id"),
+        ));
+    }
+    Ok(session)
 }
 
 /// An event's `data` object and the field that names whom it is about.
@@ -323,7 +354,10 @@ fn typed_data<T: Keyed>(data: Option<&RawValue>, what: &str) -> Result<T, Invali
             let value: Option<Value> = serde_json::from_str(raw).ok();
             let key_ok = value.as_ref().and_then(|v| v.get(T::KEY)?.as_str()).is_some_and(|k| !k.is_empty());
             if key_ok {
-                Err(InvalidEvent::new(format!("invalid {what} data: {error}"), Some("data")))
+                Err(InvalidEvent::new(
+                    format!("invalid {what} data: {}", crate::error::json_error(&error)),
+                    Some("data"),
+                ))
             } else {
                 Err(key_error())
             }
@@ -538,6 +572,60 @@ mod tests {
     fn other_event_types_are_unhandled_without_looking_at_data() {
         let body = br#"{"type":"organization.created","data":{"weird":true}}"#;
         assert!(matches!(parse_event(body), Ok(Event { payload: Payload::Unhandled, .. })));
+    }
+
+    fn session_event(data: Value) -> Result<Payload, InvalidEvent> {
+        let body = serde_json::json!({"type": "session.created", "timestamp": 1, "data": data}).to_string();
+        parse_event(body.as_bytes()).map(|event| event.payload)
+    }
+
+    #[test]
+    fn a_session_carrying_its_user_parses_the_user_like_user_created() {
+        let payload = session_event(serde_json::json!({
+            "id": "sess_1", "user_id": "user_s1",
+            "user": {
+                "id": "user_s1", "first_name": "Zoë", "last_name": null,
+                "primary_email_address_id": "idn_2",
+                "email_addresses": [
+                    {"id": "idn_1", "email_address": "one@example.test"},
+                    {"id": "idn_2", "email_address": "two@example.test"}
+                ],
+                "updated_at": 1_760_000_000_000_i64
+            }
+        }));
+        let Ok(Payload::SessionCreated(SessionJson { user: Some(user), .. })) = payload else {
+            panic!("expected a session with its user, got {payload:?}");
+        };
+        assert_eq!(user.primary_email(), Some("two@example.test"));
+        assert_eq!(user.profile().first_name.as_deref(), Some("Zoë"));
+        assert_eq!(user.updated_at, Some(1_760_000_000_000));
+    }
+
+    #[test]
+    fn a_null_session_user_is_no_user() {
+        let payload = session_event(serde_json::json!({"id": "sess_1", "user_id": "user_s1", "user": null}));
+        assert!(
+            matches!(payload, Ok(Payload::SessionCreated(SessionJson { user: None, .. }))),
+            "{payload:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_user_about_someone_else_names_data_user_id() {
+        let payload = session_event(serde_json::json!({"user_id": "user_s1", "user": {"id": "user_other"}}));
+        assert_eq!(payload.err().and_then(|e| e.field), Some("data.user.id"));
+    }
+
+    #[test]
+    fn a_malformed_session_user_names_data_user() {
+        for user in [
+            serde_json::json!({"first_name": "no id"}),
+            serde_json::json!("user_s1"),
+            serde_json::json!({"id": "user_s1", "first_name": 7}),
+        ] {
+            let payload = session_event(serde_json::json!({"user_id": "user_s1", "user": user}));
+            assert_eq!(payload.err().and_then(|e| e.field), Some("data.user"), "{user}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::Uri;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
+use crate::limits::{ConnectionArgs, ConnectionLimits};
+
 /// Environment variable holding the Clerk (Svix) webhook signing secret(s).
 pub const SIGNING_SECRET_ENV: &str = "CLERK_WEBHOOK_SIGNING_SECRET";
 
@@ -33,6 +35,21 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 pub const DEFAULT_RATE_LIMIT: u32 = 200;
 /// Default per-client burst: requests accepted at once before the rate applies.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 400;
+
+/// Default `--readiness-cache`: long enough to absorb a flood of probes,
+/// short next to any orchestrator's probe period.
+pub const DEFAULT_READINESS_CACHE: Duration = Duration::from_secs(1);
+/// Longest accepted `--readiness-cache`.
+pub const MAX_READINESS_CACHE: Duration = Duration::from_secs(10);
+
+/// Fewest bytes a signing secret may decode to: Svix's own secrets are 24
+/// random bytes (32 base64 characters), and a shorter one is a truncated paste
+/// or a hand-made secret too weak to trust.
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// Default of `--unknown-user-retry-window`: Svix's retries in the first hour
+/// (5 s, 5 min, 30 min) cover any realistic lag of a `user.created`.
+pub const DEFAULT_UNKNOWN_USER_RETRY_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Svix gives up on a delivery attempt after 15 s.
 pub const SVIX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -85,12 +102,18 @@ impl Cli {
 }
 
 /// The gateway's subcommands.
+// Parsed once per process: boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Receive Clerk webhooks and apply them to user-service (the default).
     Serve(ServeArgs),
     /// Sign a JSON file exactly like Svix does and POST it to a gateway.
     Send(SendArgs),
+    /// Bring user-service to the state of Clerk's Backend API: create missing
+    /// users, update outdated ones, optionally delete those Clerk no longer
+    /// has. Needs CLERK_SECRET_KEY.
+    Reconcile(crate::reconcile::ReconcileArgs),
 }
 
 /// Log output format.
@@ -124,6 +147,67 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_INSECURE")]
     pub insecure: bool,
 
+    /// How to reach user-service.
+    #[command(flatten)]
+    pub user_service: UserServiceArgs,
+
+    /// How long a `session.*` event for a user user-service does not know
+    /// (and that carries no user object) is answered 503, so Svix retries
+    /// while the user's `user.created` may still be on its way; older events
+    /// are acknowledged as `unknown_user`. Measured from the event's
+    /// `timestamp`.
+    #[arg(
+        long,
+        env = "GATEWAY_UNKNOWN_USER_RETRY_WINDOW",
+        default_value = "1h",
+        value_parser = parse_duration
+    )]
+    pub unknown_user_retry_window: Duration,
+
+    /// How long `/readyz` waits for user-service's health check.
+    #[arg(long, env = "GATEWAY_READINESS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub readiness_timeout: Duration,
+
+    /// Requests per second accepted from one client IP (an IPv6 client is
+    /// its /64); `0` turns the limit off. Excess requests get 429.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Requests one client IP may send at once before `--rate-limit` applies.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_limit_burst: u32,
+
+    /// Same as `--trusted-proxy-hops 1` (kept for existing deployments).
+    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR", conflicts_with = "trusted_proxy_hops")]
+    pub trust_forwarded_for: bool,
+
+    /// Number of proxies in front of the gateway that append to
+    /// `X-Forwarded-For`. The client IP (for the rate limit) is then the
+    /// entry that many places from the end; a request with fewer entries is
+    /// keyed by its TCP peer. `0` ignores the header: set it only behind such
+    /// proxies, or clients choose their own IP.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: u32,
+
+    /// How long a `/readyz` answer is reused, so a flood of probes does not
+    /// become a flood of health checks (concurrent probes also share one
+    /// check). `0s` checks on every probe.
+    #[arg(long, env = "GATEWAY_READINESS_CACHE", default_value = "1s", value_parser = parse_duration)]
+    pub readiness_cache: Duration,
+
+    /// Timeouts and caps on connections and requests.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+
+    /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
+    pub metrics_listen: MetricsListen,
+}
+
+/// How to reach user-service: shared by `gateway serve` and `gateway
+/// reconcile`, so both take the same flags and variables.
+#[derive(Debug, Clone, Args)]
+pub struct UserServiceArgs {
     /// gRPC endpoint of user-service, `http://host:port` or `https://host:port`.
     /// Several replicas, separated by commas, share the calls; a replica that
     /// fails its health check gets none until it recovers.
@@ -169,29 +253,6 @@ pub struct ServeArgs {
     /// At most 10s, to stay well below Svix's 15 s delivery timeout.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
-
-    /// How long `/readyz` waits for user-service's health check.
-    #[arg(long, env = "GATEWAY_READINESS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
-    pub readiness_timeout: Duration,
-
-    /// Requests per second accepted from one client IP (an IPv6 client is
-    /// its /64); `0` turns the limit off. Excess requests get 429.
-    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
-    pub rate_limit: u32,
-
-    /// Requests one client IP may send at once before `--rate-limit` applies.
-    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
-    pub rate_limit_burst: u32,
-
-    /// Take the client IP for rate limiting from the last `X-Forwarded-For`
-    /// entry (the one the proxy in front of the gateway added). Only set it
-    /// behind such a proxy: otherwise clients choose their own IP.
-    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR")]
-    pub trust_forwarded_for: bool,
-
-    /// Address of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
-    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
-    pub metrics_listen: MetricsListen,
 }
 
 /// Options of `gateway send`.
@@ -249,10 +310,120 @@ pub struct Config {
     pub signing_secrets: SigningSecrets,
     /// Per-client-IP rate limit.
     pub rate_limit: RateLimit,
-    /// Take the client IP from `X-Forwarded-For` (set by a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Proxies in front that append to `X-Forwarded-For`; 0 ignores the
+    /// header (see [`crate::rate_limit::client_ip`]).
+    pub trusted_proxy_hops: u32,
+    /// How long a `/readyz` answer is reused; zero checks on every probe.
+    pub readiness_cache: Duration,
+    /// Timeouts and caps on connections and requests.
+    pub connections: ConnectionLimits,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: MetricsListen,
+    /// How long a session event for an unknown user is answered 503 (see
+    /// `--unknown-user-retry-window`).
+    pub unknown_user_retry_window: Duration,
+}
+
+/// How to reach user-service, validated: what `serve` and `reconcile` share.
+#[derive(Debug, Clone)]
+pub struct UserServiceConfig {
+    /// The first replica.
+    pub url: Uri,
+    /// Further replicas, balanced with `url`.
+    pub replicas: Vec<Uri>,
+    /// Bearer token sent on every call, if any.
+    pub token: Option<UserServiceToken>,
+    /// TLS settings for https:// URLs.
+    pub tls: UpstreamTls,
+    /// With several replicas: how often each one's health is checked.
+    pub check_interval: Duration,
+    /// Deadline of each call (also its connect timeout).
+    pub timeout: Duration,
+    /// Deadline of each health check.
+    pub health_timeout: Duration,
+}
+
+impl UserServiceConfig {
+    /// Reads the token (file or [`USER_SERVICE_TOKEN_ENV`]) and validates the
+    /// arguments; `health_timeout` bounds each replica health check.
+    pub fn from_args(args: UserServiceArgs, health_timeout: Duration) -> Result<Self, ConfigError> {
+        let mut urls = args.user_service_url.into_iter();
+        let url = urls.next().ok_or(ConfigError::UserServiceUrl)?;
+        let config = Self {
+            url,
+            replicas: urls.collect(),
+            token: read_token(args.user_service_token_file)?,
+            tls: UpstreamTls {
+                ca: args.user_service_ca,
+                client_cert: args.user_service_client_cert,
+                client_key: args.user_service_client_key,
+            },
+            check_interval: args.user_service_check_interval,
+            timeout: args.upstream_timeout,
+            health_timeout,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every replica: `url`, then the others.
+    pub fn urls(&self) -> impl Iterator<Item = &Uri> {
+        std::iter::once(&self.url).chain(self.replicas.iter())
+    }
+
+    /// Whether user-service is reached over TLS (all URLs are https://).
+    pub fn uses_tls(&self) -> bool {
+        self.url.scheme_str() == Some("https")
+    }
+
+    /// Checks the URLs, the TLS options and the deadlines.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let tls = self.uses_tls();
+        for url in self.urls() {
+            let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+            // Credentials in the URL would be logged with it and are not how
+            // gRPC authenticates; the token has its own setting.
+            let authority_ok = url.authority().is_some_and(|a| !a.as_str().contains('@'));
+            if !scheme_ok || !authority_ok {
+                return Err(ConfigError::UserServiceUrl);
+            }
+            if (url.scheme_str() == Some("https")) != tls {
+                return Err(ConfigError::MixedSchemes);
+            }
+        }
+        if self.tls.is_set() && !tls {
+            return Err(ConfigError::UpstreamTlsNeedsHttps);
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(ConfigError::ClientCertPair);
+        }
+        check_deadline("--upstream-timeout", self.timeout)?;
+        if self.check_interval.is_zero() {
+            return Err(ConfigError::CheckInterval);
+        }
+        Ok(())
+    }
+}
+
+/// The user-service token from `file` or [`USER_SERVICE_TOKEN_ENV`] (not
+/// both), if either is set.
+fn read_token(file: Option<PathBuf>) -> Result<Option<UserServiceToken>, ConfigError> {
+    let env_token = match std::env::var(USER_SERVICE_TOKEN_ENV) {
+        // Blank counts as unset, as a compose file passing an empty
+        // variable through would have it; the token is optional.
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some(text),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(ConfigError::TokenMalformed { origin: USER_SERVICE_TOKEN_ENV.into() });
+        }
+    };
+    match (file, env_token) {
+        (Some(_), Some(_)) => Err(ConfigError::TokenConflict),
+        (Some(path), None) => UserServiceToken::from_file(&path).map(Some),
+        (None, Some(text)) => UserServiceToken::parse(&text, USER_SERVICE_TOKEN_ENV).map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The certificate and key the webhook endpoint serves HTTPS with.
@@ -356,8 +527,11 @@ impl Config {
             readiness_timeout: Duration::from_secs(1),
             signing_secrets,
             rate_limit: RateLimit::default(),
-            trust_forwarded_for: false,
+            trusted_proxy_hops: 0,
+            readiness_cache: DEFAULT_READINESS_CACHE,
+            connections: ConnectionLimits::default(),
             metrics_listen: MetricsListen::Off,
+            unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
         }
     }
 
@@ -365,51 +539,47 @@ impl Config {
     /// [`SIGNING_SECRET_ENV`] and the user-service token from its file or
     /// [`USER_SERVICE_TOKEN_ENV`].
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
-        let mut urls = args.user_service_url.into_iter();
-        let user_service_url = urls.next().ok_or(ConfigError::UserServiceUrl)?;
         let tls = match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls { cert, key }),
             (None, None) => None,
             _ => return Err(ConfigError::ServerTlsPair),
         };
-        let env_token = match std::env::var(USER_SERVICE_TOKEN_ENV) {
-            // Blank counts as unset, as a compose file passing an empty
-            // variable through would have it; the token is optional.
-            Ok(text) if text.trim().is_empty() => None,
-            Ok(text) => Some(text),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(ConfigError::TokenMalformed { origin: USER_SERVICE_TOKEN_ENV.into() });
-            }
-        };
-        let user_service_token = match (args.user_service_token_file, env_token) {
-            (Some(_), Some(_)) => return Err(ConfigError::TokenConflict),
-            (Some(path), None) => Some(UserServiceToken::from_file(&path)?),
-            (None, Some(text)) => Some(UserServiceToken::parse(&text, USER_SERVICE_TOKEN_ENV)?),
-            (None, None) => None,
-        };
+        let user_service = UserServiceConfig::from_args(args.user_service, args.readiness_timeout)?;
         let config = Self {
             listen: args.listen,
             tls,
             insecure: args.insecure,
-            user_service_url,
-            user_service_replicas: urls.collect(),
-            user_service_token,
-            user_service_tls: UpstreamTls {
-                ca: args.user_service_ca,
-                client_cert: args.user_service_client_cert,
-                client_key: args.user_service_client_key,
-            },
-            replica_check_interval: args.user_service_check_interval,
-            upstream_timeout: args.upstream_timeout,
+            user_service_url: user_service.url,
+            user_service_replicas: user_service.replicas,
+            user_service_token: user_service.token,
+            user_service_tls: user_service.tls,
+            replica_check_interval: user_service.check_interval,
+            upstream_timeout: user_service.timeout,
             readiness_timeout: args.readiness_timeout,
             signing_secrets: SigningSecrets::from_env()?,
             rate_limit: RateLimit { per_second: args.rate_limit, burst: args.rate_limit_burst },
-            trust_forwarded_for: args.trust_forwarded_for,
+            trusted_proxy_hops: if args.trust_forwarded_for { 1 } else { args.trusted_proxy_hops },
+            readiness_cache: args.readiness_cache,
+            connections: args.connections.into(),
             metrics_listen: args.metrics_listen,
+            unknown_user_retry_window: args.unknown_user_retry_window,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The user-service part of the config (`/readyz`'s timeout bounds the
+    /// health checks).
+    pub fn user_service(&self) -> UserServiceConfig {
+        UserServiceConfig {
+            url: self.user_service_url.clone(),
+            replicas: self.user_service_replicas.clone(),
+            token: self.user_service_token.clone(),
+            tls: self.user_service_tls.clone(),
+            check_interval: self.replica_check_interval,
+            timeout: self.upstream_timeout,
+            health_timeout: self.readiness_timeout,
+        }
     }
 
     /// Every user-service replica: `user_service_url`, then the others.
@@ -433,37 +603,18 @@ impl Config {
 
     /// Checks the cross-field rules clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let tls = self.user_service_uses_tls();
-        for url in self.user_service_urls() {
-            let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
-            // Credentials in the URL would be logged with it and are not how
-            // gRPC authenticates; the token has its own setting.
-            let authority_ok = url.authority().is_some_and(|a| !a.as_str().contains('@'));
-            if !scheme_ok || !authority_ok {
-                return Err(ConfigError::UserServiceUrl);
-            }
-            if (url.scheme_str() == Some("https")) != tls {
-                return Err(ConfigError::MixedSchemes);
-            }
-        }
-        if self.user_service_tls.is_set() && !tls {
-            return Err(ConfigError::UpstreamTlsNeedsHttps);
-        }
-        if self.user_service_tls.client_cert.is_some() != self.user_service_tls.client_key.is_some() {
-            return Err(ConfigError::ClientCertPair);
-        }
-        check_deadline("--upstream-timeout", self.upstream_timeout)?;
+        self.user_service().validate()?;
         check_deadline("--readiness-timeout", self.readiness_timeout)?;
-        if self.replica_check_interval.is_zero() {
-            return Err(ConfigError::CheckInterval);
-        }
         if self.rate_limit.is_on() && self.rate_limit.burst == 0 {
             return Err(ConfigError::RateLimitBurst);
         }
         if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
             return Err(ConfigError::PlainHttpOnPublicAddress(self.listen));
         }
-        Ok(())
+        if self.readiness_cache > MAX_READINESS_CACHE {
+            return Err(ConfigError::ReadinessCache);
+        }
+        self.connections.validate()
     }
 }
 
@@ -557,6 +708,32 @@ pub enum ConfigError {
         /// The offending flag.
         flag: &'static str,
     },
+    /// One of the secrets decodes to fewer bytes than Svix's secrets have.
+    #[error(
+        "{SIGNING_SECRET_ENV}: secret {position} of {count} is shorter than Svix's signing secrets \
+         ({MIN_SECRET_BYTES} bytes after base64 decoding)"
+    )]
+    SecretTooShort {
+        /// 1-based position of the short secret in the list.
+        position: usize,
+        /// How many secrets the variable holds.
+        count: usize,
+    },
+    /// `--readiness-cache` is above [`MAX_READINESS_CACHE`].
+    #[error("--readiness-cache must be at most 10s, or /readyz would hide an outage")]
+    ReadinessCache,
+    /// A connection timeout is zero or above a minute.
+    #[error("{flag} must be greater than 0 and at most 60s")]
+    ConnectionTimeout {
+        /// The offending flag.
+        flag: &'static str,
+    },
+    /// A connection or request cap is zero, which would refuse everything.
+    #[error("{flag} must be at least 1")]
+    ZeroCap {
+        /// The offending flag.
+        flag: &'static str,
+    },
 }
 
 /// One Svix signing secret (`whsec_<base64>`), already decoded.
@@ -608,7 +785,13 @@ impl SigningSecrets {
             text.split(|c: char| c == ',' || c.is_whitespace()).filter(|part| !part.is_empty()).collect();
         let count = parts.len();
         let mut secrets = parts.iter().enumerate().map(|(index, part)| {
-            SigningSecret::parse(part).ok_or(ConfigError::SecretMalformed { position: index + 1, count })
+            let position = index + 1;
+            let secret =
+                SigningSecret::parse(part).ok_or(ConfigError::SecretMalformed { position, count })?;
+            if decoded_len(part) < MIN_SECRET_BYTES {
+                return Err(ConfigError::SecretTooShort { position, count });
+            }
+            Ok(secret)
         });
         let first = secrets.next().ok_or(ConfigError::SecretMissing)??;
         let rest = secrets.collect::<Result<Vec<_>, _>>()?;
@@ -643,6 +826,13 @@ impl SigningSecrets {
     pub fn is_empty(&self) -> bool {
         false
     }
+}
+
+/// How many bytes the base64 after `whsec_` decodes to (the text has
+/// already been checked to be valid base64).
+fn decoded_len(text: &str) -> usize {
+    let encoded = text.trim_start_matches("whsec_").trim_end_matches('=');
+    encoded.len() * 6 / 8
 }
 
 /// The bearer token the gateway presents to user-service (a client with the
@@ -704,7 +894,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
@@ -714,8 +905,8 @@ mod tests {
     use super::*;
 
     // Throwaway secrets made up for these tests (base64 of ASCII text).
-    const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0xMjM0NTY3OA==";
-    const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0xMjM0NTY3OA==";
+    const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0wMTIzNDU2Nzg5YWJjZA==";
+    const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0wMTIzNDU2Nzg5YWJjZA==";
 
     #[test]
     fn a_single_secret_is_accepted() {
@@ -749,6 +940,46 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_shorter_than_svix_secrets_is_rejected_by_position() {
+        // 23 bytes: one short of Svix's 24.
+        let short = "whsec_dGVzdC1zZWNyZXQtMDEyMzQ1Njc4OWE=";
+        let text = format!("{SECRET_A} {short}");
+        assert_eq!(
+            SigningSecrets::parse(&text).map(|s| s.len()),
+            Err(ConfigError::SecretTooShort { position: 2, count: 2 })
+        );
+        // Svix's own form: 32 base64 characters, 24 bytes.
+        assert_eq!(SigningSecrets::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").map(|s| s.len()), Ok(1));
+    }
+
+    #[test]
+    fn trust_forwarded_for_means_one_trusted_hop_and_conflicts_with_hops() {
+        assert_eq!(serve_args(&[]).trusted_proxy_hops, 0);
+        let argv = ["gateway", "serve", "--trust-forwarded-for", "--trusted-proxy-hops", "2"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        assert!(serve_args(&["--trust-forwarded-for"]).trust_forwarded_for);
+        assert_eq!(serve_args(&["--trusted-proxy-hops", "2"]).trusted_proxy_hops, 2);
+    }
+
+    #[test]
+    fn connection_limit_flags_reach_the_config_defaults() {
+        let args = serve_args(&["--header-read-timeout", "3s", "--max-connections-per-ip", "7"]);
+        let limits = ConnectionLimits::from(args.connections);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(limits.max_connections_per_ip, 7);
+        assert_eq!(limits.idle_timeout, crate::limits::DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_readiness_cache_above_ten_seconds_is_refused() {
+        let mut config = test_config();
+        config.readiness_cache = Duration::from_secs(11);
+        assert_eq!(config.validate(), Err(ConfigError::ReadinessCache));
+        config.readiness_cache = Duration::ZERO;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
     fn a_secret_that_is_not_base64_is_rejected() {
         for bad in ["whsec_", "whsec_not base64!", "whsec_%%%%"] {
             assert!(SigningSecrets::parse(bad).is_err(), "{bad}");
@@ -769,11 +1000,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_ms_s_m_and_bare_seconds() {
+    fn durations_accept_ms_s_m_h_and_bare_seconds() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("5 hours").is_err());
         assert!(parse_duration("s").is_err());
@@ -825,8 +1057,8 @@ mod tests {
     #[test]
     fn a_comma_separated_url_list_becomes_replicas() {
         let args = serve_args(&["--user-service-url", "http://a:1, http://b:2,http://c:3"]);
-        assert_eq!(args.user_service_url.len(), 3);
-        assert_eq!(args.user_service_url[1], Uri::from_static("http://b:2"));
+        assert_eq!(args.user_service.user_service_url.len(), 3);
+        assert_eq!(args.user_service.user_service_url[1], Uri::from_static("http://b:2"));
     }
 
     #[test]
@@ -906,7 +1138,8 @@ mod tests {
         let cli = Cli::try_parse_from(["gateway"]).and_then(Cli::into_command);
         match cli {
             Ok(Command::Serve(args)) => {
-                assert_eq!(args.upstream_timeout, Duration::from_secs(5));
+                assert_eq!(args.user_service.upstream_timeout, Duration::from_secs(5));
+                assert_eq!(args.unknown_user_retry_window, DEFAULT_UNKNOWN_USER_RETRY_WINDOW);
             }
             other => panic!("expected serve, got {other:?}"),
         }

@@ -74,6 +74,11 @@ pub enum WebhookError {
         /// gRPC status message; logged, not sent to the client.
         message: String,
     },
+    /// A `session.*` event names a user user-service does not know, and the
+    /// event is young enough that its `user.created` may still come (503 with
+    /// `Retry-After`).
+    #[error("the session's user is not known to user-service yet; retry later")]
+    UnknownUser,
     /// user-service failed internally or the call is misconfigured (500).
     #[error("user-service failed ({code:?})")]
     UpstreamFailed {
@@ -92,6 +97,10 @@ pub enum WebhookError {
         /// Seconds until a request will be accepted again.
         retry_after: u32,
     },
+    /// Too many requests are in progress on the gateway as a whole; refused
+    /// before reading the body.
+    #[error("the gateway is busy; retry later")]
+    Overloaded,
 }
 
 /// Which side of the tolerance window a signature timestamp fell on.
@@ -119,7 +128,9 @@ impl WebhookError {
             | Self::InvalidEvent(_)
             | Self::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::SignatureExpired(_) => StatusCode::UNAUTHORIZED,
-            Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable { .. } | Self::Overloaded | Self::UnknownUser => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamFailed { .. } | Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -132,6 +143,7 @@ impl WebhookError {
             Self::InvalidEvent(invalid) => invalid.field,
             Self::SignatureExpired(_) => Some("svix-timestamp"),
             Self::InvalidSignature => Some("svix-signature"),
+            Self::UnknownUser => Some("data.user_id"),
             Self::UnsupportedMediaType => Some("content-type"),
             Self::PayloadTooLarge { .. }
             | Self::UnreadableBody
@@ -140,7 +152,8 @@ impl WebhookError {
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamFailed { .. }
             | Self::Misconfigured
-            | Self::RateLimited { .. } => None,
+            | Self::RateLimited { .. }
+            | Self::Overloaded => None,
         }
     }
 }
@@ -160,6 +173,8 @@ impl IntoResponse for WebhookError {
         let status = self.status();
         let retry_after = match &self {
             Self::RateLimited { retry_after } => Some(*retry_after),
+            // Shedding lasts as long as a burst does: come back soon.
+            Self::Overloaded => Some(1),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECONDS),
             _ => None,
         };
@@ -172,9 +187,40 @@ impl IntoResponse for WebhookError {
     }
 }
 
+/// A serde_json error as a reason that names what was expected but never
+/// the value found: serde's own text quotes it (`invalid type: string
+/// "ada@example.com", expected a sequence`), and a webhook's values are
+/// personal data that must not reach logs or the answer to Svix.
+pub fn json_error(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let expected =
+        |rest: &str| rest.split_once(", expected ").map_or(String::new(), |(_, e)| format!(", expected {e}"));
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            // The kind of value (`string`, `integer`, `map`, ...), not the value.
+            let found = rest.split([' ', ',']).next().unwrap_or_default();
+            return format!("{} ({found}){}", kind.trim_end_matches(": "), expected(rest));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return format!("unknown variant{}", expected(rest));
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_errors_name_the_expectation_but_never_the_value() {
+        let error = serde_json::from_str::<Vec<String>>(r#""ada@example.com""#).unwrap_err();
+        let reason = json_error(&error);
+        assert!(reason.starts_with("invalid type (string), expected a sequence"), "{reason}");
+        assert!(!reason.contains("ada"), "{reason}");
+        let syntax = serde_json::from_str::<Vec<String>>("[").unwrap_err();
+        assert_eq!(json_error(&syntax), syntax.to_string());
+    }
 
     #[test]
     fn upstream_unavailable_is_503_with_retry_after_and_no_upstream_message() {

@@ -14,6 +14,10 @@
 //! towards user-service ([`upstream`]), and Prometheus metrics on their own
 //! listener ([`metrics`], `METRICS.md`).
 //!
+//! `gateway reconcile` ([`reconcile`]) brings user-service to the state of
+//! Clerk's Backend API, for an existing Clerk application and after lost
+//! webhooks.
+//!
 //! Entry points: [`app::App`] (build, bind, run), [`config::Config`],
 //! [`sign::sign_headers`] (sign like Svix, for tests and `gateway send`).
 
@@ -21,12 +25,17 @@ pub mod app;
 pub mod apply;
 pub mod clerk;
 pub mod config;
+pub mod connections;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
+pub mod reconcile;
 pub mod request_id;
 pub mod routes;
 pub mod send;
+pub mod server;
+pub mod shed;
 pub mod sign;
 pub mod state;
 pub mod telemetry;
@@ -50,5 +59,6 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => send::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
     }
 }

@@ -35,6 +35,18 @@ pub const UPSTREAM_REPLICA_UP: &str = "upstream_replica_up";
 /// Requests (any path) refused by the per-client rate limit.
 pub const RATE_LIMITED_TOTAL: &str = "http_requests_rate_limited_total";
 
+/// Connections open on the webhook port.
+pub const CONNECTIONS_OPEN: &str = "http_connections_open";
+/// Connections closed to make room for a new one under a cap.
+pub const CONNECTIONS_EVICTED_TOTAL: &str = "http_connections_evicted_total";
+/// Connections closed at once because a cap was reached and nothing could
+/// give way, by `reason` (`per_ip`, `global`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "http_connections_refused_total";
+/// Requests in progress on the webhook port.
+pub const REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+/// Requests answered 503 by the global in-flight limit.
+pub const REQUESTS_SHED_TOTAL: &str = "http_requests_shed_total";
+
 /// `type` label of a delivery whose event was never verified (refused before,
 /// or rate limited).
 pub const TYPE_UNKNOWN: &str = "unknown";
@@ -131,6 +143,9 @@ impl Metrics {
             (WEBHOOK_EVENTS_TOTAL, "Webhook deliveries answered, by event type and outcome."),
             (UPSTREAM_REQUESTS_TOTAL, "gRPC calls to user-service, by method and status code."),
             (RATE_LIMITED_TOTAL, "Requests refused with 429 by the per-client rate limit."),
+            (CONNECTIONS_EVICTED_TOTAL, "Idle connections closed to make room under a connection cap."),
+            (CONNECTIONS_REFUSED_TOTAL, "Connections closed at once: a cap was reached and all were busy."),
+            (REQUESTS_SHED_TOTAL, "Requests answered 503 by the global in-flight limit."),
         ];
         for (name, help) in counters {
             recorder.describe_counter(name.into(), None, help.into());
@@ -149,6 +164,16 @@ impl Metrics {
             UPSTREAM_REPLICA_UP.into(),
             None,
             "1 while a user-service replica receives calls, 0 while it is left out.".into(),
+        );
+        recorder.describe_gauge(
+            CONNECTIONS_OPEN.into(),
+            None,
+            "Connections open on the webhook port.".into(),
+        );
+        recorder.describe_gauge(
+            REQUESTS_IN_FLIGHT.into(),
+            None,
+            "Requests in progress on the webhook port.".into(),
         );
         let handle = recorder.handle();
         Self { recorder, handle }
@@ -188,6 +213,37 @@ impl Metrics {
     /// Counts one request refused by the rate limit.
     pub fn record_rate_limited(&self) {
         self.recorder.register_counter(&Key::from_name(RATE_LIMITED_TOTAL), &METADATA).increment(1);
+    }
+
+    /// Adds `delta` (+1 opened, -1 closed) to the open connections.
+    pub fn add_connections_open(&self, delta: f64) {
+        self.recorder.register_gauge(&Key::from_name(CONNECTIONS_OPEN), &METADATA).increment(delta);
+    }
+
+    /// Counts connections closed to make room.
+    pub fn record_connections_evicted(&self, count: u64) {
+        if count > 0 {
+            self.recorder
+                .register_counter(&Key::from_name(CONNECTIONS_EVICTED_TOTAL), &METADATA)
+                .increment(count);
+        }
+    }
+
+    /// Counts one connection refused at a cap (`reason`: `per_ip`, `global`).
+    pub fn record_connection_refused(&self, reason: &'static str) {
+        let key =
+            Key::from_parts(CONNECTIONS_REFUSED_TOTAL, vec![Label::from_static_parts("reason", reason)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
+    /// Adds `delta` (+1 started, -1 answered) to the requests in progress.
+    pub fn add_requests_in_flight(&self, delta: f64) {
+        self.recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA).increment(delta);
+    }
+
+    /// Counts one request shed by the in-flight limit.
+    pub fn record_shed(&self) {
+        self.recorder.register_counter(&Key::from_name(REQUESTS_SHED_TOTAL), &METADATA).increment(1);
     }
 
     /// The Prometheus text exposition of every metric.

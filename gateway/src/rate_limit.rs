@@ -5,9 +5,15 @@
 //! request takes one token or is answered 429 with `Retry-After`. Svix
 //! retries a 429 later, which is what we want from a sender that is too fast.
 //!
-//! The client IP is the TCP peer, or with `--trust-forwarded-for` the last
-//! `X-Forwarded-For` entry: the one the proxy in front of us appended (any
-//! earlier entry was written by the client and proves nothing).
+//! The token is taken when the request arrives, before its body is read, and
+//! given back if the answer is not a 4xx: so concurrent requests count (a
+//! client cannot start a thousand forgeries at once because none has failed
+//! yet), while verified deliveries end up costing nothing.
+//!
+//! The client IP is the TCP peer, or with `--trusted-proxy-hops N` the `N`th
+//! `X-Forwarded-For` entry from the end: the one the outermost of our `N`
+//! proxies appended (any earlier entry was written by the client and proves
+//! nothing).
 
 use std::{
     collections::HashMap,
@@ -63,12 +69,13 @@ impl RateLimiter {
         })
     }
 
-    /// Whether `client` may be served at `now`, or how long until it may. A
-    /// request is only charged afterwards, and only if it failed (see
-    /// [`limit`]).
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Takes a token from `client`'s bucket at `now`, or says how long until
+    /// one is there. A request that turns out well gets it back with
+    /// [`RateLimiter::refund`].
+    pub fn acquire(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         self.with_bucket(client, now, true, |bucket, per_second| {
             if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
                 Ok(())
             } else {
                 Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
@@ -76,9 +83,10 @@ impl RateLimiter {
         })
     }
 
-    /// Takes a token from `client`'s bucket (never below empty).
-    pub fn charge(&self, client: IpAddr, now: Instant) {
-        self.with_bucket(client, now, false, |bucket, _| bucket.tokens = (bucket.tokens - 1.0).max(0.0));
+    /// Gives a token back to `client`'s bucket (never above the burst).
+    pub fn refund(&self, client: IpAddr, now: Instant) {
+        let burst = self.burst;
+        self.with_bucket(client, now, false, |bucket, _| bucket.tokens = (bucket.tokens + 1.0).min(burst));
     }
 
     /// Runs `f` on `client`'s bucket, refilled up to `now`; with `sweep`, first
@@ -90,7 +98,7 @@ impl RateLimiter {
         sweep: bool,
         f: impl FnOnce(&mut Bucket, f64) -> T,
     ) -> T {
-        let key = bucket_key(client);
+        let key = client_key(client);
         // A panic elsewhere cannot leave a bucket half-updated in a way that
         // matters: at worst one client gets a token more or less.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -120,9 +128,10 @@ impl RateLimiter {
     }
 }
 
-/// IPv4 addresses (also IPv4-mapped IPv6) are keyed as they are; IPv6 by
-/// their /64, so a host cannot dodge the limit by rotating its addresses.
-fn bucket_key(ip: IpAddr) -> IpAddr {
+/// The key a client is counted under, here and by the connection caps: IPv4
+/// addresses (also IPv4-mapped IPv6) as they are; IPv6 by their /64, so a
+/// host cannot dodge a limit by rotating its addresses.
+pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -132,12 +141,24 @@ fn bucket_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The last `X-Forwarded-For` entry, if it is an IP address (a port, as
-/// some proxies add, is ignored).
-pub fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    let last_header = headers.get_all(X_FORWARDED_FOR).iter().next_back()?;
-    let last = last_header.to_str().ok()?.rsplit(',').next()?.trim();
-    last.parse::<IpAddr>().ok().or_else(|| last.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+/// The `X-Forwarded-For` entry `hops` places from the end (over all the
+/// header's lines, in order), if there are that many and it is an IP address
+/// (a port, as some proxies add, is ignored). `hops` 0 means the header is
+/// not trusted at all.
+pub fn forwarded_for(headers: &HeaderMap, hops: u32) -> Option<IpAddr> {
+    let hops = usize::try_from(hops).ok().filter(|&hops| hops > 0)?;
+    let mut entries = Vec::new();
+    for line in headers.get_all(X_FORWARDED_FOR) {
+        entries.extend(line.to_str().ok()?.split(',').map(str::trim));
+    }
+    let entry = *entries.len().checked_sub(hops).and_then(|index| entries.get(index))?;
+    entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+}
+
+/// The client a request is counted for: the `X-Forwarded-For` entry of the
+/// outermost of `hops` trusted proxies, else the TCP peer.
+pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, hops: u32) -> Option<IpAddr> {
+    forwarded_for(headers, hops).or(peer)
 }
 
 /// What the rate-limit middleware needs.
@@ -145,29 +166,30 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
 pub struct RateLimitState {
     /// The buckets.
     pub limiter: Arc<RateLimiter>,
-    /// Honour `X-Forwarded-For`.
-    pub trust_forwarded_for: bool,
+    /// Proxies in front that append to `X-Forwarded-For` (0: ignore it).
+    pub trusted_proxy_hops: u32,
     /// Where refusals are counted, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
 }
 
-/// Answers 429 with `Retry-After` when the client's bucket is empty. Only
-/// requests answered with a 4xx (forged, malformed, unverifiable) take a
-/// token: Svix delivers from a handful of addresses, sometimes in bursts, and
-/// a limit on verified deliveries would throttle Clerk itself, while a
-/// source that keeps failing is cut off. A request without a known peer (no
-/// `ConnectInfo`, e.g. a router driven directly in a test) is not limited.
+/// Answers 429 with `Retry-After` when the client's bucket is empty. Every
+/// request takes a token on arrival; only those answered with a 4xx (forged,
+/// malformed, unverifiable) keep it. Svix delivers from a handful of
+/// addresses, sometimes in bursts, and a limit on verified deliveries would
+/// throttle Clerk itself, while a source that keeps failing is cut off, and
+/// cannot dodge that by sending its forgeries all at once. A request without
+/// a known peer (no `ConnectInfo`, e.g. a router driven directly in a test)
+/// is not limited.
 pub async fn limit(State(state): State<RateLimitState>, request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    let forwarded = if state.trust_forwarded_for { forwarded_for(request.headers()) } else { None };
-    let Some(client) = forwarded.or(peer) else {
+    let Some(client) = client_ip(request.headers(), peer, state.trusted_proxy_hops) else {
         return next.run(request).await;
     };
-    match state.limiter.check(client, Instant::now()) {
+    match state.limiter.acquire(client, Instant::now()) {
         Ok(()) => {
             let response = next.run(request).await;
-            if response.status().is_client_error() {
-                state.limiter.charge(client, Instant::now());
+            if !response.status().is_client_error() {
+                state.limiter.refund(client, Instant::now());
             }
             response
         }
@@ -197,20 +219,42 @@ mod tests {
         }
     }
 
-    /// One failed request: checked, then charged.
+    /// One failed request: the token taken on arrival is kept.
     fn take(limiter: &RateLimiter, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        limiter.check(client, now)?;
-        limiter.charge(client, now);
-        Ok(())
+        limiter.acquire(client, now)
     }
 
     #[test]
-    fn checking_alone_takes_nothing() {
+    fn a_refunded_request_costs_nothing() {
         let limiter = limiter(1, 1);
         let now = Instant::now();
         for _ in 0..10 {
-            assert_eq!(limiter.check(CLIENT, now), Ok(()));
+            assert_eq!(limiter.acquire(CLIENT, now), Ok(()));
+            limiter.refund(CLIENT, now);
         }
+    }
+
+    #[test]
+    fn requests_in_progress_hold_their_tokens() {
+        let limiter = limiter(1, 3);
+        let now = Instant::now();
+        // Three requests arrive before any has been answered.
+        for _ in 0..3 {
+            assert_eq!(limiter.acquire(CLIENT, now), Ok(()));
+        }
+        assert!(limiter.acquire(CLIENT, now).is_err());
+    }
+
+    #[test]
+    fn refunds_never_fill_a_bucket_above_its_burst() {
+        let limiter = limiter(1, 2);
+        let now = Instant::now();
+        limiter.refund(CLIENT, now);
+        limiter.refund(CLIENT, now);
+        for _ in 0..2 {
+            assert_eq!(limiter.acquire(CLIENT, now), Ok(()));
+        }
+        assert!(limiter.acquire(CLIENT, now).is_err());
     }
 
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
@@ -267,14 +311,33 @@ mod tests {
     }
 
     #[test]
-    fn the_last_forwarded_for_entry_is_the_client() {
+    fn with_one_hop_the_last_forwarded_for_entry_is_the_client() {
         let mut headers = HeaderMap::new();
-        assert_eq!(forwarded_for(&headers), None);
+        assert_eq!(forwarded_for(&headers, 1), None);
         headers.append(X_FORWARDED_FOR, "198.51.100.1, 203.0.113.9".parse().unwrap());
-        assert_eq!(forwarded_for(&headers), Some(CLIENT));
+        assert_eq!(forwarded_for(&headers, 1), Some(CLIENT));
         headers.append(X_FORWARDED_FOR, "[2001:db8::1]:443".parse().unwrap());
-        assert_eq!(forwarded_for(&headers), "2001:db8::1".parse().ok());
+        assert_eq!(forwarded_for(&headers, 1), "2001:db8::1".parse().ok());
         headers.insert(X_FORWARDED_FOR, "unknown".parse().unwrap());
-        assert_eq!(forwarded_for(&headers), None);
+        assert_eq!(forwarded_for(&headers, 1), None);
+    }
+
+    #[test]
+    fn with_two_hops_the_entry_before_the_inner_proxy_is_the_client() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, "192.0.2.66, 203.0.113.9".parse().unwrap());
+        headers.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
+        assert_eq!(forwarded_for(&headers, 2), Some(CLIENT));
+        assert_eq!(forwarded_for(&headers, 3), "192.0.2.66".parse().ok());
+    }
+
+    #[test]
+    fn too_few_entries_or_zero_hops_fall_back_to_the_peer() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, "203.0.113.9".parse().unwrap());
+        assert_eq!(client_ip(&headers, Some(peer), 2), Some(peer));
+        assert_eq!(client_ip(&headers, Some(peer), 0), Some(peer));
+        assert_eq!(client_ip(&headers, Some(peer), 1), Some(CLIENT));
     }
 }

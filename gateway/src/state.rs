@@ -1,8 +1,8 @@
 //! Shared state handed to every request handler.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use crate::{apply::UserSync, upstream::Replicas, verify::Verifier};
+use crate::{apply::UserSync, routes::health::Readiness, upstream::Replicas, verify::Verifier};
 
 /// What handlers need: the verifier, the user-service client and the
 /// replicas' health checks. Cloning is cheap (the gRPC channels are shared).
@@ -14,6 +14,7 @@ pub struct AppState {
     pub users: UserSync,
     /// Asks each user-service replica whether it is serving, for `/readyz`.
     pub replicas: Arc<Replicas>,
-    /// How long `/readyz` waits for the health checks.
-    pub readiness_timeout: Duration,
+    /// `/readyz`'s view of user-service's health, checked at most once per
+    /// `--readiness-cache`.
+    pub readiness: Arc<Readiness>,
 }

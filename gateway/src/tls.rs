@@ -1,32 +1,18 @@
 //! HTTPS for the webhook endpoint: the rustls configuration (aws-lc-rs
-//! provider, chosen explicitly so no process-wide default is needed) and a
-//! listener that hands `axum::serve` connections whose TLS handshake is done.
+//! provider, chosen explicitly so no process-wide default is needed).
 //!
-//! Handshakes run in their own tasks, so a slow or silent client never holds
-//! up the accept loop; each is bounded by [`HANDSHAKE_TIMEOUT`], and at most
-//! [`MAX_HANDSHAKES`] run at once (further connections wait in the kernel's
-//! backlog). Graceful shutdown is `axum::serve`'s own: the listener is
-//! dropped, which abandons unfinished handshakes, and established connections
-//! finish their requests.
+//! Handshakes run in each connection's own task ([`crate::server`]), bounded
+//! by `--tls-handshake-timeout` and, per client, by
+//! `--max-handshakes-per-ip`, so slow or silent clients never hold up the
+//! accept loop.
 
-use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
-use tokio::{net::TcpListener, net::TcpStream, task::JoinSet};
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        ServerConfig,
-        crypto::aws_lc_rs,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    },
-    server::TlsStream,
+use tokio_rustls::rustls::{
+    ServerConfig,
+    crypto::aws_lc_rs,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-
-/// Longest a client may take to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most handshakes in progress at once.
-pub const MAX_HANDSHAKES: usize = 256;
 
 /// Reads the certificate chain and key (PEM) and builds the server
 /// configuration, offering HTTP/2 and HTTP/1.1. The error is one line naming
@@ -48,75 +34,4 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// A TCP listener whose accepted connections come out TLS-terminated.
-pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    handshakes: JoinSet<(SocketAddr, io::Result<TlsStream<TcpStream>>)>,
-}
-
-impl std::fmt::Debug for TlsListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsListener").field("tcp", &self.tcp).finish_non_exhaustive()
-    }
-}
-
-impl TlsListener {
-    /// Terminates TLS with `config` on connections accepted by `tcp`.
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
-        Self { tcp, acceptor: TlsAcceptor::from(config), handshakes: JoinSet::new() }
-    }
-
-    fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let acceptor = self.acceptor.clone();
-        self.handshakes.spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            let result = handshake.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-            (peer, result)
-        });
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    // Cancel safe: `accept` and `join_next` are, and every other step is
-    // synchronous, so `axum::serve` may drop this future at shutdown.
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                accepted = self.tcp.accept(), if self.handshakes.len() < MAX_HANDSHAKES => match accepted {
-                    Ok((stream, peer)) => self.start_handshake(stream, peer),
-                    Err(error) => accept_failed(error).await,
-                },
-                Some(done) = self.handshakes.join_next() => match done {
-                    Ok((peer, Ok(stream))) => return (stream, peer),
-                    // Scanners and clients that do not trust us fail here
-                    // all the time: not worth more than a debug line.
-                    Ok((_, Err(error))) => tracing::debug!(%error, "TLS handshake failed"),
-                    Err(error) => tracing::debug!(%error, "TLS handshake task ended"),
-                },
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// Errors from `accept` that concern one connection are skipped; others
-/// (e.g. out of file descriptors) get a pause so the loop does not spin.
-async fn accept_failed(error: io::Error) {
-    let per_connection = matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-    );
-    if !per_connection {
-        tracing::error!(%error, "cannot accept connections; retrying in 1s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

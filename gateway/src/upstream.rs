@@ -29,7 +29,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    config::{Config, UpstreamTls, UserServiceToken},
+    config::{UpstreamTls, UserServiceConfig, UserServiceToken},
     metrics::Metrics,
 };
 
@@ -96,17 +96,13 @@ pub struct Upstream {
 impl Upstream {
     /// Prepares the (lazily connecting) channels: nothing is contacted yet.
     /// Fails, naming the file, when a TLS file is unreadable or invalid.
-    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<Self, String> {
-        let tls = if config.user_service_uses_tls() {
-            Some(client_tls(&config.user_service_tls, config.upstream_timeout)?)
-        } else {
-            None
-        };
+    pub fn new(config: &UserServiceConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, String> {
+        let tls = if config.uses_tls() { Some(client_tls(&config.tls, config.timeout)?) } else { None };
         let endpoints = config
-            .user_service_urls()
-            .map(|url| endpoint(url, config.upstream_timeout, tls.as_ref()))
+            .urls()
+            .map(|url| endpoint(url, config.timeout, tls.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        let authorization = Authorization::new(config.user_service_token.as_ref());
+        let authorization = Authorization::new(config.token.as_ref());
         let intercept = |channel: Channel| InterceptedService::new(channel, authorization.clone());
 
         if let [only] = endpoints.as_slice() {
@@ -143,8 +139,8 @@ impl Upstream {
             requests,
             requests_closed: false,
             all_failing: false,
-            interval: config.replica_check_interval,
-            timeout: config.readiness_timeout,
+            interval: config.check_interval,
+            timeout: config.health_timeout,
             metrics,
         };
         Ok(Self {

@@ -87,8 +87,8 @@ mod tests {
     use super::*;
     use crate::{config::SigningSecrets, sign::sign_headers};
 
-    const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0xMjM0NTY3OA==";
-    const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0xMjM0NTY3OA==";
+    const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0wMTIzNDU2Nzg5YWJjZA==";
+    const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0wMTIzNDU2Nzg5YWJjZA==";
     const BODY: &[u8] = br#"{"type":"user.created"}"#;
 
     fn secrets(text: &str) -> SigningSecrets {

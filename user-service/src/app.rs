@@ -57,6 +57,9 @@ pub enum StartupError {
          (or, to accept the risk, --insecure)"
     )]
     Unauthenticated(SocketAddr),
+    /// `--idempotency-retention` is outside its bounds.
+    #[error("{0}")]
+    IdempotencyRetention(String),
     /// The TLS files are missing, unreadable or do not fit together.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
@@ -106,6 +109,9 @@ impl Security {
     /// refuses an open door: no authentication on a non-loopback address
     /// without `--insecure`.
     fn load(config: &Config) -> Result<Self, StartupError> {
+        // Checked here too, for configs built in code rather than parsed.
+        crate::config::check_idempotency_retention(config.idempotency_retention)
+            .map_err(StartupError::IdempotencyRetention)?;
         let tokens = match &config.auth_tokens {
             Some(path) => Some(Tokens::load(path).map_err(StartupError::AuthTokens)?),
             None => None,
@@ -220,7 +226,8 @@ impl App {
             tokio::spawn(prune(store.clone(), config.idempotency_retention, config.change_retention));
         let (metrics, metrics_task) = match metrics {
             Some((metrics, Some(listener))) => {
-                let task = tokio::spawn(metrics::serve(listener, metrics.clone(), store.clone(), feed));
+                let task =
+                    tokio::spawn(metrics::serve(listener, metrics.clone(), store.clone(), feed.clone()));
                 (Some(metrics), Some(task))
             }
             _ => (None, None),
@@ -259,7 +266,10 @@ impl App {
             .max_connection_age_grace(http2::MAX_CONNECTION_AGE_GRACE)
             .layer(layers)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                feed.close();
+            })
             .await;
         health_task.abort();
         prune_task.abort();

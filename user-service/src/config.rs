@@ -34,9 +34,10 @@ pub struct Config {
     #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = humantime_duration)]
     pub health_check_interval: Duration,
 
-    /// How long idempotency records (webhook ids) are kept. Must exceed the
-    /// sender's retry window (Svix retries for about 28 hours).
-    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "7d", value_parser = humantime_duration)]
+    /// How long idempotency records (webhook ids) are kept: at least 48h,
+    /// since Svix retries a delivery for about 28 hours and a retry arriving
+    /// after its record is gone would be applied twice; at most 3650d.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "7d", value_parser = idempotency_retention)]
     pub idempotency_retention: Duration,
 
     /// How long the change log keeps changes; a follower whose cursor is
@@ -224,6 +225,34 @@ pub fn humantime_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Shortest `--idempotency-retention`: Svix's retry window (about 28 hours)
+/// with a margin, so a retried delivery always finds its record.
+pub const MIN_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(48 * 3600);
+
+/// Longest `--idempotency-retention` (ten years): beyond it the prune's
+/// cut-off would leave the range of timestamps.
+pub const MAX_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Checks an idempotency retention against
+/// [`MIN_IDEMPOTENCY_RETENTION`]..=[`MAX_IDEMPOTENCY_RETENTION`]; the error
+/// names the flag and the reason.
+pub fn check_idempotency_retention(retention: Duration) -> Result<Duration, String> {
+    if retention < MIN_IDEMPOTENCY_RETENTION {
+        return Err("--idempotency-retention must be at least 48h: Svix retries a delivery for about \
+                    28 hours, and a retry arriving after its record was pruned would be applied twice"
+            .to_owned());
+    }
+    if retention > MAX_IDEMPOTENCY_RETENTION {
+        return Err("--idempotency-retention must be at most 3650d".to_owned());
+    }
+    Ok(retention)
+}
+
+/// Parses `--idempotency-retention` (see [`check_idempotency_retention`]).
+pub fn idempotency_retention(text: &str) -> Result<Duration, String> {
+    check_idempotency_retention(humantime_duration(text)?)
+}
+
 /// Like [`humantime_duration`], but refuses zero.
 pub fn positive_duration(text: &str) -> Result<Duration, String> {
     match humantime_duration(text)? {
@@ -300,6 +329,26 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn idempotency_retention_below_48_hours_is_refused_at_startup() {
+        for short in ["0s", "1h", "28h", "47h"] {
+            let error = Config::try_parse_from(["user-service", "--idempotency-retention", short])
+                .expect_err(short)
+                .to_string();
+            assert!(error.contains("at least 48h") && error.contains("Svix"), "{short}: {error}");
+        }
+        let config = Config::try_parse_from(["user-service", "--idempotency-retention", "48h"]);
+        assert_eq!(config.map(|c| c.idempotency_retention).ok(), Some(MIN_IDEMPOTENCY_RETENTION));
+    }
+
+    #[test]
+    fn idempotency_retention_beyond_ten_years_is_refused() {
+        assert!(Config::try_parse_from(["user-service", "--idempotency-retention", "3651d"]).is_err());
+        let huge = format!("{}d", u64::MAX);
+        assert!(Config::try_parse_from(["user-service", "--idempotency-retention", &huge]).is_err());
+        assert!(check_idempotency_retention(Duration::MAX).is_err());
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub enum Error {
     /// The database cannot be reached right now; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The server is shutting down; a stream ends so the caller resumes on
+    /// another replica (or after the restart) from its last cursor.
+    #[error("user-service is shutting down; resume from your last cursor")]
+    ShuttingDown,
     /// A bug or a broken invariant; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),

@@ -21,7 +21,7 @@ use std::{
 };
 
 use chrono::Utc;
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
 
 use crate::{
     domain::change::{ChangeFilter, Cursor, LoggedChange},
@@ -75,6 +75,8 @@ pub struct Feed {
     followers: SyncMutex<HashMap<u64, Arc<Progress>>>,
     next_follower: AtomicU64,
     metrics: Option<Arc<Metrics>>,
+    /// Set when the server shuts down: every stream ends.
+    closing: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -102,9 +104,16 @@ impl Feed {
             followers: SyncMutex::new(HashMap::new()),
             next_follower: AtomicU64::new(0),
             metrics,
+            closing: watch::Sender::new(false),
         });
         tokio::spawn(read_log(Arc::downgrade(&feed)));
         feed
+    }
+
+    /// Ends every stream with `UNAVAILABLE` (the server is shutting down:
+    /// graceful shutdown waits for calls to end, and a stream never would).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Followers connected right now.
@@ -271,7 +280,18 @@ impl Follower {
         if let Some(metrics) = &self.feed.metrics {
             metrics.set_change_followers(self.feed.followers());
         }
-        let _ = self.follow(&mut fanout).await;
+        let mut closing = self.feed.closing.subscribe();
+        let closed = async move {
+            // Only an error (the feed is gone) ends the wait otherwise.
+            let _ = closing.wait_for(|closing| *closing).await;
+        };
+        let shut_down = tokio::select! {
+            _ = self.follow(&mut fanout) => false,
+            () = closed => true,
+        };
+        if shut_down {
+            self.fail(Error::ShuttingDown).await;
+        }
         drop(fanout);
         let feed = self.feed.clone();
         drop(self);

@@ -160,7 +160,12 @@ fn log_outcome(outcome: Outcome) {
             outcome = outcome_name,
             "event acknowledged although user-service answered with an error code"
         ),
-        Outcome::Applied | Outcome::Duplicate | Outcome::Stale | Outcome::UserDeleted | Outcome::Ignored => {
+        Outcome::Applied
+        | Outcome::Duplicate
+        | Outcome::Stale
+        | Outcome::UserDeleted
+        | Outcome::Ignored
+        | Outcome::UnknownUser => {
             tracing::info!(outcome = outcome_name, "webhook processed");
         }
     }
@@ -176,7 +181,7 @@ fn log_rejection(error: &WebhookError) {
         WebhookError::Misconfigured => tracing::error!(status, %error, "webhook refused"),
         // Counted in the metrics; a log line per refused request would let a
         // flood fill the logs.
-        WebhookError::RateLimited { .. } => {}
+        WebhookError::RateLimited { .. } | WebhookError::Overloaded => {}
         WebhookError::UnsupportedMediaType
         | WebhookError::PayloadTooLarge { .. }
         | WebhookError::UnreadableBody
@@ -187,6 +192,7 @@ fn log_rejection(error: &WebhookError) {
         | WebhookError::SignatureExpired(_)
         | WebhookError::UpstreamRejected { .. }
         | WebhookError::UpstreamUnavailable { .. }
+        | WebhookError::UnknownUser
         | WebhookError::UpstreamFailed { .. } => {
             tracing::warn!(status, %error, "webhook refused before verification succeeded");
         }
@@ -217,6 +223,9 @@ fn log_upstream_error(error: &WebhookError) {
         WebhookError::UpstreamFailed { code, message } => {
             tracing::error!(status, grpc_code = ?code, grpc_message = %message, "webhook not applied");
         }
+        WebhookError::UnknownUser => {
+            tracing::info!(status, "session for a user not created yet; asking Svix to retry");
+        }
         WebhookError::UnsupportedMediaType
         | WebhookError::PayloadTooLarge { .. }
         | WebhookError::UnreadableBody
@@ -227,7 +236,8 @@ fn log_upstream_error(error: &WebhookError) {
         | WebhookError::SignatureExpired(_)
         | WebhookError::InvalidEvent(_)
         | WebhookError::Misconfigured
-        | WebhookError::RateLimited { .. } => tracing::error!(status, %error, "webhook not applied"),
+        | WebhookError::RateLimited { .. }
+        | WebhookError::Overloaded => tracing::error!(status, %error, "webhook not applied"),
     }
 }
 

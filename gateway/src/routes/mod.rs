@@ -17,6 +17,7 @@ use crate::{
     metrics::{self, Metrics},
     rate_limit::{self, RateLimitState},
     request_id,
+    shed::{self, InFlight},
     state::AppState,
 };
 
@@ -41,11 +42,15 @@ pub struct Layers {
     pub rate_limit: Option<RateLimitState>,
     /// Webhook metrics; none when metrics are off.
     pub metrics: Option<Arc<Metrics>>,
+    /// Global limit on requests in progress; none for no limit.
+    pub in_flight: Option<Arc<InFlight>>,
 }
 
 /// Builds the router. From the outside in: request id (so every answer and
-/// log line has one), webhook metrics (so 429 and 408 answers are counted),
-/// rate limit, whole-request timeout, body limit on the webhook route.
+/// log line has one), webhook metrics (so 503, 429 and 408 answers are
+/// counted), the global in-flight limit, the rate limit, whole-request
+/// timeout, body limit on the webhook route. The two limits come before the
+/// body is read.
 ///
 /// The rate limit needs the peer address: serve the router with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -57,6 +62,9 @@ pub fn router(state: AppState, layers: Layers) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     if let Some(limit) = layers.rate_limit {
         router = router.layer(middleware::from_fn_with_state(limit, rate_limit::limit));
+    }
+    if let Some(in_flight) = layers.in_flight {
+        router = router.layer(middleware::from_fn_with_state(in_flight, shed::limit));
     }
     if let Some(metrics) = layers.metrics {
         router = router.layer(middleware::from_fn_with_state(metrics, metrics::observe_webhooks));

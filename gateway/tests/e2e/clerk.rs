@@ -265,6 +265,27 @@ pub fn session_created(user: &ClerkUser, session_id: &str, timestamp: i64) -> St
     )
 }
 
+/// A session event in the shape Clerk sent before its 2025-04-15 schema (and
+/// its dashboard catalog still shows): no embedded `user`.
+pub fn session_without_user(event_type: &str, clerk_id: &str, session_id: &str, timestamp: i64) -> String {
+    envelope(
+        event_type,
+        json!({
+            "object": "session",
+            "id": session_id,
+            "client_id": "client_e2eSessionClient01",
+            "user_id": clerk_id,
+            "status": event_type.trim_start_matches("session.").replace("created", "active"),
+            "last_active_at": timestamp,
+            "expire_at": timestamp + 7 * 86_400_000,
+            "abandon_at": timestamp + 30 * 86_400_000,
+            "created_at": timestamp,
+            "updated_at": timestamp
+        }),
+        timestamp,
+    )
+}
+
 /// The envelope every Clerk webhook has.
 pub fn envelope(event_type: &str, data: Value, timestamp: i64) -> String {
     json!({

@@ -16,6 +16,7 @@ crate::on_both_backends!(
     a_phone_only_user_is_stored_without_email_or_names,
     unicode_names_and_usernames_are_stored_verbatim,
     blank_fields_of_a_first_seen_update_are_stored_as_absent,
+    a_current_schema_session_for_an_unknown_user_creates_the_user_and_counts_one_login,
     every_shared_clerk_payload_is_accepted_and_read_back,
 );
 
@@ -33,7 +34,7 @@ struct Expected {
 
 /// Every file in `tests/fixtures/`, with what it must store. Written by hand
 /// from the files, not computed, so the gateway's logic is not repeated here.
-const OWN_FIXTURES: [Expected; 4] = [
+const OWN_FIXTURES: [Expected; 5] = [
     Expected {
         file: "user.created.two-emails-primary-second.json",
         clerk_id: "user_e2eTwoEmailsPrimarySecond",
@@ -69,6 +70,17 @@ const OWN_FIXTURES: [Expected; 4] = [
         last_name: None,
         username: Some("torvalds_e2e"),
         image_url: None,
+    },
+    // Clerk's webhook schema 2025-04-15: the session carries its user in
+    // `data.user`; the primary address is the second listed.
+    Expected {
+        file: "session.created.2025-04-15-with-user.json",
+        clerk_id: "user_e2eCurrentSchemaUser0001",
+        email: Some("marie@example.test"),
+        first_name: Some("Marie"),
+        last_name: None,
+        username: None,
+        image_url: Some("https://img.example.test/user_e2eCurrentSchemaUser0001.png"),
     },
 ];
 
@@ -151,6 +163,29 @@ async fn unicode_names_and_usernames_are_stored_verbatim(db: Db) {
 
 async fn blank_fields_of_a_first_seen_update_are_stored_as_absent(db: Db) {
     delivers_own_fixture(db, "user.updated.blank-fields-and-three-emails.json").await;
+}
+
+async fn a_current_schema_session_for_an_unknown_user_creates_the_user_and_counts_one_login(db: Db) {
+    let file = "session.created.2025-04-15-with-user.json";
+    let expected = OWN_FIXTURES.iter().find(|e| e.file == file).unwrap_or_else(|| panic!("no {file}"));
+    let harness = Harness::start(db).await;
+    harness.assert_not_found(expected.clerk_id, "before the session").await;
+    let body = read(&own_fixture_dir().join(file));
+
+    let first = harness.post(&body, "msg_e2e_current_session").await;
+    let redelivered = harness.post(&body, "msg_e2e_current_session").await;
+
+    first.assert_outcome("applied", file);
+    redelivered.assert_outcome("duplicate", "the same svix-id again");
+    assert_stored(&harness, expected).await;
+    let activity = harness.activity(expected.clerk_id).await;
+    assert_eq!(activity.session_count, 1, "{activity:?}");
+    let [login] = activity.login_history.as_slice() else {
+        panic!("expected exactly one login: {activity:?}");
+    };
+    assert_eq!(millis(login.timestamp.as_ref()), Some(1_761_000_000_000));
+    assert_eq!(login.device.as_deref(), Some("Safari 18.4 on iPhone"));
+    assert_eq!(login.ip.as_deref(), Some("198.51.100.23"));
 }
 
 #[test]

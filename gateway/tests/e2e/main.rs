@@ -8,10 +8,12 @@
 //! when it is unreachable.
 
 mod clerk;
+mod fake_clerk_api;
 mod fixtures;
 mod ordering;
 mod other_events;
 mod outage;
+mod reconcile;
 mod retries;
 mod sessions;
 mod support;

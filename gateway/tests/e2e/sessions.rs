@@ -1,17 +1,23 @@
 //! `session.*` events become the user's activity (`RecordLogin` /
-//! `RecordActivity` in user-service), once per message.
+//! `RecordActivity` in user-service), once per message. A session that
+//! carries its user (`data.user`) applies it first, like `user.updated`.
 
 use http::StatusCode;
 
 use crate::{
-    clerk::{ClerkUser, T0, deleted, envelope, session_created},
-    support::{Db, Harness, millis},
+    clerk::{ClerkUser, T0, deleted, envelope, session_created, session_without_user},
+    support::{Db, Harness, millis, unix_now},
 };
 
 crate::on_both_backends!(
     a_session_created_for_an_existing_user_records_one_login,
     a_session_for_a_user_not_created_yet_is_retried_until_the_user_exists,
     a_session_ending_after_the_user_was_deleted_is_acknowledged,
+    a_session_carrying_an_unknown_user_creates_it_and_counts_one_login,
+    a_session_carrying_an_older_user_object_leaves_the_newer_profile_alone,
+    a_session_carrying_a_newer_user_object_updates_the_profile,
+    a_session_carrying_a_deleted_user_does_not_bring_it_back,
+    an_old_session_revoked_for_an_unknown_user_is_acknowledged_as_unknown_user,
 );
 
 /// When the session in [`session_created`] bodies starts.
@@ -45,7 +51,10 @@ async fn a_session_created_for_an_existing_user_records_one_login(db: Db) {
 async fn a_session_for_a_user_not_created_yet_is_retried_until_the_user_exists(db: Db) {
     let harness = Harness::start(db).await;
     let user = ClerkUser::new("user_e2eSessionFirst").at(T0);
-    let body = session_created(&user, "sess_e2eEarlySession0001", SIGNED_IN_AT);
+    // Without `data.user` the gateway cannot create the user, and a session
+    // this young may simply have beaten its `user.created`.
+    let body =
+        session_without_user("session.created", &user.id, "sess_e2eEarlySession0001", unix_now() * 1000);
 
     let early = harness.post(&body, "msg_e2e_early_session").await;
     assert_eq!(early.status, StatusCode::SERVICE_UNAVAILABLE, "{early:?}");
@@ -88,4 +97,83 @@ async fn a_session_ending_after_the_user_was_deleted_is_acknowledged(db: Db) {
 
     delivery.assert_outcome("user_deleted", "session.ended after user.deleted");
     harness.assert_not_found(&user.id, "after the session event").await;
+}
+
+async fn a_session_carrying_an_unknown_user_creates_it_and_counts_one_login(db: Db) {
+    let harness = Harness::start(db).await;
+    let user = ClerkUser::new("user_e2eAdoptedApp").named("Ana", "Existing").at(T0 - 86_400_000);
+    harness.assert_not_found(&user.id, "before the session").await;
+    let body = session_created(&user, "sess_e2eAdoptedSession01", SIGNED_IN_AT);
+
+    let delivery = harness.post(&body, "msg_e2e_adopted_session").await;
+
+    delivery.assert_outcome("applied", "session.created carrying an unknown user");
+    let stored = harness.existing_user(&user.id).await;
+    assert_eq!(
+        (stored.email.as_deref(), stored.first_name.as_deref(), stored.last_name.as_deref()),
+        (user.primary_email(), Some("Ana"), Some("Existing"))
+    );
+    assert_eq!(harness.activity(&user.id).await.session_count, 1);
+}
+
+async fn a_session_carrying_an_older_user_object_leaves_the_newer_profile_alone(db: Db) {
+    let harness = Harness::start(db).await;
+    let newer = ClerkUser::new("user_e2eSessionOlderUser").named("Renamed", "Later").at(T0 + 300_000);
+    harness.post(newer.updated(), "msg_e2e_older_seed").await.assert_outcome("applied", "seed");
+    let older = ClerkUser::new("user_e2eSessionOlderUser").at(T0);
+
+    let delivery =
+        harness.post(session_created(&older, "sess_e2eOlderUser0001", SIGNED_IN_AT), "msg_e2e_older").await;
+
+    delivery.assert_outcome("applied", "the login is recorded");
+    let stored = harness.existing_user(&newer.id).await;
+    assert_eq!((stored.first_name.as_deref(), stored.last_name.as_deref()), (Some("Renamed"), Some("Later")));
+    assert_eq!(harness.clerk_sync_count(&newer.id).await, 1, "the stale user object wrote nothing");
+    assert_eq!(harness.activity(&newer.id).await.session_count, 1);
+}
+
+async fn a_session_carrying_a_newer_user_object_updates_the_profile(db: Db) {
+    let harness = Harness::start(db).await;
+    let user = ClerkUser::new("user_e2eSessionNewerUser").at(T0);
+    harness.post(user.created(), "msg_e2e_newer_seed").await.assert_outcome("applied", "seed");
+    let renamed = user.clone().named("Ada", "King").at(T0 + 30_000);
+
+    let body = session_created(&renamed, "sess_e2eNewerUser0001", SIGNED_IN_AT);
+    harness.post(&body, "msg_e2e_newer").await.assert_outcome("applied", "session.created");
+    harness.post(&body, "msg_e2e_newer").await.assert_outcome("duplicate", "redelivered");
+
+    let stored = harness.existing_user(&user.id).await;
+    assert_eq!(stored.last_name.as_deref(), Some("King"));
+    assert_eq!(harness.clerk_sync_count(&user.id).await, 2, "created, then one update for both deliveries");
+    assert_eq!(harness.activity(&user.id).await.session_count, 1);
+}
+
+async fn a_session_carrying_a_deleted_user_does_not_bring_it_back(db: Db) {
+    let harness = Harness::start(db).await;
+    let user = ClerkUser::new("user_e2eSessionDeletedUser").at(T0);
+    harness.post(user.created(), "msg_e2e_sdu_created").await.assert_outcome("applied", "seed");
+    harness
+        .post(deleted(&user.id, T0 + 10_000), "msg_e2e_sdu_deleted")
+        .await
+        .assert_outcome("applied", "deleted");
+    let later = user.clone().at(T0 + 50_000);
+
+    let delivery =
+        harness.post(session_created(&later, "sess_e2eDeletedUser0001", SIGNED_IN_AT), "msg_e2e_sdu").await;
+
+    delivery.assert_outcome("user_deleted", "session for a deleted user");
+    harness.assert_not_found(&user.id, "after the session").await;
+}
+
+async fn an_old_session_revoked_for_an_unknown_user_is_acknowledged_as_unknown_user(db: Db) {
+    let harness = Harness::start(db).await;
+    // Two hours old: past the default one-hour retry window.
+    let two_hours_ago = (unix_now() - 2 * 3600) * 1000;
+    let body =
+        session_without_user("session.revoked", "user_e2eNeverSeen", "sess_e2eNeverSeen0001", two_hours_ago);
+
+    let delivery = harness.post(&body, "msg_e2e_old_revoked").await;
+
+    delivery.assert_outcome("unknown_user", "old session.revoked for an unknown user");
+    harness.assert_not_found("user_e2eNeverSeen", "after the session").await;
 }

@@ -179,6 +179,31 @@ impl Harness {
         }
     }
 
+    /// `http://addr` of user-service, for clients such as `gateway reconcile`.
+    pub fn user_service_url(&self) -> Uri {
+        url_of(self.user_service_addr)
+    }
+
+    /// Every user, oldest first, over as many pages as it takes.
+    pub async fn every_user(&self) -> Vec<User> {
+        let mut users = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListUsersRequest { page_size: 1000, page_token, ..ListUsersRequest::default() };
+            let page = self
+                .users()
+                .list_users(request)
+                .await
+                .unwrap_or_else(|status| panic!("ListUsers: {status:?}"))
+                .into_inner();
+            users.extend(page.users);
+            if page.next_page_token.is_empty() {
+                return users;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// A clonable poster for this gateway.
     pub fn poster(&self) -> Poster {
         self.poster.clone()

@@ -16,7 +16,7 @@ async fn gateway_with_metrics(upstream: &FakeUpstream) -> Gateway {
 
 /// The value of the sample of `metric` whose labels include all of
 /// `labels`, or 0 when there is none (Prometheus text format).
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
@@ -32,7 +32,7 @@ fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn events(text: &str, event_type: &str, outcome: &str) -> f64 {
+pub(crate) fn events(text: &str, event_type: &str, outcome: &str) -> f64 {
     sample(text, "webhook_events_total", &[("type", event_type), ("outcome", outcome)])
 }
 

@@ -17,7 +17,7 @@ async fn limited_gateway(
 ) -> Gateway {
     let mut config = config(upstream.url(), SECRET);
     config.rate_limit = RateLimit { per_second, burst };
-    config.trust_forwarded_for = trust_forwarded_for;
+    config.trusted_proxy_hops = u32::from(trust_forwarded_for);
     Gateway::start_with(config).await
 }
 
@@ -123,4 +123,22 @@ async fn a_zero_rate_turns_the_limit_off() {
     for _ in 0..50 {
         assert_eq!(status_as(&gateway, None).await.0, 400);
     }
+}
+
+#[tokio::test]
+async fn with_two_trusted_hops_the_client_is_the_entry_the_outer_proxy_added() {
+    let upstream = FakeUpstream::start().await;
+    let mut config = config(upstream.url(), SECRET);
+    config.rate_limit = RateLimit { per_second: 1, burst: 1 };
+    config.trusted_proxy_hops = 2;
+    let gateway = Gateway::start_with(config).await;
+    // The client forged the first entry; the outer proxy added 198.51.100.1,
+    // the inner one 10.0.0.2.
+    assert_eq!(status_as(&gateway, Some("203.0.113.7, 198.51.100.1, 10.0.0.2")).await.0, 400);
+
+    let (status, _) = status_as(&gateway, Some("192.0.2.99, 198.51.100.1, 10.0.0.2")).await;
+
+    assert_eq!(status, 429, "a forged first entry chose the bucket");
+    let (status, _) = status_as(&gateway, Some("198.51.100.2, 10.0.0.2")).await;
+    assert_eq!(status, 400, "another client behind the same proxies has its own bucket");
 }

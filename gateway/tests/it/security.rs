@@ -373,3 +373,35 @@ async fn a_token_file_and_the_token_variable_together_are_refused() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("not both") && !stderr.contains(WRITE_TOKEN), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_handshakes_from_one_host_never_keep_an_https_client_waiting() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start().await;
+    let mut config = config(upstream.url(), SECRET);
+    config.tls = Some(ServerTls { cert: pki.path("server.pem"), key: pki.path("server.key") });
+    config.connections.max_handshakes_per_ip = 8;
+    config.metrics_listen = gateway::config::MetricsListen::On("127.0.0.1:0".parse().unwrap());
+    let gateway = Gateway::start_with(config).await;
+    // More silent connections (no ClientHello) than the 256 pending
+    // handshakes that used to stop the listener accepting.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+
+    // Well within the 10 s handshake timeout that used to free the listener.
+    let request = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    let exchange = https_exchange(gateway.addr, &pki.ca_pem, request);
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await;
+    eprintln!("HTTPS exchange behind 300 silent connections took {:?}", started.elapsed());
+
+    let answer = answer.expect("the handshake was not kept waiting").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Beyond 8 pending handshakes, the oldest silent ones were closed.
+    let text = gateway.metrics().await;
+    let evicted = crate::metrics::sample(&text, "http_connections_evicted_total", &[]);
+    assert!(evicted >= (300 - 8) as f64, "{text}");
+    drop(silent);
+}

@@ -242,6 +242,9 @@ pub fn config(upstream: Uri, secrets: &str) -> Config {
     config.upstream_timeout = UPSTREAM_TIMEOUT;
     config.readiness_timeout = Duration::from_millis(500);
     config.rate_limit = gateway::config::RateLimit::OFF;
+    // Probes see every change of user-service's health at once; the cache
+    // has its own tests.
+    config.readiness_cache = Duration::ZERO;
     config
 }
 
@@ -423,4 +426,13 @@ pub fn deleted_event(clerk_id: &str, timestamp: Option<i64>) -> String {
         event["timestamp"] = timestamp.into();
     }
     event.to_string()
+}
+
+/// Serialises the tests that load the CPU on purpose (connection floods)
+/// with those that time an operation, so one never skews the other.
+static CPU_HEAVY: Mutex<()> = Mutex::new(());
+
+/// Holds the CPU for a flood or a timed measurement until dropped.
+pub fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

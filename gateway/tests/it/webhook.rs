@@ -289,3 +289,25 @@ async fn a_signed_user_event_without_data_is_400_naming_data() {
     assert_eq!(answer.json["field"], "data");
     upstream.assert_not_called();
 }
+
+#[tokio::test]
+async fn every_write_names_the_event_type_it_comes_from() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = Gateway::start(&upstream).await;
+
+    gateway.post_signed("msg_type_1", &user_event("user.created", "user_typed")).await;
+    gateway.post_signed("msg_type_2", &user_event("user.updated", "user_typed")).await;
+    gateway.post_signed("msg_type_3", &deleted_event("user_typed", Some(1_750_000_200_000))).await;
+
+    let types: Vec<String> = upstream
+        .calls()
+        .into_iter()
+        .map(|call| match call {
+            Call::Create(c) => c.message.event_context,
+            Call::Update(c) => c.message.event_context,
+            Call::Delete(c) => c.message.event_context,
+        })
+        .map(|context| context.unwrap_or_default().event_type)
+        .collect();
+    assert_eq!(types, ["user.created", "user.updated", "user.deleted"]);
+}

@@ -73,9 +73,6 @@ pub struct Actor {
     pub request_id: Option<String>,
 }
 
-/// The name recorded when authentication is off.
-pub const ANONYMOUS: &str = "anonymous";
-
 impl Actor {
     /// An actor for a caller, before any event or claim is known.
     pub fn new(client: impl Into<String>, request_id: Option<String>) -> Self {

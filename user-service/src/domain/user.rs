@@ -171,7 +171,7 @@ pub fn parse_user_id(value: &str) -> Result<Uuid, String> {
     if value.is_empty() {
         return Err("is required".into());
     }
-    Uuid::parse_str(value).map_err(|_| format!("must be a UUID, got {:?}", truncate(value)))
+    Uuid::parse_str(value).map_err(|_| "must be a UUID".to_owned())
 }
 
 /// Checks an email address: one `@` with a non-empty local part and a dotless
@@ -198,7 +198,7 @@ pub fn parse_email(value: &str) -> Result<String, String> {
         {
             Ok(value.to_owned())
         }
-        _ => Err(format!("must be an email address like name@example.com, got {:?}", truncate(value))),
+        _ => Err("must be an email address like name@example.com".into()),
     }
 }
 
@@ -244,6 +244,17 @@ mod tests {
         assert!(parse_clerk_id("user 1").is_err());
         assert!(parse_clerk_id("usér").is_err());
         assert!(parse_clerk_id(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn invalid_emails_and_ids_are_refused_without_echoing_the_value() {
+        for (bad, reason) in [
+            (parse_email("grace.hopper@"), "must be an email address like name@example.com"),
+            (parse_email("grace hopper@example.org"), "must not contain whitespace"),
+        ] {
+            assert_eq!(bad, Err(reason.to_owned()));
+        }
+        assert_eq!(parse_user_id("grace.hopper"), Err("must be a UUID".to_owned()));
     }
 
     #[test]

@@ -107,7 +107,8 @@ pub struct CreateUser {
     pub signup_source: SignupSource,
     /// Present for Clerk-driven creates.
     pub event: Option<EventContext>,
-    /// Who asks, for the change log (and `name_history`).
+    /// Who asks: recorded in the change log, and as `changed_by` in
+    /// `name_history` when a create event updates a known user's name.
     pub actor: Actor,
 }
 
@@ -181,8 +182,8 @@ pub struct UpdateUser {
     pub changed_by: Option<String>,
     /// Present for Clerk-driven updates.
     pub event: Option<EventContext>,
-    /// Who asks, for the change log; its client is recorded as `changed_by`
-    /// in `name_history`.
+    /// Who asks (the authenticated caller): recorded in the change log and
+    /// as `changed_by` in `name_history`.
     pub actor: Actor,
 }
 

@@ -1,20 +1,14 @@
-//! Who is calling: the identity the middleware attached to the request, as
-//! the change log records it.
+//! Who is calling, as the change log records it: the identity the auth
+//! layer attached to the request, and the call's request id.
 
-use tonic::Request;
+use tonic::{Request, Status};
 
-use crate::{
-    auth::Principal,
-    domain::change::{ANONYMOUS, Actor},
-    middleware::RequestId,
-};
+use crate::{auth::Principal, domain::change::Actor, middleware::RequestId};
 
-/// The change-log actor of a call: [`Principal::actor`] (the service
-/// client's name, `user:<clerk_id>` for a signed-in user, `anonymous` when
-/// authentication is off) and the call's request id.
-pub fn actor<T>(request: &Request<T>) -> Actor {
-    let client =
-        request.extensions().get::<Principal>().map_or_else(|| ANONYMOUS.to_owned(), Principal::actor);
+/// The change-log actor of a call: [`Principal::actor`] (the client's name,
+/// `user:<clerk_id>` or `anonymous`) and the request id.
+pub fn actor<T>(request: &Request<T>) -> Result<Actor, Status> {
+    let principal = Principal::of(request)?;
     let request_id = request.extensions().get::<RequestId>().map(|id| id.as_str().to_owned());
-    Actor::new(client, request_id)
+    Ok(Actor::new(principal.actor(), request_id))
 }

@@ -142,6 +142,7 @@ impl ChangeService for ChangesApi {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let principal = Principal::of(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let cursor = match req.cursor.as_str() {
@@ -159,11 +160,11 @@ impl ChangeService for ChangesApi {
             .filter_map(|(i, k)| v.check(&format!("keys[{i}]"), data::parse_key(k)))
             .collect();
         v.finish(|| ())?;
-        // A signed-in user follows their own changes, whatever the request
-        // names (the end-user rule `ForcedOwn`).
-        let clerk_id = match Principal::of(&request)? {
-            Principal::User(signed_in) => Some(access::own_user(&*self.store, signed_in).await?.clerk_id),
-            _ => self.clerk_id_of(user).await?,
+        let clerk_id = match principal.signed_in_user() {
+            // A signed-in user follows their own changes, whatever the
+            // request names (the end-user rule `ForcedOwn`).
+            Some(user) => Some(access::own_user(&*self.store, user).await?.clerk_id),
+            None => self.clerk_id_of(user).await?,
         };
         let filter = ChangeFilter { clerk_id, keys };
         let events = self.feed.follow(cursor, filter, STREAM_BUFFER).await?;

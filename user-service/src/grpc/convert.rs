@@ -184,7 +184,7 @@ pub fn parse_expected_version(v: &mut Violations, etag: &str) -> Option<i64> {
     if etag.is_empty() { None } else { v.check("etag", parse_etag(etag)) }
 }
 
-/// Parses and validates a `CreateUserRequest`.
+/// Parses and validates a `CreateUserRequest` made by `actor`.
 pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUser> {
     let Some(u) = req.user.as_ref() else {
         return Err(Error::invalid("user", "is required"));
@@ -280,7 +280,8 @@ pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
 
 const PROFILE_PATHS: [&str; 5] = ["email", "first_name", "last_name", "username", "image_url"];
 
-/// Parses and validates an `UpdateUserRequest`.
+/// Parses and validates an `UpdateUserRequest` made by `actor` (the
+/// authenticated caller).
 pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUser> {
     let Some(u) = req.user.as_ref() else {
         return Err(Error::invalid("user", "is required"));

@@ -319,7 +319,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::UpdatePreferencesRequest>,
     ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -387,7 +387,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::UpdateFeatureFlagsRequest>,
     ) -> Result<Response<pb::UpdateFeatureFlagsResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -519,7 +519,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::AdvanceOnboardingRequest>,
     ) -> Result<Response<pb::AdvanceOnboardingResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -551,7 +551,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::ResetOnboardingRequest>,
     ) -> Result<Response<pb::ResetOnboardingResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.get_ref();
         let user = user_only(&req.user_id, &req.clerk_id)?;
         self.authorize(&principal, &user).await?;
@@ -589,7 +589,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::RecordLoginRequest>,
     ) -> Result<Response<pb::RecordLoginResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -608,7 +608,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -726,7 +726,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::SetUserDataRequest>,
     ) -> Result<Response<pb::SetUserDataResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);
@@ -762,7 +762,7 @@ impl UserDataService for UserDataApi {
         request: Request<pb::DeleteUserDataRequest>,
     ) -> Result<Response<pb::DeleteUserDataResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let user = parse_key(&mut v, "user_id", &req.user_id, &req.clerk_id);

@@ -37,7 +37,7 @@ impl UserService for UsersApi {
         if user.is_some_and(|u| u.role != 0 || u.status != 0) {
             access::require_scope(principal, Scope::Admin, "setting role or status")?;
         }
-        let actor = super::caller::actor(&request);
+        let actor = super::caller::actor(&request)?;
         let cmd = convert::create_user(request.into_inner(), actor)?;
         let result = self.store.create_user(cmd).await?;
         Ok(Response::new(convert::create_response(result)))
@@ -81,8 +81,7 @@ impl UserService for UsersApi {
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let principal = Principal::of(&request)?.clone();
-        let actor = super::caller::actor(&request);
-        let cmd = convert::update_user(request.into_inner(), actor)?;
+        let cmd = convert::update_user(request.get_ref().clone(), super::caller::actor(&request)?)?;
         if cmd.patch.role.is_some() || cmd.patch.status.is_some() {
             access::require_scope(&principal, Scope::Admin, "changing role or status")?;
         }
@@ -96,7 +95,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let cmd = convert::delete_user(request.get_ref(), super::caller::actor(&request))?;
+        let cmd = convert::delete_user(request.get_ref(), super::caller::actor(&request)?)?;
         access::authorize(&*self.store, Principal::of(&request)?, &cmd.key).await?;
         let result = self.store.delete_user(cmd).await?;
         Ok(Response::new(convert::delete_response(result)))

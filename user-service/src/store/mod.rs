@@ -155,13 +155,6 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_changes(&self, age: Duration) -> Result<u64>;
 }
 
-/// The time `age` before now, or `None` when that is before any time the
-/// database can hold (nothing is that old).
-pub(super) fn cutoff(age: Duration) -> Option<chrono::DateTime<chrono::Utc>> {
-    let age = chrono::Duration::from_std(age).ok()?;
-    chrono::Utc::now().checked_sub_signed(age)
-}
-
 /// A snapshot of the connection pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -282,4 +275,29 @@ pub(super) fn unique_violation(err: sqlx::Error, clerk_id: &str) -> Error {
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(6)
+}
+
+/// The time before which records (idempotency keys, changes) older than `age`
+/// were written:
+/// `now - age`, or `None` when that lies before any representable time (no
+/// record is that old, so there is nothing to prune). Never panics, whatever
+/// the retention.
+pub(crate) fn prune_cutoff(
+    now: chrono::DateTime<chrono::Utc>,
+    age: Duration,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::Duration::from_std(age).ok().and_then(|age| now.checked_sub_signed(age))
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn the_prune_cutoff_is_now_minus_the_age_and_none_beyond_the_calendar() {
+        let now = chrono::Utc::now();
+        assert_eq!(prune_cutoff(now, Duration::from_secs(60)), Some(now - chrono::Duration::seconds(60)));
+        assert_eq!(prune_cutoff(now, Duration::MAX), None);
+        assert_eq!(prune_cutoff(now, Duration::from_secs(u64::MAX / 1000)), None);
+    }
 }

@@ -931,7 +931,9 @@ impl Store for PgStore {
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
-        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else {
+            return Ok(0);
+        };
         let done = sqlx::query("delete from processed_events where processed_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
@@ -994,11 +996,12 @@ impl Store for PgStore {
         after: Option<Cursor>,
         limit: u32,
     ) -> Result<Vec<LoggedChange>> {
+        // Everything committed, final or not: an audit reads what is there
+        // (unlike a follower, it does not resume from a cursor).
         let (cmp, order) = if query.oldest_first { (">", "asc") } else { ("<", "desc") };
         let rows: Vec<ChangeRow<Uuid>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select txid, id, {CHANGE_COLUMNS} from changes \
-             where txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-               and ($1::bigint is null or (txid, id) {cmp} ($1, $2)) \
+             where ($1::bigint is null or (txid, id) {cmp} ($1, $2)) \
                and ($3::text is null or clerk_id = $3) and ($4::text is null or actor_client = $4) \
                and ($5::timestamptz is null or at >= $5) and ($6::timestamptz is null or at < $6) \
                and ($7::text is null or kind = $7) \
@@ -1018,7 +1021,7 @@ impl Store for PgStore {
     }
 
     async fn prune_changes(&self, age: Duration) -> Result<u64> {
-        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else { return Ok(0) };
         // Moves the mark to the newest pruned change, so a follower behind it
         // learns that it has lost changes.
         let pruned: i64 = sqlx::query_scalar(

@@ -799,7 +799,9 @@ impl Store for SqliteStore {
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
-        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else {
+            return Ok(0);
+        };
         let done = sqlx::query("delete from processed_events where processed_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
@@ -875,7 +877,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_changes(&self, age: Duration) -> Result<u64> {
-        let Some(cutoff) = super::cutoff(age) else { return Ok(0) };
+        let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else { return Ok(0) };
         let _turn = self.writer.clone().lock_owned().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let newest: Option<i64> = sqlx::query_scalar("select max(id) from changes where at < $1")

@@ -91,15 +91,14 @@ async fn all_changes(client: &mut Changes, clerk_id: &str) -> Vec<pb::Change> {
     }
 }
 
-/// Waits until the log hands out `count` changes of `clerk_id` (a change
-/// is handed out once every older transaction has ended): a follower starting
-/// "now" after this sees none of them.
+/// Waits until the log hands out the first `count` changes of `clerk_id`
+/// to a follower (a change is handed out once every older transaction has
+/// ended): a follower starting "now" after this sees none of them.
 async fn wait_final(client: &mut Changes, clerk_id: &str, count: usize) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while all_changes(client, clerk_id).await.len() < count {
-        assert!(tokio::time::Instant::now() < deadline, "the changes of {clerk_id} never became final");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let from_start =
+        pb::WatchChangesRequest { cursor: "0_0".into(), clerk_id: clerk_id.into(), ..Default::default() };
+    let mut stream = watch(client, from_start).await;
+    next_changes(&mut stream, count).await;
 }
 
 fn json_of(value: Option<&prost_types::Value>) -> serde_json::Value {
@@ -371,7 +370,6 @@ async fn a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor(
     let first = all_changes(&mut changes, "user_old").await[0].cursor.clone();
     data.set_user_data(set_custom("user_old", "custom.n", json!(2))).await.unwrap();
     // Everything written so far is past a zero retention.
-    tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(server.store.prune_changes(Duration::ZERO).await.unwrap() >= 3);
 
     let request = pb::WatchChangesRequest { cursor: first, ..Default::default() };
@@ -675,4 +673,75 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_user_watches_only_their_own_changes_whatever_they_ask() {
+    use crate::session::{self, Bearer, Clerk};
+    let clerk = Clerk::start().await;
+    let (server, _tokens) = session::server(Db::Sqlite, &clerk, |_| {}).await;
+    session::create_user(&server, "user_alice").await;
+    session::create_user(&server, "user_bob").await;
+    let alice = Bearer(Some(clerk.token("user_alice")));
+    let mut changes = ChangeServiceClient::with_interceptor(server.channel().await, alice.clone());
+    // Alice asks for Bob's changes, and for everybody's: she gets her own.
+    for asked in ["user_bob", ""] {
+        let request = pb::WatchChangesRequest { clerk_id: asked.into(), ..Default::default() };
+        let mut stream = changes.watch_changes(request).await.expect("watch").into_inner();
+        let (_, mut admin) = session::clients(&server, Some(session::ADMIN_TOKEN.into())).await;
+        admin
+            .set_user_data(set_custom("user_bob", "custom.who", json!(format!("bob {asked}"))))
+            .await
+            .unwrap();
+        admin
+            .set_user_data(set_custom("user_alice", "custom.who", json!(format!("alice {asked}"))))
+            .await
+            .unwrap();
+        let change = next_change(&mut stream).await;
+        assert_eq!(change.clerk_id, "user_alice");
+        assert_eq!(json_of(change.after.as_ref()), json!(format!("alice {asked}")));
+    }
+    // Her writes are recorded as hers.
+    let (_, mut data) = session::clients(&server, Some(clerk.token("user_alice"))).await;
+    data.set_user_data(set_custom("user_alice", "custom.mine", json!(true))).await.unwrap();
+    let mut audit = ChangeServiceClient::with_interceptor(
+        server.channel().await,
+        Bearer(Some(session::ADMIN_TOKEN.into())),
+    );
+    let log = audit
+        .list_changes(pb::ListChangesRequest {
+            clerk_id: "user_alice".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(log.changes[0].actor.as_ref().unwrap().client, "user:user_alice");
+    // And the audit list is not for her.
+    let err = changes.list_changes(pb::ListChangesRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_with_unavailable_when_the_server_shuts_down() {
+    let server = TestServer::start(Db::Sqlite).await;
+    let mut changes = changes_client(&server).await;
+    let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
+    let stopping = tokio::spawn(server.stop());
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = ended.expect("an error, not a silent end");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    stopping.await.unwrap();
 }

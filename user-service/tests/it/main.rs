@@ -15,4 +15,5 @@ mod operations;
 mod properties;
 mod security;
 mod session;
+mod store_contract;
 mod users;

@@ -150,7 +150,9 @@ pub fn validate(key: &str, value: &Value) -> Result<(), String> {
 
 /// Deserialises a documented value, naming what is wrong.
 pub fn shape<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
-    serde_json::from_value(value.clone()).map_err(|e| format!("does not match the documented shape: {e}"))
+    serde_json::from_value(value.clone()).map_err(|e| {
+        format!("does not match the documented shape: {}", crate::domain::validation::json_error(&e))
+    })
 }
 
 /// ISO-8601 text of a time, as stored.
@@ -162,7 +164,7 @@ pub fn iso_string(time: DateTime<Utc>) -> String {
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| format!("{text:?} is not an ISO-8601 time like 2026-01-02T03:04:05.000Z"))
+        .map_err(|_| "must be an ISO-8601 time like 2026-01-02T03:04:05.000Z".to_owned())
 }
 
 fn depth(value: &Value) -> usize {

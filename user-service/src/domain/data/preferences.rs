@@ -93,8 +93,8 @@ impl PreferencesPatch {
 /// `en_US` are rejected).
 pub fn parse_language(tag: &str) -> Result<String, String> {
     let parsed = language_tags::LanguageTag::parse(tag)
-        .map_err(|_| format!("{tag:?} is not a BCP-47 language tag like \"en\" or \"pt-BR\""))?;
-    parsed.validate().map_err(|_| format!("{tag:?} is not a registered BCP-47 language tag"))?;
+        .map_err(|_| "must be a BCP-47 language tag like \"en\" or \"pt-BR\"".to_owned())?;
+    parsed.validate().map_err(|_| "must be a registered BCP-47 language tag".to_owned())?;
     Ok(tag.to_owned())
 }
 
@@ -102,7 +102,7 @@ pub fn parse_language(tag: &str) -> Result<String, String> {
 pub fn parse_timezone(name: &str) -> Result<String, String> {
     name.parse::<chrono_tz::Tz>()
         .map(|_| name.to_owned())
-        .map_err(|_| format!("{name:?} is not an IANA time zone like \"Europe/Berlin\" or \"UTC\""))
+        .map_err(|_| "must be an IANA time zone like \"Europe/Berlin\" or \"UTC\"".to_owned())
 }
 
 /// Reads stored preferences, with defaults when unset.

@@ -1,0 +1,374 @@
+//! The table of open connections: the global and per-client caps, and which
+//! connection gives way when a cap is reached.
+//!
+//! A cap that simply refused new connections would let one host that holds
+//! silent connections lock everybody (itself included) out, and Svix would
+//! see connection errors. So at a cap the *oldest connection without a
+//! request in progress* (silent, trickling its headers, mid-handshake, or
+//! idle between requests) is closed to make room: a flood of idle
+//! connections only ever pushes out its own kind, while connections that are
+//! serving a request are never cut. Only when every connection in the way is
+//! busy is the new one refused.
+//!
+//! Clients are keyed like the rate limit's buckets: an IPv4 address, or an
+//! IPv6 /64.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+
+use crate::{limits::ConnectionLimits, metrics::Metrics, rate_limit::client_key};
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The client has `max_connections_per_ip` connections, all busy.
+    ClientFull,
+    /// The server has `max_connections` connections, all busy.
+    ServerFull,
+}
+
+impl Refused {
+    /// The `reason` label of the refusal metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ClientFull => "per_ip",
+            Self::ServerFull => "global",
+        }
+    }
+}
+
+/// What the connection's own task and the table share about it.
+#[derive(Debug)]
+pub struct ConnectionState {
+    /// Requests in progress on the connection.
+    busy: AtomicUsize,
+    /// Requests started on the connection so far.
+    started: AtomicU64,
+    /// When the connection opened or its last request ended.
+    last_active: Mutex<Instant>,
+    /// The TLS handshake is still running.
+    handshaking: AtomicBool,
+    /// Set when the connection must close to make room.
+    evicted: AtomicBool,
+    wake: Notify,
+}
+
+impl ConnectionState {
+    /// Whether a request is in progress.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
+    }
+
+    fn new(handshaking: bool) -> Self {
+        Self {
+            busy: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            last_active: Mutex::new(Instant::now()),
+            handshaking: AtomicBool::new(handshaking),
+            evicted: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Marks a request as started; the guard marks it finished.
+    pub fn request_started(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(self.clone())
+    }
+
+    /// When the connection must close for want of a request, if no request
+    /// is in progress: `first_request` after it opened while it has not sent
+    /// a complete request head yet, `between_requests` after its last answer
+    /// otherwise. `None` while busy.
+    pub fn idle_deadline(&self, first_request: Duration, between_requests: Duration) -> Option<Instant> {
+        if self.is_busy() {
+            return None;
+        }
+        let last = *self.last_active.lock().unwrap_or_else(PoisonError::into_inner);
+        let allowed =
+            if self.started.load(Ordering::Acquire) == 0 { first_request } else { between_requests };
+        Some(last + allowed)
+    }
+
+    /// Completes once the connection has been chosen to make room.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.evicted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+}
+
+/// Holds a connection busy while a request is in progress.
+#[derive(Debug)]
+pub struct BusyGuard(Arc<ConnectionState>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        *self.0.last_active.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    client: IpAddr,
+    state: Arc<ConnectionState>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    /// Every open connection, oldest first (ids only grow).
+    open: BTreeMap<u64, Entry>,
+    /// Each client's connections, oldest first.
+    by_client: HashMap<IpAddr, BTreeMap<u64, Arc<ConnectionState>>>,
+}
+
+impl Table {
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.open.remove(&id)?;
+        if let Some(ids) = self.by_client.get_mut(&entry.client) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_client.remove(&entry.client);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Closes the oldest of `candidates` that `evictable` accepts.
+    fn evict_first<'a>(
+        &mut self,
+        candidates: impl Iterator<Item = (&'a u64, &'a Arc<ConnectionState>)>,
+        evictable: impl Fn(&ConnectionState) -> bool,
+    ) -> bool {
+        let victim = candidates.filter(|(_, state)| evictable(state)).map(|(id, _)| *id).next();
+        match victim.and_then(|id| self.remove(id)) {
+            Some(entry) => {
+                entry.state.evict();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The open connections of one listener.
+#[derive(Debug)]
+pub struct Connections {
+    limits: ConnectionLimits,
+    table: Mutex<Table>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Connections {
+    /// An empty table enforcing `limits`.
+    pub fn new(limits: ConnectionLimits, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+        Arc::new(Self { limits, table: Mutex::default(), metrics })
+    }
+
+    /// Admits a connection from `peer`, closing an idle one to make room if a
+    /// cap is reached. With `tls`, the connection starts as a pending
+    /// handshake, which counts against `max_handshakes_per_ip`.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, tls: bool) -> Result<Ticket, Refused> {
+        let client = client_key(peer);
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut evicted = 0_u64;
+        let (mine, handshakes) = table.by_client.get(&client).map_or((0, 0), |ids| {
+            (ids.len(), ids.values().filter(|s| s.handshaking.load(Ordering::Acquire)).count())
+        });
+        if tls && handshakes >= self.limits.max_handshakes_per_ip {
+            let ids = table.by_client.get(&client).cloned().unwrap_or_default();
+            if table.evict_first(ids.iter(), |s| s.handshaking.load(Ordering::Acquire)) {
+                evicted += 1;
+            }
+        } else if mine >= self.limits.max_connections_per_ip {
+            let ids = table.by_client.get(&client).cloned().unwrap_or_default();
+            if !table.evict_first(ids.iter(), |s| !s.is_busy()) {
+                drop(table);
+                self.record_refused(Refused::ClientFull);
+                return Err(Refused::ClientFull);
+            }
+            evicted += 1;
+        }
+        if table.open.len() >= self.limits.max_connections {
+            let all: Vec<(u64, Arc<ConnectionState>)> =
+                table.open.iter().map(|(id, entry)| (*id, entry.state.clone())).collect();
+            if !table.evict_first(all.iter().map(|(id, state)| (id, state)), |s| !s.is_busy()) {
+                drop(table);
+                self.record_refused(Refused::ServerFull);
+                return Err(Refused::ServerFull);
+            }
+            evicted += 1;
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let state = Arc::new(ConnectionState::new(tls));
+        table.open.insert(id, Entry { client, state: state.clone() });
+        table.by_client.entry(client).or_default().insert(id, state.clone());
+        if let Some(metrics) = &self.metrics {
+            metrics.record_connections_evicted(evicted);
+            // Evicted connections left the table above.
+            metrics.add_connections_open(1.0 - evicted as f64);
+        }
+        drop(table);
+        Ok(Ticket { id, state, table: self.clone() })
+    }
+
+    /// Connections currently open.
+    pub fn open(&self) -> usize {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner).open.len()
+    }
+
+    fn release(&self, id: u64) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        // An evicted connection has left the table (and the gauge) already.
+        let removed = table.remove(id).is_some();
+        drop(table);
+        if let (true, Some(metrics)) = (removed, &self.metrics) {
+            metrics.add_connections_open(-1.0);
+        }
+    }
+
+    fn record_refused(&self, refused: Refused) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_connection_refused(refused.label());
+        }
+    }
+}
+
+/// An admitted connection's place in the table; dropping it frees the place.
+#[derive(Debug)]
+pub struct Ticket {
+    id: u64,
+    state: Arc<ConnectionState>,
+    table: Arc<Connections>,
+}
+
+impl Ticket {
+    /// What the connection shares with the table.
+    pub fn state(&self) -> &Arc<ConnectionState> {
+        &self.state
+    }
+
+    /// The TLS handshake is over: the connection no longer counts as a
+    /// pending handshake.
+    pub fn handshake_done(&self) {
+        // The time for the first request's headers starts now.
+        *self.state.last_active.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.state.handshaking.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.table.release(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2));
+
+    fn table(per_ip: usize, total: usize, handshakes: usize) -> Arc<Connections> {
+        let limits = ConnectionLimits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            max_handshakes_per_ip: handshakes,
+            ..ConnectionLimits::default()
+        };
+        Connections::new(limits, None)
+    }
+
+    fn evicted(ticket: &Ticket) -> bool {
+        ticket.state.evicted.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn at_the_per_ip_cap_the_oldest_idle_connection_of_that_client_gives_way() {
+        let table = table(2, 100, 100);
+        let first = table.admit(A, false).unwrap();
+        let second = table.admit(A, false).unwrap();
+        let other = table.admit(B, false).unwrap();
+
+        let third = table.admit(A, false).unwrap();
+
+        assert!(evicted(&first));
+        assert!(!evicted(&second) && !evicted(&other) && !evicted(&third));
+        assert_eq!(table.open(), 3);
+    }
+
+    #[test]
+    fn busy_connections_are_never_evicted_so_a_full_busy_client_is_refused() {
+        let table = table(2, 100, 100);
+        let first = table.admit(A, false).unwrap();
+        let second = table.admit(A, false).unwrap();
+        let _busy = (first.state().request_started(), second.state().request_started());
+
+        assert_eq!(table.admit(A, false).err(), Some(Refused::ClientFull));
+        assert!(!evicted(&first) && !evicted(&second));
+    }
+
+    #[test]
+    fn at_the_global_cap_the_oldest_idle_connection_of_anyone_gives_way() {
+        let table = table(10, 2, 10);
+        let first = table.admit(A, false).unwrap();
+        let busy = table.admit(B, false).unwrap();
+        let _guard = busy.state().request_started();
+
+        let later = table.admit(A, false).unwrap();
+
+        assert!(evicted(&first));
+        assert!(!evicted(&busy));
+        let _also_busy = later.state().request_started();
+        assert_eq!(table.admit(B, false).err(), Some(Refused::ServerFull));
+    }
+
+    #[test]
+    fn pending_handshakes_per_ip_are_capped_by_replacing_the_oldest() {
+        let table = table(100, 100, 2);
+        let first = table.admit(A, true).unwrap();
+        let second = table.admit(A, true).unwrap();
+        second.handshake_done();
+        let third = table.admit(A, true).unwrap();
+        assert!(!evicted(&first), "only two handshakes were pending");
+
+        let _fourth = table.admit(A, true).unwrap();
+
+        assert!(evicted(&first));
+        assert!(!evicted(&second) && !evicted(&third));
+    }
+
+    #[test]
+    fn dropping_a_ticket_frees_its_place() {
+        let table = table(1, 1, 1);
+        let ticket = table.admit(A, false).unwrap();
+        drop(ticket);
+        assert_eq!(table.open(), 0);
+        assert!(table.admit(A, false).is_ok());
+    }
+}
