@@ -19,7 +19,7 @@ use tonic::Code;
 pub use self::{
     clerk::{CLOCK_SKEW, ClerkVerifier, KeySource, SessionRejection},
     jwks::{Jwks, JwksSettings},
-    principal::{Principal, SignedInUser, USER_ACTOR_PREFIX},
+    principal::{ANONYMOUS_ACTOR, Principal, SignedInUser, USER_ACTOR_PREFIX},
     scope::{Scope, Scopes},
     tokens::{Client, MIN_TOKEN_LEN, ParseError, Tokens},
 };

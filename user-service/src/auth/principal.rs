@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Client, Scope};
-use crate::{domain::change::ANONYMOUS, error::Error};
+use crate::error::Error;
 
 /// The authenticated caller of a request. The auth layer puts exactly one in
 /// the request's extensions before any handler runs
@@ -38,6 +38,8 @@ impl SignedInUser {
     }
 }
 
+/// `Principal::actor` of a call made without authentication.
+pub const ANONYMOUS_ACTOR: &str = "anonymous";
 /// Prefix of `Principal::actor` for a signed-in user.
 pub const USER_ACTOR_PREFIX: &str = "user:";
 
@@ -58,7 +60,7 @@ impl Principal {
         match self {
             Self::Service(client) => client.name().to_owned(),
             Self::User(user) => format!("{USER_ACTOR_PREFIX}{}", user.clerk_id()),
-            Self::Anonymous => ANONYMOUS.to_owned(),
+            Self::Anonymous => ANONYMOUS_ACTOR.to_owned(),
         }
     }
 
