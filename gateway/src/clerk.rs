@@ -347,6 +347,11 @@ fn typed_data<T: Keyed>(data: Option<&RawValue>, what: &str) -> Result<T, Invali
     let key_error = || {
         InvalidEvent::new(format!("{what} {} missing or not a non-empty string", T::KEY), Some(T::KEY_PATH))
     };
+    // serde would also fill a struct from a JSON array, by position: `data`
+    // must be an object.
+    if !raw.trim_start().starts_with('{') {
+        return Err(InvalidEvent::new(format!("{what} event data is not an object"), Some("data")));
+    }
     match serde_json::from_str::<T>(raw) {
         Ok(parsed) if !parsed.key().is_empty() => Ok(parsed),
         Ok(_) => Err(key_error()),
@@ -368,6 +373,15 @@ fn typed_data<T: Keyed>(data: Option<&RawValue>, what: &str) -> Result<T, Invali
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_given_as_an_array_is_refused_naming_data() {
+        for event_type in ["user.created", "user.deleted", "session.created"] {
+            let body = format!(r#"{{"type":"{event_type}","object":"event","data":["user_1",null,""]}}"#);
+            let error = parse_event(body.as_bytes()).err();
+            assert_eq!(error.and_then(|e| e.field), Some("data"), "{event_type}");
+        }
+    }
 
     // Payloads below are written for these tests, shaped like Clerk's but not
     // copied from any real delivery.

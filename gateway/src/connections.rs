@@ -155,13 +155,17 @@ impl Table {
         Some(entry)
     }
 
-    /// Closes the oldest of `candidates` that `evictable` accepts.
-    fn evict_first<'a>(
-        &mut self,
-        candidates: impl Iterator<Item = (&'a u64, &'a Arc<ConnectionState>)>,
-        evictable: impl Fn(&ConnectionState) -> bool,
-    ) -> bool {
-        let victim = candidates.filter(|(_, state)| evictable(state)).map(|(id, _)| *id).next();
+    /// Closes the oldest connection that `evictable` accepts: among
+    /// `client`'s, or among all when `client` is `None`. False when none is.
+    fn evict_oldest(&mut self, client: Option<IpAddr>, evictable: impl Fn(&ConnectionState) -> bool) -> bool {
+        // Ids grow with time, so iteration order is age order.
+        let victim = match client {
+            Some(client) => self
+                .by_client
+                .get(&client)
+                .and_then(|ids| ids.iter().find(|(_, state)| evictable(state)).map(|(id, _)| *id)),
+            None => self.open.iter().find(|(_, entry)| evictable(&entry.state)).map(|(id, _)| *id),
+        };
         match victim.and_then(|id| self.remove(id)) {
             Some(entry) => {
                 entry.state.evict();
@@ -197,13 +201,11 @@ impl Connections {
             (ids.len(), ids.values().filter(|s| s.handshaking.load(Ordering::Acquire)).count())
         });
         if tls && handshakes >= self.limits.max_handshakes_per_ip {
-            let ids = table.by_client.get(&client).cloned().unwrap_or_default();
-            if table.evict_first(ids.iter(), |s| s.handshaking.load(Ordering::Acquire)) {
+            if table.evict_oldest(Some(client), |s| s.handshaking.load(Ordering::Acquire)) {
                 evicted += 1;
             }
         } else if mine >= self.limits.max_connections_per_ip {
-            let ids = table.by_client.get(&client).cloned().unwrap_or_default();
-            if !table.evict_first(ids.iter(), |s| !s.is_busy()) {
+            if !table.evict_oldest(Some(client), |s| !s.is_busy()) {
                 drop(table);
                 self.record_refused(Refused::ClientFull);
                 return Err(Refused::ClientFull);
@@ -211,9 +213,7 @@ impl Connections {
             evicted += 1;
         }
         if table.open.len() >= self.limits.max_connections {
-            let all: Vec<(u64, Arc<ConnectionState>)> =
-                table.open.iter().map(|(id, entry)| (*id, entry.state.clone())).collect();
-            if !table.evict_first(all.iter().map(|(id, state)| (id, state)), |s| !s.is_busy()) {
+            if !table.evict_oldest(None, |s| !s.is_busy()) {
                 drop(table);
                 self.record_refused(Refused::ServerFull);
                 return Err(Refused::ServerFull);

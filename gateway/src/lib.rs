@@ -9,8 +9,10 @@
 //! answer means to Svix.
 //!
 //! Production settings: HTTPS on the webhook endpoint ([`tls`]), a refusal to
-//! serve plain HTTP on a public address without `--insecure`, a per-client
-//! rate limit ([`rate_limit`]), a bearer token, TLS and client-side balancing
+//! serve plain HTTP on a public address without `--insecure`, timeouts and
+//! caps on connections ([`server`], [`connections`], [`limits`]), a global
+//! in-flight limit ([`shed`]), a per-client rate limit ([`rate_limit`]), a
+//! bearer token, TLS and client-side balancing
 //! towards user-service ([`upstream`]), and Prometheus metrics on their own
 //! listener ([`metrics`], `METRICS.md`).
 //!
