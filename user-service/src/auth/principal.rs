@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{Client, Scope};
+use crate::error::Error;
 
 /// The authenticated caller of a request. The auth layer puts exactly one in
 /// the request's extensions before any handler runs
@@ -46,11 +47,10 @@ impl Principal {
     /// The principal the auth layer attached to `request`. A request that
     /// reached a handler without one bypassed the auth layer, which is a bug:
     /// it is refused rather than treated as anonymous.
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Self, tonic::Status> {
-        request
-            .extensions()
-            .get::<Self>()
-            .ok_or_else(|| tonic::Status::internal("the call carries no authenticated caller"))
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Self, Error> {
+        request.extensions().get::<Self>().ok_or_else(|| {
+            Error::Internal("the call reached a handler without an authenticated caller".into())
+        })
     }
 
     /// The name the change log and `name_history` record as the actor: the

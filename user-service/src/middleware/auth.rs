@@ -15,7 +15,7 @@ use super::{
     GrpcRequest, GrpcResponse, ResponseFuture, error_response,
     methods::{self, Access, UserRule},
 };
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Authenticator, Principal, Scope};
 
 /// Authenticates calls with an [`Authenticator`]; without one lets every
 /// call in as [`Principal::Anonymous`].
@@ -101,12 +101,7 @@ where
 }
 
 /// The PERMISSION_DENIED answer for a caller the method's rule refuses.
-fn refuse(
-    principal: &Principal,
-    needed: crate::auth::Scope,
-    rule: UserRule,
-    method: &str,
-) -> Option<GrpcResponse> {
+fn refuse(principal: &Principal, needed: Scope, rule: UserRule, method: &str) -> Option<GrpcResponse> {
     match (principal, rule) {
         (Principal::User(_), UserRule::Denied(reason)) => {
             tracing::warn!(method, "call rejected: not allowed for signed-in users");
