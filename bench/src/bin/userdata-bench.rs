@@ -151,24 +151,27 @@ async fn run_backend(cli: &Cli, backend: Backend) -> Result<BackendReport> {
     if cli.followers > cli.seed_users {
         anyhow::bail!("--followers ({}) must not exceed --seed-users ({})", cli.followers, cli.seed_users);
     }
+    // The service being measured migrates the empty database, so binaries
+    // of an earlier release (--bin-dir) run on their own schema.
+    let db = seed::create(backend, &cli.database_url).await?;
+    eprintln!("[{backend:?}] starting services from {}…", bin_dir.display());
+    let (users, gateway, grpc_addr, http_addr) = services::start(&bin_dir, &db.url, cli.pool_size).await?;
     eprintln!("[{backend:?}] seeding {} users…", cli.seed_users);
-    let db = seed::prepare(backend, &cli.database_url, cli.seed_users).await?;
+    seed::fill(backend, &db, cli.seed_users).await?;
     let run = format!("{}", chrono::Utc::now().timestamp_millis());
     let params =
         Params { ops: cli.ops, concurrency: cli.concurrency, seeded: cli.seed_users, run: run.clone() };
 
     let mut store_stats = Vec::new();
     if cli.steps.contains(&Step::Store) {
-        eprintln!("[{backend:?}] store baseline…");
+        eprintln!("[{backend:?}] store baseline (the services wait idle)…");
         let url_backend = store::Backend::from_url(&db.url).map_err(anyhow::Error::msg)?;
-        let options = ConnectOptions { max_connections: cli.pool_size, ..ConnectOptions::default() };
+        let options =
+            ConnectOptions { max_connections: cli.pool_size, migrate: false, ..ConnectOptions::default() };
         let direct = store::connect(&url_backend, &options).await?;
         store_stats = scenarios::store(direct.clone(), &params).await;
         direct.close().await;
     }
-
-    eprintln!("[{backend:?}] starting services from {}…", bin_dir.display());
-    let (users, gateway, grpc_addr, http_addr) = services::start(&bin_dir, &db.url, cli.pool_size).await?;
     let mut grpc_stats = Vec::new();
     if cli.steps.contains(&Step::Grpc) {
         eprintln!("[{backend:?}] gRPC…");
