@@ -3,6 +3,7 @@
 //! binaries as child processes.
 
 pub mod events;
+pub mod follow;
 pub mod load;
 pub mod scenarios;
 pub mod seed;

@@ -1,7 +1,11 @@
 //! The measured scenarios: the same operations on the store directly, over
 //! gRPC, and as signed webhooks through the gateway.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Result;
 use gateway::{config::SigningSecret, sign::sign_headers};
@@ -178,7 +182,7 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
 }
 
 /// Several HTTP/2 connections, used round-robin.
-async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>> {
+pub async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
@@ -300,35 +304,61 @@ pub struct Delivery {
     pub body: Arc<Vec<u8>>,
 }
 
+/// What a webhook run did: its timings, and the gateway's answers by outcome
+/// (`applied`, `duplicate`, `stale`, `user_deleted`, …).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Posted {
+    /// Throughput and latency.
+    pub stats: load::Stats,
+    /// 2xx answers by the `outcome` of their body.
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+impl Posted {
+    /// Deliveries the gateway answered `applied`.
+    pub fn applied(&self) -> u64 {
+        self.outcomes.get("applied").copied().unwrap_or(0)
+    }
+}
+
 /// Posts deliveries to the gateway at fixed concurrency over keep-alive
 /// connections; each is signed just before it is sent (Svix signs every
 /// attempt with its own timestamp).
-pub async fn post_all(
-    name: &str,
-    http: SocketAddr,
-    deliveries: Vec<Delivery>,
-    concurrency: usize,
-) -> load::Stats {
+pub async fn post_all(name: &str, http: SocketAddr, deliveries: Vec<Delivery>, concurrency: usize) -> Posted {
     let secret = SigningSecret::parse(SECRET).expect("benchmark secret is valid");
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("http client");
     let url = format!("http://{http}/webhooks/clerk");
     let deliveries = Arc::new(deliveries);
     let total = deliveries.len();
-    load::run(name, total, concurrency, move |i| {
+    let outcomes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let counted = outcomes.clone();
+    let stats = load::run(name, total, concurrency, move |i| {
         let d = deliveries[i].clone();
-        let (client, url, secret) = (client.clone(), url.clone(), secret.clone());
+        let (client, url, secret, outcomes) = (client.clone(), url.clone(), secret.clone(), counted.clone());
         async move {
             let ts = chrono::Utc::now().timestamp();
             let headers = sign_headers(&secret, &d.msg_id, ts, &d.body).map_err(|e| e.to_string())?;
             let response = client.post(&url).headers(headers).body(d.body.to_vec()).send().await;
             match response {
-                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) if r.status().is_success() => {
+                    let body = r.bytes().await.map_err(|e| format!("transport {}", e.without_url()))?;
+                    let outcome = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("outcome").and_then(|o| o.as_str()).map(str::to_owned))
+                        .unwrap_or_else(|| "unknown".into());
+                    if let Ok(mut outcomes) = outcomes.lock() {
+                        *outcomes.entry(outcome).or_default() += 1;
+                    }
+                    Ok(())
+                }
                 Ok(r) => Err(format!("http {}", r.status().as_u16())),
                 Err(e) => Err(format!("transport {}", e.without_url())),
             }
         }
     })
-    .await
+    .await;
+    let outcomes = outcomes.lock().map(|o| o.clone()).unwrap_or_default();
+    Posted { stats, outcomes }
 }
 
 /// `n` distinct `user.created` events.
@@ -374,13 +404,14 @@ pub fn mixed_events(run: &str, n: usize) -> Vec<Delivery> {
     out
 }
 
-/// `n` `session.created` events for seeded users.
-pub fn session_events(run: &str, n: usize, seeded: usize) -> Vec<Delivery> {
+/// `n` `session.created` events for the seeded users `0..users`, with
+/// svix-ids `msg_<run>_<tag><i>`.
+pub fn session_events(run: &str, tag: &str, n: usize, users: usize) -> Vec<Delivery> {
     let t = now_ms();
     (0..n)
         .map(|i| Delivery {
-            msg_id: format!("msg_{run}_s{i}"),
-            body: Arc::new(events::session_created(&seed_clerk_id(pick(i, 9, seeded)), i, t + i as i64)),
+            msg_id: format!("msg_{run}_{tag}{i}"),
+            body: Arc::new(events::session_created(&seed_clerk_id(pick(i, 9, users)), i, t + i as i64)),
         })
         .collect()
 }

@@ -26,10 +26,10 @@ pub fn seed_clerk_id(n: usize) -> String {
     format!("user_seed_{n}")
 }
 
-/// Creates an empty, migrated database and seeds `users` users, each with
-/// preferences and feature flags, then runs ANALYZE.
-pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<Database> {
-    let db = match backend {
+/// Creates an empty database (no schema: the user-service being measured
+/// migrates it, so an earlier release gets its own schema).
+pub async fn create(backend: Backend, admin_url: &str) -> Result<Database> {
+    Ok(match backend {
         Backend::Postgres => {
             let mut admin = PgConnection::connect(admin_url).await.context("connect to PostgreSQL")?;
             admin.execute("drop database if exists userdata_bench with (force)").await?;
@@ -42,11 +42,27 @@ pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<
             let url = format!("sqlite://{}", dir.path().join("bench.db").display());
             Database { url, _dir: Some(dir) }
         }
-    };
+    })
+}
+
+/// Creates an empty, migrated database and seeds `users` users, each with
+/// preferences and feature flags, then runs ANALYZE.
+pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<Database> {
+    let db = create(backend, admin_url).await?;
     let options = ConnectOptions { max_connections: 2, ..ConnectOptions::default() };
     match backend {
+        Backend::Postgres => drop(PgStore::connect(&db.url, &options).await?),
+        Backend::Sqlite => drop(SqliteStore::connect(&db.url, &options).await?),
+    }
+    fill(backend, &db, users).await?;
+    Ok(db)
+}
+
+/// Seeds `users` users, each with preferences and feature flags, into a
+/// migrated database, then runs ANALYZE.
+pub async fn fill(backend: Backend, db: &Database, users: usize) -> Result<()> {
+    match backend {
         Backend::Postgres => {
-            PgStore::connect(&db.url, &options).await?;
             let mut conn = PgConnection::connect(&db.url).await?;
             // Skip triggers while seeding: `users_refuse_deleted` takes one
             // advisory lock per inserted row, and a million locks in one
@@ -70,7 +86,6 @@ pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<
             conn.execute("analyze").await?;
         }
         Backend::Sqlite => {
-            SqliteStore::connect(&db.url, &options).await?;
             let mut conn = SqliteConnection::connect(&db.url).await?;
             conn.execute("pragma journal_mode = wal").await?;
             for sql in [
@@ -96,5 +111,5 @@ pub async fn prepare(backend: Backend, admin_url: &str, users: usize) -> Result<
             conn.execute("analyze").await?;
         }
     }
-    Ok(db)
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -28,6 +28,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Peak resident set size, MiB.
     pub peak_rss_mib: f64,
+    /// Resident set size now, KiB.
+    pub rss_kib: f64,
 }
 
 impl Service {
@@ -42,12 +44,18 @@ impl Service {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let cpu = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        Usage { cpu_seconds: (cpu(11) + cpu(12)) / ticks, peak_rss_mib: hwm_kib / 1024.0 }
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Usage {
+            cpu_seconds: (cpu(11) + cpu(12)) / ticks,
+            peak_rss_mib: kib("VmHWM:") / 1024.0,
+            rss_kib: kib("VmRSS:"),
+        }
     }
 
     /// Stops the process (SIGKILL: the benchmark needs no graceful stop).
@@ -66,8 +74,12 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn binary(name: &str) -> Result<PathBuf> {
-    let dir = std::env::current_exe()?.parent().context("executable directory")?.to_path_buf();
+/// Where the service binaries are by default: beside this executable.
+pub fn default_bin_dir() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?.parent().context("executable directory")?.to_path_buf())
+}
+
+fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
         bail!(
@@ -78,17 +90,29 @@ fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// This process's soft limit on open files (the services started from it
+/// inherit it), from /proc/self/limits; `None` when unlimited or unknown.
+pub fn fd_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
 /// A free loopback port.
 pub fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// Starts user-service on `database_url` and a gateway in front of it, and
-/// waits until the gateway is ready.
-pub async fn start(database_url: &str, pool_size: u32) -> Result<(Service, Service, SocketAddr, SocketAddr)> {
+/// Starts user-service (from `bin_dir`) on `database_url` and a gateway in
+/// front of it, and waits until the gateway is ready.
+pub async fn start(
+    bin_dir: &Path,
+    database_url: &str,
+    pool_size: u32,
+) -> Result<(Service, Service, SocketAddr, SocketAddr)> {
     let grpc = free_addr()?;
     let http = free_addr()?;
-    let users = Command::new(binary("user-service")?)
+    let users = Command::new(binary(bin_dir, "user-service")?)
         .env("DATABASE_URL", database_url)
         .env("USER_SERVICE_LISTEN", grpc.to_string())
         .env("DATABASE_MAX_CONNECTIONS", pool_size.to_string())
@@ -98,7 +122,7 @@ pub async fn start(database_url: &str, pool_size: u32) -> Result<(Service, Servi
         .kill_on_drop(true)
         .spawn()
         .context("start user-service")?;
-    let gateway = Command::new(binary("gateway")?)
+    let gateway = Command::new(binary(bin_dir, "gateway")?)
         .arg("serve")
         .arg("--listen")
         .arg(http.to_string())
