@@ -30,6 +30,9 @@ use crate::{
     store::Store,
 };
 
+/// Changes held per followed user for a follower busy sending (each user's
+/// channel is its own, so a change wakes only that user's followers).
+const USER_CHANNEL_CAPACITY: usize = 16;
 /// Rows read from the log per query.
 const BATCH: u32 = 500;
 /// How soon to look again while a committed change waits for an older
@@ -72,7 +75,11 @@ pub enum FeedEvent {
 pub struct Feed {
     store: Arc<dyn Store>,
     config: FeedConfig,
+    /// Every change, for followers of the whole log.
     fanout: broadcast::Sender<Arc<LoggedChange>>,
+    /// Each followed user's changes, for followers filtered to that user:
+    /// a change wakes only its user's followers, not every follower.
+    users: SyncMutex<HashMap<String, broadcast::Sender<Arc<LoggedChange>>>>,
     /// Where the fan-out has read to; `None` while nobody follows (then the
     /// log is not read at all).
     head: Mutex<Option<Cursor>>,
@@ -104,6 +111,7 @@ impl Feed {
             store,
             config,
             fanout: broadcast::Sender::new(config.fanout_capacity.max(1)),
+            users: SyncMutex::new(HashMap::new()),
             head: Mutex::new(None),
             followers: SyncMutex::new(HashMap::new()),
             next_follower: AtomicU64::new(0),
@@ -155,7 +163,7 @@ impl Feed {
     ) -> Result<mpsc::Receiver<Result<FeedEvent>>> {
         // Subscribe first: whatever the fan-out sends from now on, the
         // replay below reaches at least up to it.
-        let fanout = self.subscribe().await?;
+        let fanout = self.subscribe(filter.clerk_id.as_deref()).await?;
         let cursor = match start {
             Some(cursor) => {
                 check_retained(self.store.as_ref(), cursor).await?;
@@ -176,15 +184,46 @@ impl Feed {
         Ok(rx)
     }
 
-    async fn subscribe(&self) -> Result<broadcast::Receiver<Arc<LoggedChange>>> {
+    async fn subscribe(&self, clerk_id: Option<&str>) -> Result<broadcast::Receiver<Arc<LoggedChange>>> {
         let mut head = self.head.lock().await;
-        let receiver = self.fanout.subscribe();
+        let receiver = match clerk_id {
+            None => self.fanout.subscribe(),
+            Some(clerk_id) => {
+                let mut users =
+                    self.users.lock().map_err(|_| Error::Internal("feed lock poisoned".into()))?;
+                let channel = users
+                    .entry(clerk_id.to_owned())
+                    .or_insert_with(|| broadcast::Sender::new(USER_CHANNEL_CAPACITY));
+                channel.subscribe()
+            }
+        };
         if head.is_none() {
             // The reader was idle: it resumes from here, which is before
             // anything this follower's replay will read.
             *head = Some(self.store.change_head().await?);
         }
         Ok(receiver)
+    }
+
+    /// Whether anyone follows; forgets users nobody follows any more.
+    fn anyone_follows(&self) -> bool {
+        let users_followed = self.users.lock().is_ok_and(|mut users| {
+            users.retain(|_, channel| channel.receiver_count() > 0);
+            !users.is_empty()
+        });
+        users_followed || self.fanout.receiver_count() > 0
+    }
+
+    /// Hands a change to the followers of the whole log and of its user.
+    fn publish(&self, change: LoggedChange) {
+        let change = Arc::new(change);
+        if let Ok(users) = self.users.lock()
+            && let Some(channel) = users.get(&change.change.clerk_id)
+        {
+            // No receivers left is fine: the next round forgets the user.
+            let _ = channel.send(change.clone());
+        }
+        let _ = self.fanout.send(change);
     }
 
     fn record_delivery(&self, change: &LoggedChange) {
@@ -234,7 +273,7 @@ async fn read_log(feed: std::sync::Weak<Feed>) {
 /// change is held back.
 async fn read_once(feed: &Feed) -> Result<bool> {
     let mut head = feed.head.lock().await;
-    if feed.fanout.receiver_count() == 0 {
+    if !feed.anyone_follows() {
         // Nobody follows: forget the position rather than read for no one.
         *head = None;
         return Ok(false);
@@ -244,8 +283,7 @@ async fn read_once(feed: &Feed) -> Result<bool> {
         let batch = feed.store.read_changes(cursor, &ChangeFilter::default(), BATCH).await?;
         for change in batch.changes {
             cursor = change.cursor;
-            // No receivers left is fine: the next round notices.
-            let _ = feed.fanout.send(Arc::new(change));
+            feed.publish(change);
         }
         cursor = cursor.max(batch.head);
         *head = Some(cursor);

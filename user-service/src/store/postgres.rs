@@ -54,6 +54,16 @@ pub struct PgStore {
 struct Signals {
     local: ChangeSignal,
     notify_replicas: Notify,
+    /// The listening and notifying tasks, which end with the store.
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.get_mut() {
+            tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+    }
 }
 
 impl Signals {
@@ -77,8 +87,14 @@ impl PgStore {
             MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         }
         let signals = Arc::new(Signals::default());
-        tokio::spawn(listen_for_replicas(url.to_owned(), pool.clone(), Arc::downgrade(&signals)));
-        tokio::spawn(notify_replicas(pool.clone(), Arc::downgrade(&signals)));
+        let listener = listen(url).await;
+        let tasks = [
+            tokio::spawn(listen_for_replicas(url.to_owned(), listener, Arc::downgrade(&signals))),
+            tokio::spawn(notify_replicas(pool.clone(), Arc::downgrade(&signals))),
+        ];
+        if let Ok(mut held) = signals.tasks.lock() {
+            held.extend(tasks.iter().map(tokio::task::JoinHandle::abort_handle));
+        }
         Ok(Self { pool, signals })
     }
 
@@ -88,44 +104,48 @@ impl PgStore {
     }
 }
 
+/// Listens for other replicas' commits. Called before the store is handed
+/// out, so a replica that is up hears every later `NOTIFY` (if it cannot
+/// listen yet, the background task keeps trying and the poll covers the gap).
+async fn listen(url: &str) -> Option<PgListener> {
+    let listening = async {
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match listening.await {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot LISTEN for changes yet; retrying in the background");
+            None
+        }
+    }
+}
+
 /// Wakes local readers whenever another replica notifies (and after a lost
 /// connection, since notifications may have been missed meanwhile). Listens
-/// on a connection of its own, outside the pool. Ends with the store.
-async fn listen_for_replicas(url: String, pool: PgPool, signals: std::sync::Weak<Signals>) {
-    let mut listener = None;
-    while signals.strong_count() > 0 {
-        let current = match listener.as_mut() {
-            Some(current) => current,
-            None => match PgListener::connect(&url).await {
-                Ok(mut new) => match new.listen(CHANGES_CHANNEL).await {
-                    Ok(()) => listener.insert(new),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot LISTEN for changes; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-                Err(_) if pool.is_closed() => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot LISTEN for changes; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
+/// on a connection of its own, outside the pool. Aborted when the store goes.
+async fn listen_for_replicas(
+    url: String,
+    mut listener: Option<PgListener>,
+    signals: std::sync::Weak<Signals>,
+) {
+    loop {
+        let Some(current) = listener.as_mut() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            listener = listen(&url).await;
+            continue;
         };
-        let received = tokio::time::timeout(Duration::from_secs(5), current.try_recv()).await;
+        let received = current.try_recv().await;
         let Some(signals) = signals.upgrade() else { return };
         match received {
-            Ok(Ok(Some(_))) => signals.local.wake(),
-            // Timed out: just check that the store is still alive.
-            Err(_) => {}
-            // The connection dropped (and will be remade): catch up.
-            Ok(Ok(None)) => signals.local.wake(),
-            Ok(Err(_)) => {
-                listener = None;
-                signals.local.wake();
-            }
+            Ok(Some(_)) => {}
+            // The connection dropped (sqlx reconnects on the next call):
+            // notifications may have been missed, so catch up.
+            Ok(None) => {}
+            Err(_) => listener = None,
         }
+        signals.local.wake();
     }
 }
 

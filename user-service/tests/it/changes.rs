@@ -349,7 +349,7 @@ async fn a_key_filter_passes_those_keys_and_the_users_own_changes(db: Db) {
 
 async fn a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing(db: Db) {
     use crate::observability::{sample, scrape, with_metrics};
-    const WRITES: usize = 300;
+    const WRITES: usize = 400;
     let server = TestServer::start_with(db, |c| {
         with_metrics(c);
         c.change_fanout_capacity = std::num::NonZeroUsize::new(8).unwrap();
@@ -362,7 +362,8 @@ async fn a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing(db
     // A follower that reads nothing while the writes happen: its stream's
     // buffers fill, its task waits, and the fan-out moves on without it.
     let mut stream = watch(&mut changes, pb::WatchChangesRequest::default()).await;
-    let padding = "x".repeat(2000);
+    // Big enough that the HTTP/2 windows and the stream's buffer fill.
+    let padding = "x".repeat(12_000);
     for i in 0..WRITES {
         data.set_user_data(set_custom("user_slow", "custom.n", json!({"i": i, "pad": padding})))
             .await

@@ -38,7 +38,13 @@ pub async fn scrape(addr: SocketAddr) -> String {
 /// The value of the sample `name{labels…}`, whatever the label order.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let rest = line.strip_prefix(name)?;
+        if labels.is_empty()
+            && let Some(value) = rest.strip_prefix(' ')
+        {
+            return value.trim().parse().ok();
+        }
+        let rest = rest.strip_prefix('{')?;
         let (inside, value) = rest.split_once("} ")?;
         let found: Vec<&str> = inside.split(',').collect();
         let all = labels.iter().all(|(k, v)| found.contains(&format!("{k}=\"{v}\"").as_str()));
