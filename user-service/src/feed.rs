@@ -88,6 +88,10 @@ pub struct Feed {
     metrics: Option<Arc<Metrics>>,
     /// Set when the server shuts down: every stream ends.
     closing: watch::Sender<bool>,
+    /// Wakes the reader when a follower arrives: a change it cannot see yet
+    /// (held back by an older transaction) must still reach it, and only
+    /// the reader looks again until such a change is final.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -117,6 +121,7 @@ impl Feed {
             next_follower: AtomicU64::new(0),
             metrics,
             closing: watch::Sender::new(false),
+            arrived: Arc::new(tokio::sync::Notify::new()),
         });
         tokio::spawn(read_log(Arc::downgrade(&feed)));
         feed
@@ -202,6 +207,7 @@ impl Feed {
             // anything this follower's replay will read.
             *head = Some(self.store.change_head().await?);
         }
+        self.arrived.notify_one();
         Ok(receiver)
     }
 
@@ -250,11 +256,13 @@ async fn read_log(feed: std::sync::Weak<Feed>) {
     let Some(strong) = feed.upgrade() else { return };
     let mut signal = strong.store.change_signal();
     let poll = strong.config.poll_interval;
+    let arrived = strong.arrived.clone();
     drop(strong);
     let mut wait = poll;
     loop {
         tokio::select! {
             changed = signal.changed() => if changed.is_err() { return },
+            () = arrived.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
         let Some(feed) = feed.upgrade() else { return };
