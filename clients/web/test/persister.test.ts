@@ -151,6 +151,9 @@ describe("following", () => {
       await until("changes older than retention", () => Date.now() - written > 2_500);
       await createUser(short);
       await short.service.restart();
+      // The prune runs in the background once the service is up: resume only
+      // after it has dropped this user's changes.
+      await until("pruned", async () => (await short.admin.changes.listChanges({ clerkId })).changes.length === 0);
 
       await c.persister.startAutoLoad();
       await until("reloaded", () => c.store.getValue("language") === "ja");
