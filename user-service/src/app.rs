@@ -166,6 +166,7 @@ impl App {
         let options = ConnectOptions {
             max_connections: config.max_connections,
             acquire_timeout: config.acquire_timeout,
+            group_commit_max: config.group_commit_max,
             migrate: !config.skip_migrations,
         };
         let store = store::connect(&backend, &options).await?;

@@ -26,6 +26,12 @@ pub struct Config {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
     pub acquire_timeout: Duration,
 
+    /// Most webhook-event writes committed together in one transaction
+    /// (group commit: writes that queue while the database is busy share
+    /// one commit; an idle service commits each at once). 1 turns it off.
+    #[arg(long, env = "GROUP_COMMIT_MAX", default_value_t = crate::store::GROUP_COMMIT_MAX, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub group_commit_max: u16,
+
     /// Do not apply database migrations at startup.
     #[arg(long, env = "SKIP_MIGRATIONS")]
     pub skip_migrations: bool,

@@ -19,6 +19,13 @@ pub const REQUEST_DURATION: &str = "grpc_server_request_duration_seconds";
 /// Database pool connections, by state (`idle`, `in_use`).
 pub const POOL_CONNECTIONS: &str = "db_pool_connections";
 
+/// Transactions that committed two or more webhook-event writes together.
+pub const WRITE_GROUPS: &str = "db_write_groups_total";
+/// Writes committed in those transactions.
+pub const GROUPED_WRITES: &str = "db_grouped_writes_total";
+/// Groups rolled back by a database error, whose writes then ran alone.
+pub const GROUP_ROLLBACKS: &str = "db_write_group_rollbacks_total";
+
 /// Change-log followers connected (`WatchChanges` streams).
 pub const CHANGE_FOLLOWERS: &str = "change_stream_followers";
 /// Time from a change's commit to its sending to a follower.
@@ -89,6 +96,13 @@ impl Metrics {
             None,
             "Followers that fell behind the live fan-out and read the change log instead.".into(),
         );
+        for (name, help) in [
+            (WRITE_GROUPS, "Transactions that committed two or more webhook-event writes together (group commit)."),
+            (GROUPED_WRITES, "Webhook-event writes committed in those transactions."),
+            (GROUP_ROLLBACKS, "Groups rolled back by a database error; their writes then ran one by one."),
+        ] {
+            recorder.describe_counter(name.into(), None, help.into());
+        }
         let handle = recorder.handle();
         Self { recorder, handle }
     }
@@ -137,6 +151,17 @@ impl Metrics {
         }
     }
 
+    /// Sets the group-commit counters.
+    pub fn set_groups(&self, stats: crate::store::GroupStats) {
+        for (name, value) in [
+            (WRITE_GROUPS, stats.groups),
+            (GROUPED_WRITES, stats.grouped_writes),
+            (GROUP_ROLLBACKS, stats.rollbacks),
+        ] {
+            self.recorder.register_counter(&Key::from_static_name(name), &METADATA).absolute(value);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -172,6 +197,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn 
     };
     let scrape = move || {
         metrics.set_pool(store.pool_stats());
+        metrics.set_groups(store.group_stats());
         metrics.set_change_followers(feed.followers());
         metrics.set_change_lag(feed.max_lag());
         let body = metrics.render();

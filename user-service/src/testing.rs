@@ -185,6 +185,7 @@ impl TestServer {
         let options = ConnectOptions {
             max_connections: config.max_connections,
             acquire_timeout: config.acquire_timeout,
+            group_commit_max: config.group_commit_max,
             migrate: true,
         };
         let backend = Backend::from_url(&database.url).expect("test database URL");
@@ -254,6 +255,7 @@ pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
         database_url: database_url.to_owned(),
         max_connections: 4,
         acquire_timeout: Duration::from_secs(2),
+        group_commit_max: crate::store::GROUP_COMMIT_MAX,
         skip_migrations: false,
         health_check_interval: Duration::from_millis(200),
         idempotency_retention: Duration::from_secs(7 * 86_400),

@@ -2,6 +2,7 @@
 //! SQL lives only below this module.
 
 mod changes;
+mod group;
 mod observed;
 mod postgres;
 mod sqlite;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 pub use self::{
     changes::{ChangeBatch, ChangeSignal},
+    group::GroupStats,
     postgres::PgStore,
     sqlite::SqliteStore,
 };
@@ -78,6 +80,11 @@ pub trait Store: Send + Sync + 'static {
     /// The connection pool right now, for metrics.
     fn pool_stats(&self) -> PoolStats {
         PoolStats::default()
+    }
+
+    /// Group commit so far, for metrics.
+    fn group_stats(&self) -> GroupStats {
+        GroupStats::default()
     }
 
     /// Creates a user with its initial user data (see `domain::write`).
@@ -198,11 +205,17 @@ pub struct ConnectOptions {
     pub acquire_timeout: Duration,
     /// Apply pending migrations on connect.
     pub migrate: bool,
+    /// Most event writes committed in one transaction (group commit); 1
+    /// commits each alone.
+    pub group_commit_max: u16,
 }
+
+/// The default of [`ConnectOptions::group_commit_max`].
+pub const GROUP_COMMIT_MAX: u16 = 64;
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3), migrate: true }
+        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3), migrate: true, group_commit_max: GROUP_COMMIT_MAX }
     }
 }
 

@@ -63,6 +63,10 @@ impl Store for Observed {
 
     /// Each call holds at most one connection, so the calls in flight beyond
     /// the connections in use are waiting for one.
+    fn group_stats(&self) -> super::GroupStats {
+        self.inner.group_stats()
+    }
+
     fn pool_stats(&self) -> PoolStats {
         let stats = self.inner.pool_stats();
         let in_flight = self.in_flight.load(Ordering::Relaxed);

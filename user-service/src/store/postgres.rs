@@ -18,6 +18,7 @@ use super::{
     ChangeBatch, ChangeSignal, ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter,
     UserValue,
     changes::{CHANGE_COLUMNS, ChangeRow},
+    group::{GroupCommit, GroupOptions, UserWrite, UserWriter},
     migrate_error,
     txn::{self, DataTx, Record, UserTx},
 };
@@ -44,6 +45,15 @@ const CHANGES_CHANNEL: &str = "userdata_changes";
 /// A [`Store`] on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    pool: PgPool,
+    signals: Arc<Signals>,
+    group: GroupCommit,
+}
+
+/// What user writes need, alone or in a group (no handle on the group queue,
+/// so the group workers end with the store).
+#[derive(Debug, Clone)]
+struct PgWriter {
     pool: PgPool,
     signals: Arc<Signals>,
 }
@@ -95,7 +105,15 @@ impl PgStore {
         if let Ok(mut held) = signals.tasks.lock() {
             held.extend(tasks.iter().map(tokio::task::JoinHandle::abort_handle));
         }
-        Ok(Self { pool, signals })
+        let writer = PgWriter { pool: pool.clone(), signals: signals.clone() };
+        // Half the pool for groups in flight: reads and other writes keep the rest.
+        let workers = usize::try_from(options.max_connections / 2).unwrap_or(1);
+        let group = GroupCommit::start(writer, GroupOptions { max: usize::from(options.group_commit_max), workers });
+        Ok(Self { pool, signals, group })
+    }
+
+    fn writer(&self) -> PgWriter {
+        PgWriter { pool: self.pool.clone(), signals: self.signals.clone() }
     }
 
     /// The migrator, for tests that prepare their own databases.
@@ -260,7 +278,7 @@ const INSERT_IF_NEW: &str = "with u as (insert into users (id, clerk_id, email, 
 /// what almost every `user.created` is. `None` means "not new after all"
 /// (exists, deleted, replayed, raced): the caller runs the full write, which
 /// decides with the user locked.
-async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteResult>> {
+async fn create_if_new(db: &mut PgConnection, cmd: &CreateUser) -> Result<Option<WriteResult>> {
     let now = super::now();
     let plan = write::plan_create(cmd.clone(), Existing::Missing, now)?;
     let Change::Insert { user, data } = &plan.change else { return Ok(None) };
@@ -294,7 +312,7 @@ async fn create_if_new(pool: &PgPool, cmd: &CreateUser) -> Result<Option<WriteRe
         .bind(&actor.request_id)
         .bind(cmd.event.as_ref().map(|e| e.source.as_str()))
         .bind(cmd.event.as_ref().map(|e| e.kind.as_str()))
-        .fetch_one(pool)
+        .fetch_one(db)
         .await;
     match inserted {
         Ok(1) => Ok(Some(plan.result)),
@@ -661,8 +679,8 @@ struct PgTx {
 }
 
 impl PgTx {
-    fn new(tx: Transaction<'static, Postgres>, store: &PgStore) -> Self {
-        Self { tx, signals: store.signals.clone(), recorded_changes: false }
+    fn new(tx: Transaction<'static, Postgres>, signals: &Arc<Signals>) -> Self {
+        Self { tx, signals: signals.clone(), recorded_changes: false }
     }
 
     async fn commit(self) -> Result<()> {
@@ -676,6 +694,12 @@ impl PgTx {
 
 #[async_trait]
 impl UserTx for PgTx {
+    async fn create_if_new(&mut self, cmd: &CreateUser) -> Result<Option<WriteResult>> {
+        let created = create_if_new(&mut self.tx, cmd).await?;
+        self.recorded_changes |= created.is_some();
+        Ok(created)
+    }
+
     async fn load(
         &mut self,
         key: &UserKey,
@@ -784,6 +808,35 @@ impl DataTx for PgTx {
 }
 
 #[async_trait]
+impl UserWriter for PgWriter {
+    async fn write_one(&self, write: UserWrite) -> Result<WriteResult> {
+        if let UserWrite::Create(cmd) = &write
+            && let Some(created) = create_if_new(&mut *self.pool.acquire().await?, cmd).await?
+        {
+            self.signals.committed();
+            return Ok(created);
+        }
+        let tx = begin(&self.pool, &write.key()).await?;
+        txn::write_user(PgTx::new(tx, &self.signals), write).await
+    }
+
+    async fn write_group(&self, writes: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
+        let mut tx = self.pool.begin().await?;
+        // Every user of the group locked up front, in one order, so two
+        // groups can never wait for each other (a lone write holds one lock).
+        let mut locks: Vec<i64> = writes.iter().filter_map(UserWrite::group_lock).map(lock_key).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        // `unnest` yields the (sorted) keys in array order.
+        sqlx::query("select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k")
+            .bind(locks)
+            .execute(&mut *tx)
+            .await?;
+        txn::write_group(PgTx::new(tx, &self.signals), writes).await
+    }
+}
+
+#[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("select 1").execute(&self.pool).await?;
@@ -794,27 +847,17 @@ impl Store for PgStore {
         self.pool.close().await;
     }
 
+    fn group_stats(&self) -> super::GroupStats {
+        self.group.stats()
+    }
+
     fn pool_stats(&self) -> PoolStats {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
         PoolStats { in_use: self.pool.size().saturating_sub(idle), idle, waiting: 0 }
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
-        if let Some(created) = create_if_new(&self.pool, &cmd).await? {
-            self.signals.committed();
-            return Ok(created);
-        }
-        let key = UserKey::ClerkId(cmd.clerk_id.clone());
-        let event = cmd.event.clone();
-        let actor = cmd.actor.clone();
-        txn::write_user(
-            PgTx::new(begin(&self.pool, &key).await?, self),
-            &key,
-            event.as_ref(),
-            &actor,
-            |existing, now| write::plan_create(cmd, existing, now),
-        )
-        .await
+        self.group.write(&self.writer(), UserWrite::Create(cmd)).await
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
@@ -855,31 +898,11 @@ impl Store for PgStore {
     }
 
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
-        let key = cmd.key.clone();
-        let event = cmd.event.clone();
-        let actor = cmd.actor.clone();
-        txn::write_user(
-            PgTx::new(begin(&self.pool, &key).await?, self),
-            &key,
-            event.as_ref(),
-            &actor,
-            |existing, now| write::plan_update(cmd, existing, now),
-        )
-        .await
+        self.group.write(&self.writer(), UserWrite::Update(cmd)).await
     }
 
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
-        let key = cmd.key.clone();
-        let event = cmd.event.clone();
-        let actor = cmd.actor.clone();
-        txn::write_user(
-            PgTx::new(begin(&self.pool, &key).await?, self),
-            &key,
-            event.as_ref(),
-            &actor,
-            |existing, _| write::plan_delete(cmd, existing),
-        )
-        .await
+        self.group.write(&self.writer(), UserWrite::Delete(cmd)).await
     }
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
@@ -930,7 +953,7 @@ impl Store for PgStore {
         actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        txn::edit_data(PgTx::new(self.pool.begin().await?, self), user, keys, event, actor, edit).await
+        txn::edit_data(PgTx::new(self.pool.begin().await?, &self.signals), user, keys, event, actor, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {

@@ -18,6 +18,7 @@ use super::{
     ChangeBatch, ChangeSignal, ConnectOptions, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter,
     UserValue,
     changes::{CHANGE_COLUMNS, ChangeRow},
+    group::{GroupCommit, GroupOptions, UserWrite, UserWriter},
     migrate_error,
     txn::{self, DataTx, Record, UserTx},
 };
@@ -42,11 +43,20 @@ const USER_COLUMNS: &str = "id, clerk_id, email, first_name, last_name, username
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writes: SqliteWriter,
+    group: GroupCommit,
+}
+
+/// What writes need, alone or in a group (no handle on the group queue, so
+/// the group worker ends with the store).
+#[derive(Debug, Clone)]
+struct SqliteWriter {
+    pool: SqlitePool,
     /// SQLite has one writer at a time. Queueing writers here, in order,
     /// instead of in SQLite's busy handler (which sleeps and retries) keeps
     /// write latency even under many concurrent callers and never fails a
     /// write with "database is locked".
-    writer: Arc<Mutex<()>>,
+    turn: Arc<Mutex<()>>,
     /// Wakes change-log readers after commits that recorded changes (one
     /// process owns the file, so no one else needs telling).
     signal: Arc<ChangeSignal>,
@@ -78,7 +88,11 @@ impl SqliteStore {
         if options.migrate {
             MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         }
-        Ok(Self { pool, writer: Arc::new(Mutex::new(())), signal: Arc::new(ChangeSignal::default()) })
+        let writes =
+            SqliteWriter { pool: pool.clone(), turn: Arc::new(Mutex::new(())), signal: Arc::new(ChangeSignal::default()) };
+        // One group at a time: SQLite has one writer.
+        let group = GroupCommit::start(writes.clone(), GroupOptions { max: usize::from(options.group_commit_max), workers: 1 });
+        Ok(Self { pool, writes, group })
     }
 
     /// The migrator, for tests that prepare their own databases.
@@ -508,12 +522,12 @@ struct SqliteTx {
 }
 
 impl SqliteTx {
-    async fn begin(store: &SqliteStore) -> Result<Self> {
-        let turn = store.writer.clone().lock_owned().await;
+    async fn begin(writer: &SqliteWriter) -> Result<Self> {
+        let turn = writer.turn.clone().lock_owned().await;
         Ok(Self {
-            tx: store.pool.begin_with("BEGIN IMMEDIATE").await?,
+            tx: writer.pool.begin_with("BEGIN IMMEDIATE").await?,
             _turn: turn,
-            signal: store.signal.clone(),
+            signal: writer.signal.clone(),
             recorded_changes: false,
         })
     }
@@ -642,6 +656,17 @@ impl DataTx for SqliteTx {
 }
 
 #[async_trait]
+impl UserWriter for SqliteWriter {
+    async fn write_one(&self, write: UserWrite) -> Result<WriteResult> {
+        txn::write_user(SqliteTx::begin(self).await?, write).await
+    }
+
+    async fn write_group(&self, writes: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
+        txn::write_group(SqliteTx::begin(self).await?, writes).await
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("select 1").execute(&self.pool).await?;
@@ -652,19 +677,17 @@ impl Store for SqliteStore {
         self.pool.close().await;
     }
 
+    fn group_stats(&self) -> super::GroupStats {
+        self.group.stats()
+    }
+
     fn pool_stats(&self) -> PoolStats {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
         PoolStats { in_use: self.pool.size().saturating_sub(idle), idle, waiting: 0 }
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
-        let key = UserKey::ClerkId(cmd.clerk_id.clone());
-        let event = cmd.event.clone();
-        let actor = cmd.actor.clone();
-        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, now| {
-            write::plan_create(cmd, existing, now)
-        })
-        .await
+        self.group.write(&self.writes, UserWrite::Create(cmd)).await
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
@@ -705,23 +728,11 @@ impl Store for SqliteStore {
     }
 
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
-        let key = cmd.key.clone();
-        let event = cmd.event.clone();
-        let actor = cmd.actor.clone();
-        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, now| {
-            write::plan_update(cmd, existing, now)
-        })
-        .await
+        self.group.write(&self.writes, UserWrite::Update(cmd)).await
     }
 
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
-        let key = cmd.key.clone();
-        let event = cmd.event.clone();
-        let actor = cmd.actor.clone();
-        txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, _| {
-            write::plan_delete(cmd, existing)
-        })
-        .await
+        self.group.write(&self.writes, UserWrite::Delete(cmd)).await
     }
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
@@ -773,7 +784,7 @@ impl Store for SqliteStore {
         actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        txn::edit_data(SqliteTx::begin(self).await?, user, keys, event, actor, edit).await
+        txn::edit_data(SqliteTx::begin(&self.writes).await?, user, keys, event, actor, edit).await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
@@ -810,7 +821,7 @@ impl Store for SqliteStore {
     }
 
     fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.signal.subscribe()
+        self.writes.signal.subscribe()
     }
 
     async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch> {
@@ -878,7 +889,7 @@ impl Store for SqliteStore {
 
     async fn prune_changes(&self, age: Duration) -> Result<u64> {
         let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else { return Ok(0) };
-        let _turn = self.writer.clone().lock_owned().await;
+        let _turn = self.writes.turn.clone().lock_owned().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let newest: Option<i64> = sqlx::query_scalar("select max(id) from changes where at < $1")
             .bind(cutoff)

@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{DataEdit, DataEntry, DataSet, DataWrite};
+use super::{DataEdit, DataEntry, DataSet, DataWrite, group::UserWrite};
 use crate::{
     domain::{
         change::{self, Actor, NewChange},
         data::CUSTOM_PREFIX,
         user::UserKey,
-        write::{Change, EventContext, Existing, Outcome, Plan, WriteResult},
+        write::{Change, CreateUser, EventContext, Existing, Outcome, WriteResult},
     },
     error::{Error, Result},
 };
@@ -29,6 +29,14 @@ pub(super) type Record<'a> = (&'a EventContext, &'a str, &'a WriteResult);
 /// whatever lock serialises writes for the user.
 #[async_trait]
 pub(super) trait UserTx: Send {
+    /// Creates the user in one statement when it is new (the common case),
+    /// recording the event and the change; `None` when it is not new after
+    /// all, or the backend has no such shortcut, and the full steps decide.
+    /// (A lone write takes the shortcut before its transaction, if at all.)
+    async fn create_if_new(&mut self, _cmd: &CreateUser) -> Result<Option<WriteResult>> {
+        Ok(None)
+    }
+
     /// The recorded result of `event` (a redelivery), and the stored user,
     /// locked for the rest of the transaction.
     async fn load(
@@ -55,34 +63,60 @@ pub(super) trait UserTx: Send {
 
 /// Runs one user write: replay check, decide, apply and record, commit.
 /// Dropping `tx` on an early return rolls it back.
-pub(super) async fn write_user<T: UserTx>(
-    mut tx: T,
-    key: &UserKey,
-    event: Option<&EventContext>,
-    actor: &Actor,
-    decide: impl FnOnce(Existing, DateTime<Utc>) -> Result<Plan> + Send,
-) -> Result<WriteResult> {
-    let (replayed, existing) = tx.load(key, event).await?;
+pub(super) async fn write_user<T: UserTx>(mut tx: T, write: UserWrite) -> Result<WriteResult> {
+    let result = step(&mut tx, write).await??;
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Runs writes in order in one transaction, each with the steps of
+/// [`write_user`], and commits once. A write its plan refuses answers with
+/// that error and the others go on; a database error fails the whole group.
+pub(super) async fn write_group<T: UserTx>(mut tx: T, writes: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        if let UserWrite::Create(cmd) = &write
+            && let Some(created) = tx.create_if_new(cmd).await?
+        {
+            results.push(Ok(created));
+            continue;
+        }
+        results.push(step(&mut tx, write).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The steps of one user write inside `tx`. The outer error is the
+/// database's (the transaction is lost); the inner one is the plan's (the
+/// transaction is intact, nothing was written for this write).
+async fn step<T: UserTx>(tx: &mut T, write: UserWrite) -> Result<Result<WriteResult>> {
+    let key = write.key();
+    let event = write.event().cloned();
+    let actor = write.actor().clone();
+    let (replayed, existing) = tx.load(&key, event.as_ref()).await?;
     if let Some(replayed) = replayed {
-        return Ok(replayed);
+        return Ok(Ok(replayed));
     }
     let before = match &existing {
         Existing::Present(user) => Some(user.clone()),
         Existing::Missing | Existing::Deleted => None,
     };
     let now = super::now();
-    let plan = decide(existing, now)?;
+    let plan = match write.plan(existing, now) {
+        Ok(plan) => plan,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let changes = change::of_user_write(&plan.change, before.as_ref());
     // Events are only ever keyed by clerk_id (the gRPC layer insists).
-    let record = match (event, key) {
+    let record = match (&event, &key) {
         (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id.as_str(), &plan.result)),
         _ => None,
     };
     if record.is_some() || !matches!(plan.change, Change::None) {
-        tx.apply(&plan.change, &changes, actor, record, now).await?;
+        tx.apply(&plan.change, &changes, &actor, record, now).await?;
     }
-    tx.commit().await?;
-    Ok(plan.result)
+    Ok(Ok(plan.result))
 }
 
 /// The steps of a user data edit, inside one transaction.

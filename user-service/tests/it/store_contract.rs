@@ -3,15 +3,17 @@
 
 use std::sync::Arc;
 
+use futures::future::join_all;
+
 use serde_json::json;
 use user_service::{
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, ChangeKind, Cursor},
         user::{Profile, Role, SignupSource, Status, UserKey},
-        write::{CreateUser, DeleteUser, EventContext, Outcome},
+        write::{CreateUser, DeleteUser, EventContext, Outcome, UpdateUser, UserPatch, WriteResult},
     },
     error::Error,
-    store::{self, Backend, ConnectOptions, Store},
+    store::{self, Backend, ConnectOptions, GroupStats, Store},
     testing::TestDatabase,
 };
 
@@ -25,10 +27,39 @@ crate::on_both_backends!(
     pruning_moves_the_retention_mark,
 );
 
+/// Group commit: these run on a current-thread runtime, where every write
+/// started by one `join_all` is queued before the store's worker runs, so
+/// the writes form one group whatever the machine's timing.
+macro_rules! on_both_backends_queued {
+    ($($name:ident),+ $(,)?) => {
+        mod queued {
+            mod postgres {
+                $(#[tokio::test(flavor = "current_thread")]
+                async fn $name() { super::super::$name($crate::helpers::Db::Postgres).await })+
+            }
+            mod sqlite {
+                $(#[tokio::test(flavor = "current_thread")]
+                async fn $name() { super::super::$name($crate::helpers::Db::Sqlite).await })+
+            }
+        }
+    };
+}
+
+on_both_backends_queued!(
+    event_writes_queued_together_commit_as_one_group_each_with_its_own_answer,
+    a_database_error_rolls_the_group_back_and_its_writes_run_alone,
+    events_of_one_user_in_one_group_apply_in_arrival_order,
+    with_group_commit_off_writes_commit_alone,
+);
+
 async fn open(db: Db) -> (Arc<dyn Store>, TestDatabase) {
+    open_with(db, ConnectOptions::default()).await
+}
+
+async fn open_with(db: Db, options: ConnectOptions) -> (Arc<dyn Store>, TestDatabase) {
     let database = TestDatabase::create(db).await;
     let backend = Backend::from_url(&database.url).unwrap();
-    let store = store::connect(&backend, &ConnectOptions::default()).await.unwrap();
+    let store = store::connect(&backend, &options).await.unwrap();
     (store, database)
 }
 
@@ -186,4 +217,93 @@ async fn pruning_moves_the_retention_mark(db: Db) {
     assert_eq!(store.prune_changes(std::time::Duration::MAX).await.unwrap(), 0);
     assert_eq!(store.prune_changes(std::time::Duration::ZERO).await.unwrap(), 1);
     assert_eq!(store.pruned_through().await.unwrap(), newest);
+}
+
+fn update_name(clerk_id: &str, first_name: &str, event: EventContext) -> UpdateUser {
+    UpdateUser {
+        key: UserKey::ClerkId(clerk_id.into()),
+        patch: UserPatch { first_name: Some(Some(first_name.into())), ..UserPatch::default() },
+        expected_version: None,
+        changed_by: None,
+        actor: actor().with_event(Some(&event)),
+        event: Some(event),
+    }
+}
+
+fn outcome(result: &Result<WriteResult, Error>) -> Option<Outcome> {
+    result.as_ref().ok().and_then(|r| r.outcome)
+}
+
+async fn event_writes_queued_together_commit_as_one_group_each_with_its_own_answer(db: Db) {
+    let (store, _db) = open(db).await;
+    let results = join_all([
+        store.create_user(create("user_g1", Some(event("msg_g1", 1_000, "CreateUser")))),
+        store.create_user(create("user_g2", Some(event("msg_g2", 1_000, "CreateUser")))),
+        // A redelivery of the first, in the same group.
+        store.create_user(create("user_g1", Some(event("msg_g1", 1_000, "CreateUser")))),
+        store.create_user(create("user_g3", Some(event("msg_g3", 1_000, "CreateUser")))),
+    ])
+    .await;
+    let answers: Vec<(Option<Outcome>, bool)> =
+        results.iter().map(|r| (outcome(r), r.as_ref().is_ok_and(|r| r.replayed))).collect();
+    let applied = (Some(Outcome::Applied), false);
+    assert_eq!(answers, [applied, applied, (Some(Outcome::Applied), true), applied]);
+    assert_eq!(store.group_stats(), GroupStats { groups: 1, grouped_writes: 4, rollbacks: 0 });
+    for id in ["user_g1", "user_g2", "user_g3"] {
+        assert_eq!(everything(&*store, id).await.len(), 1, "{id} created once");
+    }
+}
+
+async fn a_database_error_rolls_the_group_back_and_its_writes_run_alone(db: Db) {
+    let (store, _db) = open(db).await;
+    store.create_user(create("user_r1", Some(event("msg_taken", 1_000, "CreateUser")))).await.unwrap();
+    let results = join_all([
+        store.create_user(create("user_r2", Some(event("msg_r2", 1_000, "CreateUser")))),
+        // The key is another user's: refused, and on PostgreSQL it fails the
+        // group's transaction, so everything is written again one by one.
+        store.create_user(create("user_r3", Some(event("msg_taken", 1_000, "CreateUser")))),
+        store.create_user(create("user_r4", Some(event("msg_r4", 1_000, "CreateUser")))),
+    ])
+    .await;
+    assert_eq!(outcome(&results[0]), Some(Outcome::Applied));
+    assert!(
+        matches!(&results[1], Err(Error::InvalidArgument(v)) if v.iter().any(|v| v.field == "event_context.idempotency_key")),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(outcome(&results[2]), Some(Outcome::Applied));
+    assert_eq!(store.group_stats(), GroupStats { groups: 0, grouped_writes: 0, rollbacks: 1 });
+    assert!(matches!(store.get_user(&UserKey::ClerkId("user_r3".into())).await, Err(Error::NotFound { .. })));
+    for id in ["user_r2", "user_r4"] {
+        assert_eq!(everything(&*store, id).await.len(), 1, "{id} created once");
+    }
+}
+
+async fn events_of_one_user_in_one_group_apply_in_arrival_order(db: Db) {
+    let (store, _db) = open(db).await;
+    let results = join_all([
+        Box::pin(store.create_user(create("user_o1", Some(event("msg_o1", 1_000, "CreateUser")))))
+            as std::pin::Pin<Box<dyn Future<Output = Result<WriteResult, Error>>>>,
+        Box::pin(store.update_user(update_name("user_o1", "Newest", event("msg_o3", 3_000, "UpdateUser")))),
+        // Older than the one before it: stale, even though it came later.
+        Box::pin(store.update_user(update_name("user_o1", "Older", event("msg_o2", 2_000, "UpdateUser")))),
+    ])
+    .await;
+    let outcomes: Vec<Option<Outcome>> = results.iter().map(outcome).collect();
+    assert_eq!(outcomes, [Some(Outcome::Applied), Some(Outcome::Applied), Some(Outcome::Stale)]);
+    assert_eq!(store.group_stats(), GroupStats { groups: 1, grouped_writes: 3, rollbacks: 0 });
+    let user = store.get_user(&UserKey::ClerkId("user_o1".into())).await.unwrap();
+    assert_eq!(user.profile.first_name.as_deref(), Some("Newest"));
+    assert_eq!(everything(&*store, "user_o1").await.len(), 2, "created, then one update");
+}
+
+async fn with_group_commit_off_writes_commit_alone(db: Db) {
+    let (store, _db) = open_with(db, ConnectOptions { group_commit_max: 1, ..ConnectOptions::default() }).await;
+    let results = join_all([
+        store.create_user(create("user_n1", Some(event("msg_n1", 1_000, "CreateUser")))),
+        store.create_user(create("user_n2", Some(event("msg_n2", 1_000, "CreateUser")))),
+    ])
+    .await;
+    assert!(results.iter().all(|r| outcome(r) == Some(Outcome::Applied)));
+    assert_eq!(store.group_stats(), GroupStats::default());
 }
