@@ -97,7 +97,10 @@ impl Metrics {
             "Followers that fell behind the live fan-out and read the change log instead.".into(),
         );
         for (name, help) in [
-            (WRITE_GROUPS, "Transactions that committed two or more webhook-event writes together (group commit)."),
+            (
+                WRITE_GROUPS,
+                "Transactions that committed two or more webhook-event writes together (group commit).",
+            ),
             (GROUPED_WRITES, "Webhook-event writes committed in those transactions."),
             (GROUP_ROLLBACKS, "Groups rolled back by a database error; their writes then ran one by one."),
         ] {

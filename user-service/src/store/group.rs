@@ -11,8 +11,10 @@
 //!
 //! A write refused by its plan (stale, deleted, a version mismatch) answers
 //! with its own outcome or error and the rest of the group goes on. An error
-//! from the database rolls the whole group back; each of its writes is then
-//! run alone, in arrival order, so one bad event never fails its neighbours.
+//! from the database (or, on PostgreSQL, a lock held elsewhere for long) rolls
+//! the whole group back; each of its writes is then run alone, one user's in
+//! arrival order, so one bad or blocked event never fails or holds up its
+//! neighbours.
 
 use std::sync::{
     Arc,
@@ -21,6 +23,7 @@ use std::sync::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::future::join_all;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::{
@@ -208,32 +211,48 @@ async fn work<W: UserWriter>(
                 return;
             }
         }
-        let (mut writes, replies): (Vec<UserWrite>, Vec<_>) = group.drain(..).map(|q| (q.write, q.reply)).unzip();
-        let results = if writes.len() == 1
-            && let Some(write) = writes.pop()
+        if group.len() == 1
+            && let Some(Queued { write, reply }) = group.pop()
         {
-            vec![writer.write_one(write).await]
-        } else {
-            match writer.write_group(writes.clone()).await {
-                Ok(results) => {
-                    counters.groups.fetch_add(1, Ordering::Relaxed);
-                    counters.grouped_writes.fetch_add(results.len() as u64, Ordering::Relaxed);
-                    results
-                }
-                Err(err) => {
-                    counters.rollbacks.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %err, size = writes.len(), "group rolled back; writing one by one");
-                    let mut results = Vec::with_capacity(writes.len());
-                    for write in writes {
-                        results.push(writer.write_one(write).await);
-                    }
-                    results
+            // A caller that gave up no longer listens; the write stands.
+            let _ = reply.send(writer.write_one(write).await);
+            continue;
+        }
+        let writes = group.iter().map(|queued| queued.write.clone()).collect();
+        match writer.write_group(writes).await {
+            Ok(results) => {
+                counters.groups.fetch_add(1, Ordering::Relaxed);
+                counters.grouped_writes.fetch_add(results.len() as u64, Ordering::Relaxed);
+                for (queued, result) in group.drain(..).zip(results) {
+                    let _ = queued.reply.send(result);
                 }
             }
-        };
-        for (reply, result) in replies.into_iter().zip(results) {
-            // A caller that gave up no longer listens; the write stands.
-            let _ = reply.send(result);
+            Err(err) => {
+                counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %err, size = group.len(), "group rolled back; writing one by one");
+                write_alone(&*writer, group.drain(..)).await;
+            }
         }
     }
+}
+
+/// Runs each write in its own transaction and answers it as soon as it is
+/// done: one user's writes one after another in arrival order, different
+/// users' at the same time, so a user whose lock is held elsewhere delays
+/// only their own writes.
+async fn write_alone<W: UserWriter>(writer: &W, queued: impl Iterator<Item = Queued>) {
+    let mut by_user: Vec<(UserKey, Vec<Queued>)> = Vec::new();
+    for item in queued {
+        let key = item.write.key();
+        match by_user.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, chain)) => chain.push(item),
+            None => by_user.push((key, vec![item])),
+        }
+    }
+    join_all(by_user.into_iter().map(|(_, chain)| async move {
+        for Queued { write, reply } in chain {
+            let _ = reply.send(writer.write_one(write).await);
+        }
+    }))
+    .await;
 }

@@ -215,7 +215,12 @@ pub const GROUP_COMMIT_MAX: u16 = 64;
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3), migrate: true, group_commit_max: GROUP_COMMIT_MAX }
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(3),
+            migrate: true,
+            group_commit_max: GROUP_COMMIT_MAX,
+        }
     }
 }
 

@@ -39,6 +39,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 const USER_COLUMNS: &str = "id, clerk_id, email, first_name, last_name, username, image_url, \
      role, status, created_at, updated_at, source_updated_at, version";
 
+/// How long a group waits for a lock before it rolls back and its writes run
+/// alone: far above a normal transaction's hold, far below a webhook's
+/// deadline.
+const GROUP_LOCK_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// The channel on which replicas tell each other that changes committed.
 const CHANGES_CHANNEL: &str = "userdata_changes";
 
@@ -108,7 +113,8 @@ impl PgStore {
         let writer = PgWriter { pool: pool.clone(), signals: signals.clone() };
         // Half the pool for groups in flight: reads and other writes keep the rest.
         let workers = usize::try_from(options.max_connections / 2).unwrap_or(1);
-        let group = GroupCommit::start(writer, GroupOptions { max: usize::from(options.group_commit_max), workers });
+        let group =
+            GroupCommit::start(writer, GroupOptions { max: usize::from(options.group_commit_max), workers });
         Ok(Self { pool, signals, group })
     }
 
@@ -823,15 +829,22 @@ impl UserWriter for PgWriter {
     async fn write_group(&self, writes: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
         let mut tx = self.pool.begin().await?;
         // Every user of the group locked up front, in one order, so two
-        // groups can never wait for each other (a lone write holds one lock).
+        // groups can never wait for each other (a lone write holds one
+        // lock); `unnest` yields the sorted keys in array order. A user
+        // locked elsewhere for long (a slow transaction) must not hold up the
+        // group: past the lock timeout the group rolls back and its writes
+        // run alone. One round trip: the keys are our own integers, inlined.
         let mut locks: Vec<i64> = writes.iter().filter_map(UserWrite::group_lock).map(lock_key).collect();
         locks.sort_unstable();
         locks.dedup();
-        // `unnest` yields the (sorted) keys in array order.
-        sqlx::query("select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k")
-            .bind(locks)
-            .execute(&mut *tx)
-            .await?;
+        let keys = locks.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "set local lock_timeout = {}; \
+             select pg_advisory_xact_lock(k) from unnest(array[{keys}]::bigint[]) as k",
+            GROUP_LOCK_TIMEOUT.as_millis()
+        )))
+        .execute(&mut *tx)
+        .await?;
         txn::write_group(PgTx::new(tx, &self.signals), writes).await
     }
 }
@@ -953,7 +966,8 @@ impl Store for PgStore {
         actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        txn::edit_data(PgTx::new(self.pool.begin().await?, &self.signals), user, keys, event, actor, edit).await
+        txn::edit_data(PgTx::new(self.pool.begin().await?, &self.signals), user, keys, event, actor, edit)
+            .await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {

@@ -88,10 +88,16 @@ impl SqliteStore {
         if options.migrate {
             MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         }
-        let writes =
-            SqliteWriter { pool: pool.clone(), turn: Arc::new(Mutex::new(())), signal: Arc::new(ChangeSignal::default()) };
+        let writes = SqliteWriter {
+            pool: pool.clone(),
+            turn: Arc::new(Mutex::new(())),
+            signal: Arc::new(ChangeSignal::default()),
+        };
         // One group at a time: SQLite has one writer.
-        let group = GroupCommit::start(writes.clone(), GroupOptions { max: usize::from(options.group_commit_max), workers: 1 });
+        let group = GroupCommit::start(
+            writes.clone(),
+            GroupOptions { max: usize::from(options.group_commit_max), workers: 1 },
+        );
         Ok(Self { pool, writes, group })
     }
 

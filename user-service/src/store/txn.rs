@@ -72,7 +72,10 @@ pub(super) async fn write_user<T: UserTx>(mut tx: T, write: UserWrite) -> Result
 /// Runs writes in order in one transaction, each with the steps of
 /// [`write_user`], and commits once. A write its plan refuses answers with
 /// that error and the others go on; a database error fails the whole group.
-pub(super) async fn write_group<T: UserTx>(mut tx: T, writes: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
+pub(super) async fn write_group<T: UserTx>(
+    mut tx: T,
+    writes: Vec<UserWrite>,
+) -> Result<Vec<Result<WriteResult>>> {
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
         if let UserWrite::Create(cmd) = &write

@@ -298,7 +298,8 @@ async fn events_of_one_user_in_one_group_apply_in_arrival_order(db: Db) {
 }
 
 async fn with_group_commit_off_writes_commit_alone(db: Db) {
-    let (store, _db) = open_with(db, ConnectOptions { group_commit_max: 1, ..ConnectOptions::default() }).await;
+    let (store, _db) =
+        open_with(db, ConnectOptions { group_commit_max: 1, ..ConnectOptions::default() }).await;
     let results = join_all([
         store.create_user(create("user_n1", Some(event("msg_n1", 1_000, "CreateUser")))),
         store.create_user(create("user_n2", Some(event("msg_n2", 1_000, "CreateUser")))),
@@ -306,4 +307,44 @@ async fn with_group_commit_off_writes_commit_alone(db: Db) {
     .await;
     assert!(results.iter().all(|r| outcome(r) == Some(Outcome::Applied)));
     assert_eq!(store.group_stats(), GroupStats::default());
+}
+
+/// PostgreSQL only (SQLite has one writer and no row locks): a group whose
+/// user is locked by another transaction gives up after its lock timeout and
+/// runs its writes alone, so the other users' writes do not wait for that
+/// transaction.
+#[tokio::test(flavor = "current_thread")]
+async fn a_user_locked_elsewhere_does_not_hold_up_its_group_postgres() {
+    use sqlx::{Connection, PgConnection};
+
+    let (store, db) = open(Db::Postgres).await;
+    for id in ["user_l1", "user_l2"] {
+        store.create_user(create(id, Some(event(&format!("msg_{id}"), 1_000, "CreateUser")))).await.unwrap();
+    }
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("begin; select 1 from users where clerk_id = 'user_l1' for update")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store.update_user(update_name("user_l1", "Later", event("msg_l1u", 2_000, "UpdateUser"))).await
+        }
+    });
+    let free = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store.update_user(update_name("user_l2", "Now", event("msg_l2u", 2_000, "UpdateUser"))).await
+        }
+    });
+    assert_eq!(outcome(&free.await.unwrap()), Some(Outcome::Applied));
+    assert!(!blocked.is_finished(), "user_l1 waits for the transaction that holds it");
+    assert_eq!(store.group_stats(), GroupStats { groups: 0, grouped_writes: 0, rollbacks: 1 });
+
+    sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
+    assert_eq!(outcome(&blocked.await.unwrap()), Some(Outcome::Applied));
+    let user = store.get_user(&UserKey::ClerkId("user_l1".into())).await.unwrap();
+    assert_eq!(user.profile.first_name.as_deref(), Some("Later"));
 }
