@@ -6,7 +6,7 @@
 //! message is done) and *failing* (anything else: retried, then visible). 4xx
 //! marks "retrying will not help, a human should look"; 5xx marks "retrying may
 //! help". The full table is in `gateway/STATUS_CODES.md` and on
-//! [`crate::apply`].
+//! [`crate::upstream`].
 
 use axum::{
     Json,

@@ -24,26 +24,17 @@
 //! [`sign::sign_headers`] (sign like Svix, for tests and `gateway send`).
 
 pub mod app;
-pub mod apply;
 pub mod clerk;
 pub mod config;
-pub mod connections;
 pub mod error;
-pub mod limits;
+pub mod http;
 pub mod metrics;
-pub mod rate_limit;
 pub mod reconcile;
 pub mod request_id;
-pub mod routes;
 pub mod send;
-pub mod server;
-pub mod shed;
-pub mod sign;
-pub mod state;
+pub mod svix;
 pub mod telemetry;
-pub mod tls;
 pub mod upstream;
-pub mod verify;
 
 use std::process::ExitCode;
 

@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use crate::routes::CLERK_WEBHOOK_PATH;
+use crate::http::CLERK_WEBHOOK_PATH;
 
 /// Webhook deliveries answered, by event type and outcome.
 pub const WEBHOOK_EVENTS_TOTAL: &str = "webhook_events_total";

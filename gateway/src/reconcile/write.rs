@@ -12,11 +12,11 @@ use tonic::{Code, Status};
 use userdata_proto::v1::{EventOutcome, user_service_client::UserServiceClient};
 
 use crate::{
-    apply::{Call, Outcome, WriteKey, classify_status, create_request, delete_request, update_request},
     clerk::{DeletedUserJson, UserJson},
     error::WebhookError,
     reconcile::{plan::Write, progress::Progress, retry::RetryPolicy},
     upstream::UpstreamChannel,
+    upstream::{Call, Outcome, WriteKey, classify_status, create_request, delete_request, update_request},
 };
 
 /// `EventContext.event_type` of a reconcile create.

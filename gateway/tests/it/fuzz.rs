@@ -11,8 +11,7 @@ use gateway::{
     SigningSecrets,
     clerk::{Payload, parse_event},
     error::WebhookError,
-    sign::sign_headers,
-    verify::{SVIX_ID, SVIX_SIGNATURE, SVIX_TIMESTAMP, Verifier},
+    svix::{SVIX_ID, SVIX_SIGNATURE, SVIX_TIMESTAMP, Verifier, sign_headers},
 };
 use http::{HeaderMap, HeaderValue};
 use proptest::{prelude::*, test_runner::TestRunner};

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use gateway::{App, Config, SigningSecrets, sign::sign_headers};
+use gateway::{App, Config, SigningSecrets, svix::sign_headers};
 use http::Uri;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;

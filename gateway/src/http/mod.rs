@@ -15,14 +15,19 @@ use tower_http::timeout::TimeoutLayer;
 use crate::{
     config::SVIX_DELIVERY_TIMEOUT,
     metrics::{self, Metrics},
-    rate_limit::{self, RateLimitState},
     request_id,
-    shed::{self, InFlight},
-    state::AppState,
 };
 
-pub mod clerk_webhook;
+use self::{rate_limit::RateLimitState, shed::InFlight, state::AppState};
+
+pub mod connections;
 pub mod health;
+pub mod rate_limit;
+pub mod server;
+pub mod shed;
+pub mod state;
+pub mod tls;
+pub mod webhook;
 
 /// Largest webhook body accepted (256 KiB). Clerk user payloads are a few KiB;
 /// the limit keeps a forged request from making us buffer megabytes.
@@ -58,7 +63,7 @@ pub fn router(state: AppState, layers: Layers) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route(CLERK_WEBHOOK_PATH, post(clerk_webhook::receive).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
+        .route(CLERK_WEBHOOK_PATH, post(webhook::receive).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     if let Some(limit) = layers.rate_limit {
         router = router.layer(middleware::from_fn_with_state(limit, rate_limit::limit));

@@ -15,14 +15,14 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::{
-    apply::Outcome,
     clerk::{self, Event, Payload},
     error::WebhookError,
+    http::MAX_BODY_BYTES,
+    http::state::AppState,
     metrics::{Delivery, TYPE_UNKNOWN},
     request_id::RequestId,
-    routes::MAX_BODY_BYTES,
-    state::AppState,
-    verify,
+    svix::verify,
+    upstream::Outcome,
 };
 
 /// The JSON body of a 200 answer.

@@ -1,7 +1,7 @@
 //! Svix signature verification against one or more secrets.
 
+use ::svix::webhooks::WebhookError as SvixError;
 use http::HeaderMap;
-use svix::webhooks::WebhookError as SvixError;
 
 use crate::{
     config::SigningSecrets,
@@ -85,7 +85,7 @@ fn map_svix_error(error: SvixError) -> WebhookError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::SigningSecrets, sign::sign_headers};
+    use crate::{config::SigningSecrets, svix::sign_headers};
 
     const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0wMTIzNDU2Nzg5YWJjZA==";
     const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0wMTIzNDU2Nzg5YWJjZA==";

@@ -18,7 +18,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::Uri;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
-use crate::limits::{ConnectionArgs, ConnectionLimits};
+pub mod limits;
+
+use limits::{ConnectionArgs, ConnectionLimits};
 
 /// Environment variable holding the Clerk (Svix) webhook signing secret(s).
 pub const SIGNING_SECRET_ENV: &str = "CLERK_WEBHOOK_SIGNING_SECRET";
@@ -311,7 +313,7 @@ pub struct Config {
     /// Per-client-IP rate limit.
     pub rate_limit: RateLimit,
     /// Proxies in front that append to `X-Forwarded-For`; 0 ignores the
-    /// header (see [`crate::rate_limit::client_ip`]).
+    /// header (see [`crate::http::rate_limit::client_ip`]).
     pub trusted_proxy_hops: u32,
     /// How long a `/readyz` answer is reused; zero checks on every probe.
     pub readiness_cache: Duration,
@@ -967,7 +969,7 @@ mod tests {
         let limits = ConnectionLimits::from(args.connections);
         assert_eq!(limits.header_read_timeout, Duration::from_secs(3));
         assert_eq!(limits.max_connections_per_ip, 7);
-        assert_eq!(limits.idle_timeout, crate::limits::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(limits.idle_timeout, crate::config::limits::DEFAULT_IDLE_TIMEOUT);
     }
 
     #[test]
