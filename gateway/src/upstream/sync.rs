@@ -370,7 +370,7 @@ impl UserSync {
             timeout,
             metrics: None,
             failover: None,
-            unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
+            unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW.value,
         }
     }
 
