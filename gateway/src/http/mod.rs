@@ -12,16 +12,14 @@ use axum::{
 };
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{
-    config::SVIX_DELIVERY_TIMEOUT,
-    metrics::{self, Metrics},
-    request_id,
-};
+use crate::{config::SVIX_DELIVERY_TIMEOUT, metrics::Metrics, request_id};
 
 use self::{rate_limit::RateLimitState, shed::InFlight, state::AppState};
 
 pub mod connections;
+pub mod error;
 pub mod health;
+pub mod observe;
 pub mod rate_limit;
 pub mod server;
 pub mod shed;
@@ -72,7 +70,7 @@ pub fn router(state: AppState, layers: Layers) -> Router {
         router = router.layer(middleware::from_fn_with_state(in_flight, shed::limit));
     }
     if let Some(metrics) = layers.metrics {
-        router = router.layer(middleware::from_fn_with_state(metrics, metrics::observe_webhooks));
+        router = router.layer(middleware::from_fn_with_state(metrics, observe::observe_webhooks));
     }
     // Outermost, so even timeouts, 429s and 404s carry a request id.
     router.layer(middleware::from_fn(request_id::middleware)).with_state(state)

@@ -19,7 +19,7 @@
 //! | gRPC `INTERNAL`, `DATA_LOSS`, `UNIMPLEMENTED`, `PERMISSION_DENIED`, `UNAUTHENTICATED` | 500 | error | a bug or misconfiguration; Svix retries until it is fixed |
 //!
 //! Request-level failures (bad signature, headers, body) are in
-//! [`crate::error::WebhookError`] and `gateway/STATUS_CODES.md`.
+//! [`crate::error::RequestError`] and `gateway/STATUS_CODES.md`.
 
 use std::{
     future::Future,
@@ -38,7 +38,7 @@ use userdata_proto::v1::{
 use crate::{
     clerk::{DeletedUserJson, Event, Payload, SessionJson, UserJson},
     config::DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
-    error::WebhookError,
+    error::UpstreamError,
     metrics::Metrics,
     request_id::{REQUEST_ID, RequestId},
     upstream::{Failover, UpstreamChannel},
@@ -151,7 +151,7 @@ struct Scope<'a> {
 
 /// Maps a failed gRPC call to an outcome (when the event's goal is met anyway)
 /// or to the error that decides the HTTP status. See the module table.
-pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, WebhookError> {
+pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, UpstreamError> {
     let message = status.message().to_owned();
     let code = status.code();
     match code {
@@ -159,23 +159,23 @@ pub fn classify_status(call: Call, status: &Status) -> Result<Outcome, WebhookEr
         Code::NotFound if call == Call::Delete => Ok(Outcome::AlreadyGone),
         // The user's `user.created` may still be on its way (Svix does not
         // order deliveries), so a retry can help.
-        Code::NotFound if call == Call::Session => Err(WebhookError::UnknownUser),
+        Code::NotFound if call == Call::Session => Err(UpstreamError::UnknownUser),
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            Err(WebhookError::UpstreamRejected { code, message })
+            Err(UpstreamError::Rejected { code, message })
         }
         Code::Unavailable
         | Code::DeadlineExceeded
         | Code::ResourceExhausted
         | Code::Aborted
         | Code::Cancelled
-        | Code::Unknown => Err(WebhookError::UpstreamUnavailable { code, message }),
+        | Code::Unknown => Err(UpstreamError::Unavailable { code, message }),
         // `Ok` as an error status means there was no reply to interpret.
         Code::Ok
         | Code::Internal
         | Code::DataLoss
         | Code::Unimplemented
         | Code::PermissionDenied
-        | Code::Unauthenticated => Err(WebhookError::UpstreamFailed { code, message }),
+        | Code::Unauthenticated => Err(UpstreamError::Failed { code, message }),
     }
 }
 
@@ -406,7 +406,7 @@ impl UserSync {
         event: &Event,
         idempotency_key: &str,
         request_id: &RequestId,
-    ) -> Result<Outcome, WebhookError> {
+    ) -> Result<Outcome, UpstreamError> {
         let now = Timestamp::from(std::time::SystemTime::now());
         let scope = Scope { request_id, deadline: Instant::now() + self.timeout };
         let key = WriteKey { idempotency_key, event_type: &event.event_type };
@@ -453,7 +453,7 @@ impl UserSync {
         key: &WriteKey<'_>,
         now: Timestamp,
         scope: Scope<'_>,
-    ) -> Result<Outcome, WebhookError> {
+    ) -> Result<Outcome, UpstreamError> {
         let message = update_request(user, envelope_time, key, now);
         self.call(
             Rpc { call: Call::Update, method: methods::UPDATE_USER },
@@ -477,7 +477,7 @@ impl UserSync {
         key: &WriteKey<'_>,
         now: Timestamp,
         scope: Scope<'_>,
-    ) -> Result<Outcome, WebhookError> {
+    ) -> Result<Outcome, UpstreamError> {
         if let Some(user) = &session.user {
             let user_key = session_user_key(key.idempotency_key);
             let user_write = WriteKey { idempotency_key: &user_key, event_type: key.event_type };
@@ -485,7 +485,7 @@ impl UserSync {
                 Ok(outcome) => tracing::debug!(outcome = outcome.as_str(), "session's user object applied"),
                 // The user object is extra: data user-service refuses must not
                 // keep the session from being recorded for a user it knows.
-                Err(error @ WebhookError::UpstreamRejected { .. }) => {
+                Err(error @ UpstreamError::Rejected { .. }) => {
                     tracing::warn!(%error, "session's user object not applied; recording the session anyway");
                 }
                 Err(error) => return Err(error),
@@ -519,12 +519,12 @@ impl UserSync {
             }
         };
         match result {
-            Err(WebhookError::UnknownUser) => {
+            Err(UpstreamError::UnknownUser) => {
                 let age = event_age(event.timestamp.or(session.updated_at).or(session.created_at), now);
                 if age.is_some_and(|age| age > self.unknown_user_retry_window) {
                     Ok(Outcome::UnknownUser)
                 } else {
-                    Err(WebhookError::UnknownUser)
+                    Err(UpstreamError::UnknownUser)
                 }
             }
             other => other,
@@ -555,7 +555,7 @@ impl UserSync {
         scope: Scope<'_>,
         send: impl Fn(C, tonic::Request<M>) -> F,
         outcome_of: impl FnOnce(&R) -> (i32, bool),
-    ) -> Result<Outcome, WebhookError>
+    ) -> Result<Outcome, UpstreamError>
     where
         C: Clone,
         M: Clone,
@@ -712,7 +712,7 @@ mod tests {
             Code::Cancelled,
         ] {
             let result = classify_status(Call::Update, &Status::new(code, "x"));
-            assert!(matches!(result, Err(WebhookError::UpstreamUnavailable { .. })), "{code:?}");
+            assert!(matches!(result, Err(UpstreamError::Unavailable { .. })), "{code:?}");
         }
     }
 
@@ -720,17 +720,17 @@ mod tests {
     fn permanent_grpc_codes_become_400_and_internal_500() {
         for code in [Code::InvalidArgument, Code::FailedPrecondition, Code::OutOfRange] {
             let result = classify_status(Call::Create, &Status::new(code, "bad email"));
-            assert!(matches!(result, Err(WebhookError::UpstreamRejected { .. })));
+            assert!(matches!(result, Err(UpstreamError::Rejected { .. })));
         }
         let result = classify_status(Call::Create, &Status::internal("boom"));
-        assert!(matches!(result, Err(WebhookError::UpstreamFailed { .. })));
+        assert!(matches!(result, Err(UpstreamError::Failed { .. })));
     }
 
     #[test]
     fn not_found_is_done_for_deletes_but_an_error_for_updates() {
         let status = Status::not_found("no such user");
         assert!(matches!(classify_status(Call::Delete, &status), Ok(Outcome::AlreadyGone)));
-        assert!(matches!(classify_status(Call::Update, &status), Err(WebhookError::UpstreamRejected { .. })));
+        assert!(matches!(classify_status(Call::Update, &status), Err(UpstreamError::Rejected { .. })));
         assert!(matches!(
             classify_status(Call::Create, &Status::already_exists("exists")),
             Ok(Outcome::AlreadyExists)
@@ -781,7 +781,7 @@ mod tests {
     #[test]
     fn a_session_for_a_user_not_yet_created_is_an_unknown_user() {
         let outcome = classify_status(Call::Session, &Status::not_found("user"));
-        assert!(matches!(outcome, Err(WebhookError::UnknownUser)));
+        assert!(matches!(outcome, Err(UpstreamError::UnknownUser)));
     }
 
     #[test]
