@@ -25,13 +25,13 @@
 
 pub mod channel;
 pub mod outcome;
+pub mod replicas;
 pub mod requests;
 pub mod sync;
 
-pub use channel::{
-    Authorization, Failover, HEALTH_CHECK_METHOD, ReplicaWatcher, Replicas, Upstream, UpstreamChannel,
-};
+pub use channel::{Authorization, HEALTH_CHECK_METHOD, Upstream, UpstreamChannel};
 pub use outcome::{Call, Outcome, classify_status};
+pub use replicas::{Failover, ReplicaWatcher, Replicas};
 pub use requests::{
     MAX_EVENT_TYPE_LEN, UPDATE_MASK_PATHS, WriteKey, activity_request, clerk_time, create_request,
     delete_request, event_context, login_request, session_user_key, update_request,
