@@ -106,3 +106,16 @@ pub enum UpstreamError {
         message: String,
     },
 }
+
+/// An error and its sources on one line: tonic and reqwest keep the cause
+/// (such as "connection reset") in the source chain, not in the message.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -41,7 +41,7 @@ pub struct EmailAddressJson {
 /// the fields we sync.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct UserJson {
-    /// Clerk user id (`user_...`); [`parse_event`] guarantees it is non-empty.
+    /// Clerk user id (`user_...`); [`super::parse_event`] guarantees it is non-empty.
     pub id: String,
     /// All addresses, in no meaningful order; `null` is treated as empty.
     pub email_addresses: Option<Vec<EmailAddressJson>>,
@@ -116,7 +116,7 @@ pub struct Profile {
 /// The `data` of `user.deleted`: `{id, deleted, object}`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct DeletedUserJson {
-    /// Clerk user id; [`parse_event`] guarantees it is non-empty.
+    /// Clerk user id; [`super::parse_event`] guarantees it is non-empty.
     pub id: String,
     /// Always `true` in practice; not checked.
     pub deleted: Option<bool>,
@@ -129,7 +129,7 @@ pub struct DeletedUserJson {
 pub struct SessionJson {
     /// Session id (`sess_…`).
     pub id: Option<String>,
-    /// The Clerk user id; [`parse_event`] guarantees it is non-empty.
+    /// The Clerk user id; [`super::parse_event`] guarantees it is non-empty.
     pub user_id: String,
     /// Last activity, ms.
     pub last_active_at: Option<i64>,
@@ -141,7 +141,7 @@ pub struct SessionJson {
     pub latest_activity: Option<SessionActivityJson>,
     /// The session's user, shaped like `data` of `user.created`: sent by
     /// Clerk's webhook schema since 2025-04-15, absent (or `null`) before.
-    /// [`parse_event`] guarantees its `id` is `user_id`.
+    /// [`super::parse_event`] guarantees its `id` is `user_id`.
     pub user: Option<UserJson>,
 }
 

@@ -1,5 +1,7 @@
-//! The HTTP surface: which path goes to which handler, and the layers around
-//! them.
+//! The HTTP side of the gateway, outside in: the accept loop ([`server`],
+//! [`tls`], [`connections`]), the layers every request passes ([`observe`],
+//! [`shed`], [`rate_limit`], request id, timeout), the handlers ([`webhook`],
+//! [`health`]), and how each failure is answered and logged ([`error`]).
 
 use std::{sync::Arc, time::Duration};
 

@@ -26,9 +26,10 @@ use tonic::{
 };
 use tonic_health::pb::health_client::HealthClient;
 
-use super::replicas::{Failover, Replica, ReplicaWatcher, Replicas, error_chain};
+use super::replicas::{Failover, Replica, ReplicaWatcher, Replicas};
 use crate::{
     config::{UpstreamTls, UserServiceConfig, UserServiceToken},
+    error::error_chain,
     metrics::Metrics,
 };
 

@@ -21,18 +21,6 @@ fn replica_name(url: &Uri) -> String {
     }
 }
 
-/// An error and its sources on one line.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 pub(super) struct Replica {
     pub(super) url: Uri,
     pub(super) health: HealthClient<UpstreamChannel>,

@@ -21,7 +21,7 @@ pub const UPDATE_MASK_PATHS: [&str; 5] = ["email", "first_name", "last_name", "u
 const SECONDS_OR_MILLIS_THRESHOLD: i64 = 100_000_000_000;
 
 /// Converts a Clerk time (milliseconds; seconds tolerated, see
-/// [`SECONDS_OR_MILLIS_THRESHOLD`]) to a protobuf timestamp. Non-positive
+/// `SECONDS_OR_MILLIS_THRESHOLD`) to a protobuf timestamp. Non-positive
 /// values are treated as absent.
 pub fn clerk_time(value: i64) -> Option<Timestamp> {
     if value <= 0 {

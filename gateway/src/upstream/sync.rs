@@ -1,5 +1,5 @@
 //! The client that applies verified Clerk events to user-service: one
-//! [`Write`] per gRPC call, sent within the event's deadline, counted in the
+//! `Write` per gRPC call, sent within the event's deadline, counted in the
 //! metrics and retried once on another replica when one is unavailable.
 
 use std::{
