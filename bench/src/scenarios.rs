@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Result;
-use gateway::{config::SigningSecret, sign::sign_headers};
+use gateway::{config::SigningSecret, svix::sign_headers};
 use tonic::transport::Channel;
 use user_service::{
     domain::{

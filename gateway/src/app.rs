@@ -8,18 +8,20 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_rustls::rustls::ServerConfig;
 
 use crate::{
-    apply::UserSync,
-    config::{Config, ConfigError, MetricsListen},
-    limits::ConnectionLimits,
+    config::{Config, ConfigError, MetricsListen, limits::ConnectionLimits},
+    http::{
+        Layers,
+        health::Readiness,
+        rate_limit::{RateLimitState, RateLimiter},
+        router,
+        server::Server,
+        shed::InFlight,
+        state::AppState,
+        tls,
+    },
     metrics::{self, Metrics},
-    rate_limit::{RateLimitState, RateLimiter},
-    routes::{self, Layers, health::Readiness},
-    server::Server,
-    shed::InFlight,
-    state::AppState,
-    tls,
-    upstream::{ReplicaWatcher, Upstream},
-    verify::Verifier,
+    svix::Verifier,
+    upstream::{ReplicaWatcher, Upstream, UserSync},
 };
 
 /// Why the server could not start.
@@ -156,7 +158,7 @@ impl App {
             listener,
             local_addr,
             tls,
-            router: routes::router(state, layers),
+            router: router(state, layers),
             metrics,
             watcher: upstream.watcher,
             limits: config.connections,
@@ -235,7 +237,7 @@ impl App {
 }
 
 /// Whether a URL names this machine (`localhost` or a loopback address).
-fn is_loopback_host(url: &http::Uri) -> bool {
+fn is_loopback_host(url: &::http::Uri) -> bool {
     let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())

@@ -8,42 +8,40 @@
 //! acknowledged and ignored. See `STATUS_CODES.md` for what each
 //! answer means to Svix.
 //!
-//! Production settings: HTTPS on the webhook endpoint ([`tls`]), a refusal to
-//! serve plain HTTP on a public address without `--insecure`, timeouts and
-//! caps on connections ([`server`], [`connections`], [`limits`]), a global
-//! in-flight limit ([`shed`]), a per-client rate limit ([`rate_limit`]), a
-//! bearer token, TLS and client-side balancing
-//! towards user-service ([`upstream`]), and Prometheus metrics on their own
-//! listener ([`metrics`], `METRICS.md`).
+//! The folders follow a webhook through the gateway:
 //!
-//! `gateway reconcile` ([`reconcile`]) brings user-service to the state of
-//! Clerk's Backend API, for an existing Clerk application and after lost
-//! webhooks.
+//! - [`http`]: the accept loop, connection caps, rate limit, shedding, the
+//!   routes and handlers, and the one place errors become answers
+//!   ([`http::error`]);
+//! - [`svix`]: the signature check (and signing, for tests and `gateway send`);
+//! - [`clerk`]: the event model and its parsing;
+//! - [`upstream`]: the user-service channel (TLS, token, balancing over
+//!   replicas), the requests built from Clerk objects, and the client;
+//! - [`error`]: the two failure stages, [`error::RequestError`] and
+//!   [`error::UpstreamError`];
+//! - [`config`]: command line, defaults, secrets and the validated
+//!   [`config::Config`];
+//! - [`reconcile`]: `gateway reconcile`, which brings user-service to the
+//!   state of Clerk's Backend API, for an existing Clerk application and after
+//!   lost webhooks;
+//! - [`metrics`]: the Prometheus registry, served on its own listener
+//!   (`METRICS.md`).
 //!
 //! Entry points: [`app::App`] (build, bind, run), [`config::Config`],
-//! [`sign::sign_headers`] (sign like Svix, for tests and `gateway send`).
+//! [`svix::sign_headers`] (sign like Svix, for tests and `gateway send`).
 
 pub mod app;
-pub mod apply;
 pub mod clerk;
 pub mod config;
-pub mod connections;
 pub mod error;
-pub mod limits;
+pub mod http;
 pub mod metrics;
-pub mod rate_limit;
 pub mod reconcile;
 pub mod request_id;
-pub mod routes;
 pub mod send;
-pub mod server;
-pub mod shed;
-pub mod sign;
-pub mod state;
+pub mod svix;
 pub mod telemetry;
-pub mod tls;
 pub mod upstream;
-pub mod verify;
 
 use std::process::ExitCode;
 

@@ -4,23 +4,12 @@
 //! so two gateways in one process, as in tests, keep separate counts. The
 //! metrics are described in `gateway/METRICS.md`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use ::metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
-use axum::{
-    extract::{Request, State},
-    http::{Method, StatusCode},
-    middleware::Next,
-    response::Response,
-};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::net::TcpListener;
 use tonic::Code;
-
-use crate::routes::CLERK_WEBHOOK_PATH;
 
 /// Webhook deliveries answered, by event type and outcome.
 pub const WEBHOOK_EVENTS_TOTAL: &str = "webhook_events_total";
@@ -47,18 +36,6 @@ pub const REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
 /// Requests answered 503 by the global in-flight limit.
 pub const REQUESTS_SHED_TOTAL: &str = "http_requests_shed_total";
 
-/// `type` label of a delivery whose event was never verified (refused before,
-/// or rate limited).
-pub const TYPE_UNKNOWN: &str = "unknown";
-/// `type` label of a verified event whose type is not a plain dotted name.
-pub const TYPE_OTHER: &str = "other";
-
-/// Outcome of a delivery answered 4xx (except 429): Svix retries, but only a
-/// fix and a replay can help.
-pub const OUTCOME_REJECTED: &str = "rejected";
-/// Outcome of a delivery answered 429 or 5xx: a retry is expected to work.
-pub const OUTCOME_RETRY_ASKED: &str = "retry_asked";
-
 /// Webhook latency buckets, in seconds, up to Svix's 15 s timeout.
 const WEBHOOK_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0];
 /// gRPC latency buckets, in seconds, up to the 10 s longest deadline.
@@ -70,41 +47,6 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
-
-/// What the webhook handler tells the metrics layer about a delivery: put in
-/// the response's extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The verified event type, or [`TYPE_UNKNOWN`].
-    pub event_type: String,
-    /// The outcome of a 2xx answer (`applied`, `duplicate`, ...).
-    pub outcome: Option<&'static str>,
-}
-
-impl Delivery {
-    /// The `type` label for a verified event type: the type itself when it
-    /// looks like Clerk's (`user.created`), else [`TYPE_OTHER`]. Only Clerk
-    /// can sign events, so the set of values stays small.
-    pub fn label_for(event_type: &str) -> String {
-        let plain = (1..=64).contains(&event_type.len())
-            && event_type
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
-        if plain { event_type.to_owned() } else { TYPE_OTHER.to_owned() }
-    }
-}
-
-/// The `outcome` label of an answer: the handler's outcome for 2xx,
-/// [`OUTCOME_RETRY_ASKED`] for 429 and 5xx, [`OUTCOME_REJECTED`] for other 4xx.
-pub fn outcome_label(status: StatusCode, delivery: Option<&Delivery>) -> &'static str {
-    if status.is_success() {
-        delivery.and_then(|d| d.outcome).unwrap_or("unknown")
-    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        OUTCOME_RETRY_ASKED
-    } else {
-        OUTCOME_REJECTED
-    }
-}
 
 /// The gateway's metrics.
 pub struct Metrics {
@@ -258,23 +200,6 @@ impl Metrics {
     }
 }
 
-/// Times and counts every `POST` to the webhook path; other requests pass
-/// untouched. Must sit outside the rate limit and the timeout so their
-/// answers (429, 408) are counted too.
-pub async fn observe_webhooks(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let is_webhook = request.method() == Method::POST && request.uri().path() == CLERK_WEBHOOK_PATH;
-    if !is_webhook {
-        return next.run(request).await;
-    }
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let delivery = response.extensions().get::<Delivery>();
-    let outcome = outcome_label(response.status(), delivery);
-    let event_type = delivery.map_or_else(|| TYPE_UNKNOWN.to_owned(), |d| d.event_type.clone());
-    metrics.record_webhook(event_type, outcome, started.elapsed());
-    response
-}
-
 /// Serves `GET /metrics` on `listener` until the task is dropped, and folds
 /// histogram samples every few seconds.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
@@ -332,28 +257,6 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ok(outcome: &'static str) -> Delivery {
-        Delivery { event_type: "user.created".into(), outcome: Some(outcome) }
-    }
-
-    #[test]
-    fn answers_map_to_outcomes_by_status_class() {
-        assert_eq!(outcome_label(StatusCode::OK, Some(&ok("stale"))), "stale");
-        assert_eq!(outcome_label(StatusCode::UNAUTHORIZED, None), OUTCOME_REJECTED);
-        assert_eq!(outcome_label(StatusCode::REQUEST_TIMEOUT, None), OUTCOME_REJECTED);
-        assert_eq!(outcome_label(StatusCode::TOO_MANY_REQUESTS, None), OUTCOME_RETRY_ASKED);
-        assert_eq!(outcome_label(StatusCode::SERVICE_UNAVAILABLE, None), OUTCOME_RETRY_ASKED);
-        assert_eq!(outcome_label(StatusCode::INTERNAL_SERVER_ERROR, None), OUTCOME_RETRY_ASKED);
-    }
-
-    #[test]
-    fn odd_event_types_are_labelled_other() {
-        assert_eq!(Delivery::label_for("session.created"), "session.created");
-        assert_eq!(Delivery::label_for("User.Created"), TYPE_OTHER);
-        assert_eq!(Delivery::label_for(""), TYPE_OTHER);
-        assert_eq!(Delivery::label_for(&"a".repeat(65)), TYPE_OTHER);
-    }
 
     #[test]
     fn recorded_values_are_rendered_with_their_labels() {

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::{
     config::{SendArgs, SigningSecret, SigningSecrets},
-    sign::{new_msg_id, sign_headers},
+    svix::sign::{new_msg_id, sign_headers},
 };
 
 /// A gateway's answer to a delivery.

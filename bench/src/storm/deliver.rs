@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::{SigningSecret, sign::sign_headers};
+use gateway::{SigningSecret, svix::sign_headers};
 use tokio::sync::Semaphore;
 
 use crate::storm::{plan::Message, rng::Rng};

@@ -124,7 +124,7 @@ pub fn build(options: &PlanOptions) -> Plan {
         let deleted = rng.chance(options.delete_fraction);
         let time = |step: u32| base + i64::from(step) * STEP_MS;
         let mut push = |kind: Kind, body: Vec<u8>| {
-            messages.push(Message { id: gateway::sign::new_msg_id(), user: i, kind, body });
+            messages.push(Message { id: gateway::svix::new_msg_id(), user: i, kind, body });
         };
         push(Kind::Created, events::user_created(&clerk_id, i, time(1)));
         for v in 2..=versions {

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::{
     clerk::UserJson,
+    error::error_chain,
     reconcile::{options::ClerkApiConfig, retry::RetryPolicy},
 };
 
@@ -257,19 +258,6 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let seconds: f64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     let wait = Duration::try_from_secs_f64(seconds).ok()?;
     Some(wait.min(MAX_RETRY_AFTER))
-}
-
-/// An error and its sources on one line (reqwest hides the cause, such as
-/// "connection reset", in the source chain).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Pages of users, oldest first; see [`ClerkApi::users`].

@@ -5,7 +5,7 @@
 //! A run: list user-service's users ([`local`]), page through Clerk's users
 //! ([`clerk_api`]), decide per user ([`plan`]), then, unless it is a dry run
 //! or the deletions are over the limit, write with the webhooks' own gRPC
-//! calls and rules ([`write`]), showing [`progress`] and ending with a
+//! calls and rules ([`write`](mod@write)), showing [`progress`] and ending with a
 //! [`report`]. Everything it writes is idempotent and ordered by Clerk's
 //! `updated_at`, so it is safe to run while webhooks arrive, and to
 //! interrupt and run again.

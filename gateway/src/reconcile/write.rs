@@ -12,11 +12,11 @@ use tonic::{Code, Status};
 use userdata_proto::v1::{EventOutcome, user_service_client::UserServiceClient};
 
 use crate::{
-    apply::{Call, Outcome, WriteKey, classify_status, create_request, delete_request, update_request},
     clerk::{DeletedUserJson, UserJson},
-    error::WebhookError,
+    error::UpstreamError,
     reconcile::{plan::Write, progress::Progress, retry::RetryPolicy},
     upstream::UpstreamChannel,
+    upstream::{Call, Outcome, WriteKey, classify_status, create_request, delete_request, update_request},
 };
 
 /// `EventContext.event_type` of a reconcile create.
@@ -187,7 +187,7 @@ impl Writer {
             };
             match classify_status(call, &status) {
                 Ok(Outcome::AlreadyExists | Outcome::AlreadyGone) => return Ok(Reply::GoalMet),
-                Err(WebhookError::UpstreamUnavailable { .. }) => {
+                Err(UpstreamError::Unavailable { .. }) => {
                     failed += 1;
                     if !self.retry.may_retry(failed) {
                         return Err(status.code());

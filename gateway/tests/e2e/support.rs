@@ -9,7 +9,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use gateway::{App, Config, SigningSecrets, sign::sign_headers};
+use gateway::{App, Config, SigningSecrets, svix::sign_headers};
 use http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 use tokio::sync::{Barrier, oneshot};

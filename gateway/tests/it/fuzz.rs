@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use gateway::{
     SigningSecrets,
     clerk::{Payload, parse_event},
-    error::WebhookError,
-    sign::sign_headers,
-    verify::{SVIX_ID, SVIX_SIGNATURE, SVIX_TIMESTAMP, Verifier},
+    error::RequestError,
+    svix::{SVIX_ID, SVIX_SIGNATURE, SVIX_TIMESTAMP, Verifier, sign_headers},
 };
 use http::{HeaderMap, HeaderValue};
 use proptest::{prelude::*, test_runner::TestRunner};
@@ -247,7 +246,7 @@ proptest! {
             tampered[i] ^= 0x01;
             let result = verifier.verify(&tampered, &headers);
             prop_assert!(
-                matches!(result, Err(WebhookError::InvalidSignature | WebhookError::NonUtf8Body)),
+                matches!(result, Err(RequestError::InvalidSignature | RequestError::NonUtf8Body)),
                 "{:?}", result
             );
         }
@@ -302,7 +301,7 @@ proptest! {
         if offset.abs() < 300 {
             prop_assert!(result.is_ok(), "{:?}", result);
         } else {
-            prop_assert!(matches!(result, Err(WebhookError::SignatureExpired(_))), "{:?}", result);
+            prop_assert!(matches!(result, Err(RequestError::SignatureExpired(_))), "{:?}", result);
         }
     }
 }

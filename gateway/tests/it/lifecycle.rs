@@ -26,8 +26,8 @@ async fn an_in_flight_webhook_finishes_after_shutdown_begins() {
         let url = gateway.url("/webhooks/clerk");
         tokio::spawn(async move { http.post(url).headers(headers).body(body).send().await })
     };
-    // Let the request reach the (slow) upstream before signalling shutdown.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Shut down only once the request is at the (slow) upstream.
+    upstream.wait_for_calls(1).await;
 
     gateway.begin_shutdown();
     let response = request.await.unwrap().unwrap();

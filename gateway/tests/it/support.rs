@@ -7,9 +7,13 @@ use std::{
     time::Duration,
 };
 
-use gateway::{App, Config, SigningSecrets, sign::sign_headers};
+use gateway::{App, Config, SigningSecrets, svix::sign_headers};
 use http::Uri;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -67,6 +71,8 @@ pub enum Call {
 #[derive(Debug, Clone)]
 struct FakeUserService {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// How many calls have arrived, for tests that wait for one.
+    arrived: Arc<watch::Sender<usize>>,
     reply: Arc<Mutex<Reply>>,
 }
 
@@ -83,6 +89,7 @@ fn received<T>(request: Request<T>) -> Received<T> {
 impl FakeUserService {
     fn record(&self, call: Call) {
         self.calls.lock().unwrap().push(call);
+        self.arrived.send_modify(|count| *count += 1);
     }
 
     /// The configured reply as (outcome, replayed), after any delay.
@@ -162,6 +169,7 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let service = FakeUserService {
             calls: Arc::default(),
+            arrived: Arc::new(watch::Sender::new(0)),
             reply: Arc::new(Mutex::new(Reply::Outcome(EventOutcome::Applied, false))),
         };
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -197,6 +205,14 @@ impl FakeUpstream {
     /// Every call received so far.
     pub fn calls(&self) -> Vec<Call> {
         self.service.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` calls have arrived (each is recorded before it is
+    /// answered, so a slow reply is still in progress then).
+    pub async fn wait_for_calls(&self, count: usize) {
+        let mut arrived = self.service.arrived.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(10), arrived.wait_for(|n| *n >= count)).await;
+        assert!(matches!(waited, Ok(Ok(_))), "user-service never received {count} call(s)");
     }
 
     /// The only call received; fails the test unless there is exactly one.

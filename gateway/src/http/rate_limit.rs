@@ -29,7 +29,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{config::RateLimit, error::WebhookError, metrics::Metrics};
+use crate::{config::RateLimit, error::RequestError, metrics::Metrics};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -201,7 +201,7 @@ pub async fn limit(State(state): State<RateLimitState>, request: Request, next: 
             // immediate retry that fails again.
             let retry_after = u32::try_from(wait.as_millis().div_ceil(1000)).unwrap_or(u32::MAX).max(1);
             tracing::debug!(%client, retry_after, "rate limited");
-            WebhookError::RateLimited { retry_after }.into_response()
+            RequestError::RateLimited { retry_after }.into_response()
         }
     }
 }

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, header};
 
 use crate::{
     config::SigningSecret,
-    verify::{SVIX_ID, SVIX_SIGNATURE, SVIX_TIMESTAMP},
+    svix::verify::{SVIX_ID, SVIX_SIGNATURE, SVIX_TIMESTAMP},
 };
 
 /// Why a body could not be signed.

@@ -14,7 +14,7 @@ use axum::{
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::{state::AppState, upstream::Replicas};
+use crate::{http::state::AppState, upstream::Replicas};
 
 /// Each replica's health-check result, as `/readyz` last saw it.
 type Results = Arc<Vec<Result<(), String>>>;

@@ -1,5 +1,7 @@
-//! The HTTP surface: which path goes to which handler, and the layers around
-//! them.
+//! The HTTP side of the gateway, outside in: the accept loop ([`server`],
+//! [`tls`], [`connections`]), the layers every request passes ([`observe`],
+//! [`shed`], [`rate_limit`], request id, timeout), the handlers ([`webhook`],
+//! [`health`]), and how each failure is answered and logged ([`error`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,17 +14,20 @@ use axum::{
 };
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{
-    config::SVIX_DELIVERY_TIMEOUT,
-    metrics::{self, Metrics},
-    rate_limit::{self, RateLimitState},
-    request_id,
-    shed::{self, InFlight},
-    state::AppState,
-};
+use crate::{config::SVIX_DELIVERY_TIMEOUT, metrics::Metrics, request_id};
 
-pub mod clerk_webhook;
+use self::{rate_limit::RateLimitState, shed::InFlight, state::AppState};
+
+pub mod connections;
+pub mod error;
 pub mod health;
+pub mod observe;
+pub mod rate_limit;
+pub mod server;
+pub mod shed;
+pub mod state;
+pub mod tls;
+pub mod webhook;
 
 /// Largest webhook body accepted (256 KiB). Clerk user payloads are a few KiB;
 /// the limit keeps a forged request from making us buffer megabytes.
@@ -58,7 +63,7 @@ pub fn router(state: AppState, layers: Layers) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route(CLERK_WEBHOOK_PATH, post(clerk_webhook::receive).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
+        .route(CLERK_WEBHOOK_PATH, post(webhook::receive).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     if let Some(limit) = layers.rate_limit {
         router = router.layer(middleware::from_fn_with_state(limit, rate_limit::limit));
@@ -67,7 +72,7 @@ pub fn router(state: AppState, layers: Layers) -> Router {
         router = router.layer(middleware::from_fn_with_state(in_flight, shed::limit));
     }
     if let Some(metrics) = layers.metrics {
-        router = router.layer(middleware::from_fn_with_state(metrics, metrics::observe_webhooks));
+        router = router.layer(middleware::from_fn_with_state(metrics, observe::observe_webhooks));
     }
     // Outermost, so even timeouts, 429s and 404s carry a request id.
     router.layer(middleware::from_fn(request_id::middleware)).with_state(state)

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::{apply::UserSync, routes::health::Readiness, upstream::Replicas, verify::Verifier};
+use crate::{
+    http::health::Readiness,
+    svix::Verifier,
+    upstream::{Replicas, UserSync},
+};
 
 /// What handlers need: the verifier, the user-service client and the
 /// replicas' health checks. Cloning is cheap (the gRPC channels are shared).

@@ -34,10 +34,10 @@ use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 use tower::ServiceExt;
 
 use crate::{
-    connections::{ConnectionState, Connections, Ticket},
-    limits::{self, ConnectionLimits},
+    config::limits::{self, ConnectionLimits},
+    http::REQUEST_TIMEOUT,
+    http::connections::{ConnectionState, Connections, Ticket},
     metrics::Metrics,
-    routes::REQUEST_TIMEOUT,
 };
 
 /// How long a connection asked to close, with no request in progress, may

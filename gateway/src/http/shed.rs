@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{error::WebhookError, metrics::Metrics};
+use crate::{error::RequestError, metrics::Metrics};
 
 /// Counts requests in progress against a cap.
 #[derive(Debug)]
@@ -72,7 +72,7 @@ pub async fn limit(State(in_flight): State<Arc<InFlight>>, request: Request, nex
             metrics.record_shed();
         }
         tracing::debug!(max = in_flight.max, "request shed: too many in flight");
-        return WebhookError::Overloaded.into_response();
+        return RequestError::Overloaded.into_response();
     };
     let response = next.run(request).await;
     drop(place);

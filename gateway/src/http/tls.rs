@@ -1,7 +1,7 @@
 //! HTTPS for the webhook endpoint: the rustls configuration (aws-lc-rs
 //! provider, chosen explicitly so no process-wide default is needed).
 //!
-//! Handshakes run in each connection's own task ([`crate::server`]), bounded
+//! Handshakes run in each connection's own task ([`crate::http::server`]), bounded
 //! by `--tls-handshake-timeout` and, per client, by
 //! `--max-handshakes-per-ip`, so slow or silent clients never hold up the
 //! accept loop.

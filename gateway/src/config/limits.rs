@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::{ConfigError, parse_duration};
+use super::{ConfigError, defaults::DurationDefault, parse_duration};
 
 /// Default `--header-read-timeout`: time for a request's headers to arrive.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_READ_TIMEOUT: DurationDefault = DurationDefault::new("10s");
 /// Default `--idle-timeout`: a connection without a request in progress is
 /// closed after this long.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: DurationDefault = DurationDefault::new("30s");
 /// Default `--tls-handshake-timeout`.
-pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: DurationDefault = DurationDefault::new("10s");
 /// Default `--max-connections`: open connections, all clients together.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default `--max-connections-per-ip`.
@@ -53,15 +53,30 @@ pub struct ConnectionArgs {
     /// Time a client has to send a request's headers, counted from the
     /// connection's start (or, on HTTP/1.1 keep-alive, from the previous
     /// answer). Slower clients are disconnected.
-    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "GATEWAY_HEADER_READ_TIMEOUT",
+        default_value = DEFAULT_HEADER_READ_TIMEOUT.text,
+        value_parser = parse_duration
+    )]
     pub header_read_timeout: Duration,
 
     /// A connection with no request in progress is closed after this long.
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "GATEWAY_IDLE_TIMEOUT",
+        default_value = DEFAULT_IDLE_TIMEOUT.text,
+        value_parser = parse_duration
+    )]
     pub idle_timeout: Duration,
 
     /// Time a client has to complete the TLS handshake.
-    #[arg(long, env = "GATEWAY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_HANDSHAKE_TIMEOUT",
+        default_value = DEFAULT_TLS_HANDSHAKE_TIMEOUT.text,
+        value_parser = parse_duration
+    )]
     pub tls_handshake_timeout: Duration,
 
     /// Open connections, all clients together. At the cap a new connection
@@ -108,9 +123,9 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.value,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.value,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT.value,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
@@ -176,7 +191,7 @@ mod tests {
     fn zero_or_over_a_minute_timeouts_are_refused_by_flag() {
         let mut limits = ConnectionLimits { header_read_timeout: Duration::ZERO, ..Default::default() };
         assert_eq!(limits.validate(), Err(ConfigError::ConnectionTimeout { flag: "--header-read-timeout" }));
-        limits.header_read_timeout = DEFAULT_HEADER_READ_TIMEOUT;
+        limits.header_read_timeout = DEFAULT_HEADER_READ_TIMEOUT.value;
         limits.idle_timeout = Duration::from_secs(61);
         assert_eq!(limits.validate(), Err(ConfigError::ConnectionTimeout { flag: "--idle-timeout" }));
     }

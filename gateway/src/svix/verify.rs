@@ -1,11 +1,11 @@
 //! Svix signature verification against one or more secrets.
 
+use ::svix::webhooks::WebhookError as SvixError;
 use http::HeaderMap;
-use svix::webhooks::WebhookError as SvixError;
 
 use crate::{
     config::SigningSecrets,
-    error::{TimestampSkew, WebhookError},
+    error::{RequestError, TimestampSkew},
 };
 
 /// Header carrying the Svix message id (also the idempotency key).
@@ -32,7 +32,7 @@ impl Verifier {
 
     /// Verifies the raw body against the Svix headers, within Svix's 5 minute
     /// timestamp tolerance. Succeeds if any configured secret verifies.
-    pub fn verify(&self, body: &[u8], headers: &HeaderMap) -> Result<(), WebhookError> {
+    pub fn verify(&self, body: &[u8], headers: &HeaderMap) -> Result<(), RequestError> {
         let mut last = SvixError::InvalidSignature;
         for secret in self.secrets.iter() {
             match secret.webhook().verify(body, headers) {
@@ -49,13 +49,13 @@ impl Verifier {
 
 /// The message id a verified request was signed with: `svix-id`, or
 /// `webhook-id` when only the unbranded headers were sent.
-pub fn message_id(headers: &HeaderMap) -> Result<&str, WebhookError> {
+pub fn message_id(headers: &HeaderMap) -> Result<&str, RequestError> {
     headers
         .get(SVIX_ID)
         .or_else(|| headers.get(WEBHOOK_ID))
-        .ok_or(WebhookError::MissingHeader(SVIX_ID))?
+        .ok_or(RequestError::MissingHeader(SVIX_ID))?
         .to_str()
-        .map_err(|_| WebhookError::MalformedHeader(SVIX_ID))
+        .map_err(|_| RequestError::MalformedHeader(SVIX_ID))
 }
 
 fn header_name(svix_name: &'static str) -> &'static str {
@@ -68,24 +68,24 @@ fn header_name(svix_name: &'static str) -> &'static str {
     }
 }
 
-fn map_svix_error(error: SvixError) -> WebhookError {
+fn map_svix_error(error: SvixError) -> RequestError {
     match error {
-        SvixError::MissingHeader(name) => WebhookError::MissingHeader(header_name(name)),
-        SvixError::InvalidHeader(name) => WebhookError::MalformedHeader(header_name(name)),
-        SvixError::InvalidTimestamp => WebhookError::MalformedHeader(SVIX_TIMESTAMP),
-        SvixError::TimestampTooOldError => WebhookError::SignatureExpired(TimestampSkew::TooOld),
-        SvixError::FutureTimestampError => WebhookError::SignatureExpired(TimestampSkew::InFuture),
-        SvixError::InvalidSignature => WebhookError::InvalidSignature,
-        SvixError::InvalidPayload => WebhookError::NonUtf8Body,
+        SvixError::MissingHeader(name) => RequestError::MissingHeader(header_name(name)),
+        SvixError::InvalidHeader(name) => RequestError::MalformedHeader(header_name(name)),
+        SvixError::InvalidTimestamp => RequestError::MalformedHeader(SVIX_TIMESTAMP),
+        SvixError::TimestampTooOldError => RequestError::SignatureExpired(TimestampSkew::TooOld),
+        SvixError::FutureTimestampError => RequestError::SignatureExpired(TimestampSkew::InFuture),
+        SvixError::InvalidSignature => RequestError::InvalidSignature,
+        SvixError::InvalidPayload => RequestError::NonUtf8Body,
         // Only `Webhook::new` reports these, and secrets are parsed at startup.
-        SvixError::InvalidSecret(_) | SvixError::EmptySecret => WebhookError::Misconfigured,
+        SvixError::InvalidSecret(_) | SvixError::EmptySecret => RequestError::Misconfigured,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::SigningSecrets, sign::sign_headers};
+    use crate::{config::SigningSecrets, svix::sign_headers};
 
     const SECRET_A: &str = "whsec_dGVzdC1zZWNyZXQtYS0wMTIzNDU2Nzg5YWJjZA==";
     const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtYi0wMTIzNDU2Nzg5YWJjZA==";
@@ -110,7 +110,7 @@ mod tests {
     fn a_body_signed_with_another_secret_is_an_invalid_signature() {
         let verifier = Verifier::new(secrets(SECRET_A));
         let headers = sign_headers(secrets(SECRET_B).first(), "msg_1", now(), BODY).unwrap();
-        assert!(matches!(verifier.verify(BODY, &headers), Err(WebhookError::InvalidSignature)));
+        assert!(matches!(verifier.verify(BODY, &headers), Err(RequestError::InvalidSignature)));
     }
 
     #[test]
@@ -119,7 +119,7 @@ mod tests {
         for (offset, skew) in [(-301, TimestampSkew::TooOld), (301, TimestampSkew::InFuture)] {
             let headers = sign_headers(secrets(SECRET_A).first(), "msg_1", now() + offset, BODY).unwrap();
             assert!(
-                matches!(verifier.verify(BODY, &headers), Err(WebhookError::SignatureExpired(s)) if s == skew)
+                matches!(verifier.verify(BODY, &headers), Err(RequestError::SignatureExpired(s)) if s == skew)
             );
         }
     }
@@ -132,7 +132,7 @@ mod tests {
             let mut headers = full.clone();
             headers.remove(name);
             assert!(
-                matches!(verifier.verify(BODY, &headers), Err(WebhookError::MissingHeader(n)) if n == name)
+                matches!(verifier.verify(BODY, &headers), Err(RequestError::MissingHeader(n)) if n == name)
             );
         }
     }

@@ -25,7 +25,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use crate::{limits::ConnectionLimits, metrics::Metrics, rate_limit::client_key};
+use crate::{config::limits::ConnectionLimits, http::rate_limit::client_key, metrics::Metrics};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
