@@ -2,7 +2,8 @@
 
 use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use userdata_kit::{duration, logging::LogFormat};
 
 /// user-service: the gRPC service that owns users and their data.
 #[derive(Debug, Clone, Parser)]
@@ -23,7 +24,7 @@ pub struct Config {
 
     /// How long a request waits for a database connection before failing
     /// with UNAVAILABLE.
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
     pub acquire_timeout: Duration,
 
     /// Most webhook-event writes committed together in one transaction
@@ -37,7 +38,7 @@ pub struct Config {
     pub skip_migrations: bool,
 
     /// How often the database is checked for the health service.
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = humantime_duration)]
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = duration::parse)]
     pub health_check_interval: Duration,
 
     /// How long idempotency records (webhook ids) are kept: at least 48h,
@@ -48,17 +49,17 @@ pub struct Config {
 
     /// How long the change log keeps changes; a follower whose cursor is
     /// older gets OUT_OF_RANGE and reloads.
-    #[arg(long, env = "CHANGE_RETENTION", default_value = "90d", value_parser = positive_duration)]
+    #[arg(long, env = "CHANGE_RETENTION", default_value = "90d", value_parser = duration::parse_positive)]
     pub change_retention: Duration,
 
     /// How often an idle `WatchChanges` stream gets a heartbeat with its
     /// cursor.
-    #[arg(long, env = "CHANGE_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = positive_duration)]
+    #[arg(long, env = "CHANGE_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = duration::parse_positive)]
     pub change_heartbeat_interval: Duration,
 
     /// How often the change log is read without a wake-up (a safety net:
     /// commits here and NOTIFY from other replicas wake followers at once).
-    #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "1s", value_parser = duration::parse_positive)]
     pub change_poll_interval: Duration,
 
     /// Changes held in memory for `WatchChanges` followers that are busy
@@ -115,7 +116,7 @@ pub struct Config {
 
     /// Least time between two fetches of the JWKS (a token with an unknown
     /// `kid` triggers one).
-    #[arg(long, env = "CLERK_JWKS_MIN_REFRESH", default_value = "10s", value_parser = humantime_duration)]
+    #[arg(long, env = "CLERK_JWKS_MIN_REFRESH", default_value = "10s", value_parser = duration::parse)]
     pub clerk_jwks_min_refresh: Duration,
 
     /// Browser origins allowed to call over gRPC-Web (comma-separated, e.g.
@@ -130,7 +131,7 @@ pub struct Config {
 
     /// A connection older than this is asked to reconnect (GOAWAY); calls in
     /// flight get `MAX_CONNECTION_AGE_GRACE` more to finish.
-    #[arg(long, env = "USER_SERVICE_MAX_CONNECTION_AGE", default_value = "1h", value_parser = positive_duration)]
+    #[arg(long, env = "USER_SERVICE_MAX_CONNECTION_AGE", default_value = "1h", value_parser = duration::parse_positive)]
     pub max_connection_age: Duration,
 
     /// Allow serving on a non-loopback address without authentication.
@@ -155,7 +156,7 @@ pub struct Config {
     pub no_reflection: bool,
 
     /// Longest time one call may take before it fails with DEADLINE_EXCEEDED.
-    #[arg(long, env = "USER_SERVICE_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "USER_SERVICE_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration::parse_positive)]
     pub request_timeout: Duration,
 
     /// Calls served at once; calls beyond it fail at once with UNAVAILABLE
@@ -199,15 +200,6 @@ impl fmt::Display for MetricsListen {
     }
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Readable lines for a terminal.
-    Human,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
 /// Parses a browser origin: `http` or `https`, a host and an optional port,
 /// nothing else (no path, no trailing slash, no `*`).
 pub fn origin(text: &str) -> Result<String, String> {
@@ -218,23 +210,6 @@ pub fn origin(text: &str) -> Result<String, String> {
         && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
         && http::HeaderValue::from_str(text).is_ok();
     if valid { Ok(text.to_owned()) } else { Err(bad()) }
-}
-
-/// Parses durations such as `500ms`, `3s`, `5m`, `2h`, `7d`.
-pub fn humantime_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 =
-        number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 3s, 5m, 2h or 7d"))?;
-    let secs = |mult: u64| Duration::from_secs(n.saturating_mul(mult));
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(secs(1)),
-        "m" => Ok(secs(60)),
-        "h" => Ok(secs(3600)),
-        "d" => Ok(secs(86_400)),
-        _ => Err(format!("{text:?} is not a duration like 500ms, 3s, 5m, 2h or 7d")),
-    }
 }
 
 /// Shortest `--idempotency-retention`: Svix's retry window (about 28 hours)
@@ -262,15 +237,7 @@ pub fn check_idempotency_retention(retention: Duration) -> Result<Duration, Stri
 
 /// Parses `--idempotency-retention` (see [`check_idempotency_retention`]).
 pub fn idempotency_retention(text: &str) -> Result<Duration, String> {
-    check_idempotency_retention(humantime_duration(text)?)
-}
-
-/// Like [`humantime_duration`], but refuses zero.
-pub fn positive_duration(text: &str) -> Result<Duration, String> {
-    match humantime_duration(text)? {
-        Duration::ZERO => Err(format!("{text:?} must be more than zero")),
-        duration => Ok(duration),
-    }
+    check_idempotency_retention(duration::parse(text)?)
 }
 
 #[cfg(test)]
@@ -278,13 +245,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(humantime_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(humantime_duration("7d"), Ok(Duration::from_secs(604_800)));
-        assert!(humantime_duration("7").is_err());
-        assert!(humantime_duration("x").is_err());
-        assert!(positive_duration("0s").is_err());
-        assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
+    fn duration_flags_take_the_shared_grammar() {
+        let config = Config::try_parse_from([
+            "user-service",
+            "--acquire-timeout",
+            "500ms",
+            "--change-retention",
+            "7d",
+            "--health-check-interval",
+            "1.5s",
+            "--request-timeout",
+            "2",
+        ])
+        .expect("durations parse");
+        assert_eq!(config.acquire_timeout, Duration::from_millis(500));
+        assert_eq!(config.change_retention, Duration::from_secs(604_800));
+        assert_eq!(config.health_check_interval, Duration::from_millis(1500));
+        assert_eq!(config.request_timeout, Duration::from_secs(2));
+        assert!(Config::try_parse_from(["user-service", "--acquire-timeout", "x"]).is_err());
+        // Intervals and timeouts that must not be zero refuse it.
+        assert!(Config::try_parse_from(["user-service", "--change-poll-interval", "0s"]).is_err());
     }
 
     #[test]

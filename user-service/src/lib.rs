@@ -15,7 +15,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod middleware;
 pub mod store;
-pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

@@ -3,17 +3,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use user_service::{
-    app::{App, shutdown_signal},
-    config::Config,
-    telemetry,
-};
+use user_service::{app::App, config::Config};
+use userdata_kit::{logging, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format);
-    let started = async { App::build(config).await?.run_until(shutdown_signal()).await };
+    logging::init(config.log_format);
+    let started = async { App::build(config).await?.run_until(shutdown::signal()).await };
     match started.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -10,7 +10,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use crate::{feed::Feed, middleware::code_name, store::Store};
+use userdata_kit::{grpc_code, metrics_http};
+
+use crate::{feed::Feed, store::Store};
 
 /// Calls handled, by method and gRPC code.
 pub const REQUESTS_TOTAL: &str = "grpc_server_requests_total";
@@ -136,7 +138,7 @@ impl Metrics {
 
     /// Counts one finished call.
     pub fn record_call(&self, method: &'static str, code: Code, elapsed: Duration) {
-        let code = code_name(code);
+        let code = grpc_code::name(code);
         let counter = Key::from_parts(
             REQUESTS_TOTAL,
             vec![Label::from_static_parts("method", method), Label::from_static_parts("code", code)],
@@ -184,35 +186,19 @@ impl Default for Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped, sampling
-/// the pool of `store` at each scrape; runs upkeep every 5 seconds.
+/// the pool of `store` and the followers of `feed` at each scrape; runs
+/// upkeep every few seconds.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>, feed: Arc<Feed>) {
-    use axum::{Router, http::header, routing::get};
-
     let upkeep = {
         let metrics = metrics.clone();
-        async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                metrics.run_upkeep();
-            }
-        }
+        move || metrics.run_upkeep()
     };
     let scrape = move || {
         metrics.set_pool(store.pool_stats());
         metrics.set_groups(store.group_stats());
         metrics.set_change_followers(feed.followers());
         metrics.set_change_lag(feed.max_lag());
-        let body = metrics.render();
-        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+        metrics.render()
     };
-    let app = Router::new().route("/metrics", get(scrape));
-    tokio::select! {
-        () = upkeep => {}
-        served = axum::serve(listener, app) => {
-            if let Err(err) = served {
-                tracing::error!(error = %err, "metrics endpoint failed");
-            }
-        }
-    }
+    metrics_http::serve(listener, scrape, upkeep).await;
 }

@@ -10,7 +10,7 @@ use userdata_proto::v1::user_service_client::UserServiceClient;
 
 use crate::{
     app::{App, StartupError},
-    config::{Config, LogFormat, MetricsListen},
+    config::{Config, MetricsListen},
     store::{self, Backend, ConnectOptions, Store},
 };
 
@@ -263,7 +263,7 @@ pub fn test_config(database_url: &str, listen: SocketAddr) -> Config {
         change_heartbeat_interval: Duration::from_secs(15),
         change_poll_interval: Duration::from_secs(1),
         change_fanout_capacity: NonZeroUsize::new(4096).expect("non-zero"),
-        log_format: LogFormat::Human,
+        log_format: userdata_kit::logging::LogFormat::Human,
         auth_tokens: None,
         clerk_issuer: None,
         clerk_jwt_key: None,

@@ -123,7 +123,8 @@ export class DevUserService {
         for (const line of text.split("\n")) {
           if (!line.includes("user-service listening")) continue;
           try {
-            const addr = (JSON.parse(line) as { fields?: { addr?: string } }).fields?.addr;
+            // JSON logs carry the event's fields at the top level.
+            const addr = (JSON.parse(line) as { addr?: string }).addr;
             if (addr) {
               this.port = Number(addr.slice(addr.lastIndexOf(":") + 1));
               this.url = `http://127.0.0.1:${this.port}`;

@@ -98,47 +98,9 @@ pub fn text(value: &str, max: usize) -> Result<(), String> {
     no_control_chars(value)
 }
 
-/// A serde_json error as a reason that names what was expected but never
-/// the value found: serde's own text quotes it (`invalid type: string
-/// "ada@example.com", expected u32`), and values may be personal.
-pub fn json_error(error: &serde_json::Error) -> String {
-    let message = error.to_string();
-    let expected =
-        |rest: &str| rest.split_once(", expected ").map_or(String::new(), |(_, e)| format!(", expected {e}"));
-    for kind in ["invalid type: ", "invalid value: "] {
-        if let Some(rest) = message.strip_prefix(kind) {
-            // The kind of value (`string`, `integer`, `map`, ...), not the value.
-            let found = rest.split([' ', ',']).next().unwrap_or_default();
-            return format!("{} ({found}){}", kind.trim_end_matches(": "), expected(rest));
-        }
-    }
-    if let Some(rest) = message.strip_prefix("unknown variant ") {
-        return format!("unknown variant{}", expected(rest));
-    }
-    message
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_errors_name_the_expectation_but_never_the_value() {
-        #[derive(Debug, serde::Deserialize)]
-        #[allow(dead_code)]
-        enum Kind {
-            A,
-        }
-        let wrong_type = serde_json::from_value::<u32>(serde_json::json!("ada@example.com")).unwrap_err();
-        let reason = json_error(&wrong_type);
-        assert!(reason.contains("invalid type (string)") && reason.contains("expected u32"), "{reason}");
-        assert!(!reason.contains("ada"), "{reason}");
-        let variant = serde_json::from_value::<Kind>(serde_json::json!("ada@example.com")).unwrap_err();
-        let reason = json_error(&variant);
-        assert!(reason.starts_with("unknown variant") && !reason.contains("ada"), "{reason}");
-        let missing = serde_json::from_value::<(u32, u32)>(serde_json::json!([1])).unwrap_err();
-        assert_eq!(json_error(&missing), missing.to_string());
-    }
 
     #[test]
     fn text_rejects_empty_long_and_control_characters() {

@@ -29,7 +29,7 @@ pub use self::{
     auth::AuthLayer,
     cors::BrowserCorsLayer,
     limit::LimitLayer,
-    observe::{ObserveLayer, code_name},
+    observe::ObserveLayer,
     request_id::{REQUEST_ID_HEADER, RequestId, RequestIdLayer},
 };
 use crate::grpc::ERROR_DOMAIN;

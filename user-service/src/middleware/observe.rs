@@ -18,6 +18,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+use userdata_kit::grpc_code;
 
 use super::{GrpcRequest, GrpcResponse, ResponseFuture, methods};
 use crate::metrics::Metrics;
@@ -116,7 +117,7 @@ impl Call {
     }
 
     fn log(&self, code: Code, elapsed: Duration) {
-        let code = code_name(code);
+        let code = grpc_code::name(code);
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         if self.quiet {
             tracing::debug!(parent: &self.span, code, elapsed_ms, "call finished");
@@ -175,29 +176,6 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     headers.get("grpc-status").map(|value| Code::from_bytes(value.as_bytes()))
 }
 
-/// The canonical name of a code, as gRPC documents it (`NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +186,5 @@ mod tests {
         assert_eq!(grpc_status(&headers), None);
         headers.insert("grpc-status", "5".parse().unwrap());
         assert_eq!(grpc_status(&headers), Some(Code::NotFound));
-        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
     }
 }

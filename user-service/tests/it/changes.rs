@@ -671,17 +671,18 @@ impl Spawned {
             .env("USER_SERVICE_LISTEN", "127.0.0.1:0")
             .env("USER_SERVICE_METRICS_LISTEN", "off")
             .env("LOG_FORMAT", "json")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stdout(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start user-service");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Logs go to stderr, one flat JSON object per line.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {
             let line = lines.next().expect("user-service logged its address").unwrap();
             if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                && entry["fields"]["message"] == "user-service listening"
+                && entry["message"] == "user-service listening"
             {
-                break entry["fields"]["addr"].as_str().unwrap().parse().unwrap();
+                break entry["addr"].as_str().unwrap().parse().unwrap();
             }
         };
         // Keep draining its logs so it never blocks on a full pipe.

@@ -150,9 +150,8 @@ pub fn validate(key: &str, value: &Value) -> Result<(), String> {
 
 /// Deserialises a documented value, naming what is wrong.
 pub fn shape<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
-    serde_json::from_value(value.clone()).map_err(|e| {
-        format!("does not match the documented shape: {}", crate::domain::validation::json_error(&e))
-    })
+    serde_json::from_value(value.clone())
+        .map_err(|e| format!("does not match the documented shape: {}", userdata_kit::json_error::reason(&e)))
 }
 
 /// ISO-8601 text of a time, as stored.
