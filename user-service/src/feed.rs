@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, broadcast, mpsc, watch};
 
 use crate::{
     domain::change::{ChangeFilter, Cursor, LoggedChange},
-    error::{Error, Result},
+    domain::error::{Error, Result},
     metrics::Metrics,
     store::Store,
 };

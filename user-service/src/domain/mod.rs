@@ -2,6 +2,7 @@
 
 pub mod change;
 pub mod data;
+pub mod error;
 pub mod user;
 pub mod validation;
 pub mod write;

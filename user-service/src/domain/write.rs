@@ -10,7 +10,7 @@ use super::{
     change::Actor,
     user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for},
 };
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// Keys of the `user_data` rows this module writes.
 pub mod keys {

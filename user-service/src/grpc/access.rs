@@ -7,9 +7,9 @@ use crate::{
     auth::{Principal, Scope, SignedInUser},
     domain::{
         data::CUSTOM_PREFIX,
+        error::{Error, Result},
         user::{Status, User, UserKey},
     },
-    error::{Error, Result},
     store::Store,
 };
 

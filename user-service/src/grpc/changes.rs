@@ -17,10 +17,10 @@ use crate::{
     domain::{
         change::{AuditQuery, ChangeFilter, ChangeKind, Cursor, LoggedChange},
         data,
+        error::Result,
         user::{UserKey, parse_clerk_id, parse_user_id},
         validation::Violations,
     },
-    error::Result,
     feed::{Feed, FeedEvent},
     store::Store,
 };

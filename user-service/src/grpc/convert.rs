@@ -7,6 +7,7 @@ use userdata_proto::v1 as pb;
 use crate::{
     domain::{
         change::Actor,
+        error::{Error, Result},
         user::{
             self, Profile, Role, SignupSource, Status, User, UserKey, parse_clerk_id, parse_email,
             parse_etag, parse_image_url, parse_name, parse_user_id,
@@ -14,7 +15,6 @@ use crate::{
         validation::{Violations, no_control_chars},
         write::{CreateUser, DeleteUser, EventContext, Outcome, UpdateUser, UserPatch, WriteResult},
     },
-    error::{Error, Result},
     store::UserFilter,
 };
 

@@ -24,11 +24,11 @@ use crate::{
             parse_time,
             preferences::{self, PreferencesPatch, Theme},
         },
+        error::{Error, Result},
         user::{SignupSource, UserKey, etag_for, truncate},
         validation::Violations,
         write::EventContext,
     },
-    error::{Error, Result},
     store::{DataWrite, Store},
 };
 

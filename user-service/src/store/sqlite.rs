@@ -22,6 +22,7 @@ use super::{
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
+    domain::error::{Error, Result},
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange, NewChange},
         user::{Profile, Role, Status, User, UserKey},
@@ -30,7 +31,6 @@ use crate::{
             WriteResult, keys,
         },
     },
-    error::{Error, Result},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");

@@ -12,13 +12,13 @@ use uuid::Uuid;
 
 use super::{DataEdit, DataEntry, DataSet, DataWrite};
 use crate::{
+    domain::error::{Error, Result},
     domain::{
         change::{self, Actor, NewChange},
         data::CUSTOM_PREFIX,
         user::UserKey,
         write::{Change, EventContext, Existing, Outcome, Plan, WriteResult},
     },
-    error::{Error, Result},
 };
 
 /// An event to record with a write: its context, the user's `clerk_id`, and

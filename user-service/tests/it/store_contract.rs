@@ -7,10 +7,10 @@ use serde_json::json;
 use user_service::{
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, ChangeKind, Cursor},
+        error::Error,
         user::{Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, DeleteUser, EventContext, Outcome},
     },
-    error::Error,
     store::{self, Backend, ConnectOptions, Store},
     testing::TestDatabase,
 };

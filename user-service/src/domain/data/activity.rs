@@ -11,8 +11,8 @@ use super::{
     keys::{LAST_ACTIVE, LOGIN_HISTORY, SESSION_COUNT},
     parse_time, put_valid, shape,
 };
+use crate::domain::error::Result;
 use crate::domain::{validation::no_control_chars, write::iso};
-use crate::error::Result;
 
 /// `login_history` keeps this many of the newest entries.
 pub const LOGIN_HISTORY_LIMIT: usize = 50;

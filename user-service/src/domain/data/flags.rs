@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{DataSet, check_version, keys::FEATURE_FLAGS, put_valid};
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// Longest flag key.
 pub const MAX_FLAG_KEY_LEN: usize = 64;

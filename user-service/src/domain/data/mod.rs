@@ -21,7 +21,7 @@ use super::{
     user::{SignupSource, etag_for},
     write::keys as user_keys,
 };
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// Documented keys.
 pub mod keys {

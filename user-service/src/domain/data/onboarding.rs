@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{DataSet, check_version, keys::ONBOARDING_STATUS, parse_time, put_valid};
+use crate::domain::error::{Error, Result};
 use crate::domain::write::iso;
-use crate::error::{Error, Result};
 
 /// Onboarding steps, in order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{DataSet, check_version, keys::PREFERENCES, put_valid};
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// Default `language`.
 pub const DEFAULT_LANGUAGE: &str = "en";
