@@ -159,7 +159,7 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
             async move {
                 let key = UserKey::ClerkId(seed_clerk_id(pick(i, 5, seeded)));
                 let entry = activity::LoginEntry {
-                    timestamp: user_service::domain::data::iso_string(chrono::Utc::now()),
+                    timestamp: user_service::domain::time::iso(chrono::Utc::now()),
                     device: Some("bench".into()),
                     ip: Some("203.0.113.7".into()),
                     success: true,

@@ -4,16 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::validation::{no_control_chars, text};
-
-/// Longest accepted Clerk id. Clerk's own are about 32 characters.
-pub const MAX_CLERK_ID_LEN: usize = 128;
-/// Longest accepted email address (RFC 5321 path limit).
-pub const MAX_EMAIL_LEN: usize = 320;
-/// Longest accepted first name, last name or username.
-pub const MAX_NAME_LEN: usize = 256;
-/// Longest accepted image URL.
-pub const MAX_URL_LEN: usize = 2048;
+use super::{
+    limits::{MAX_CLERK_ID_LEN, MAX_EMAIL_LEN, MAX_NAME_LEN, MAX_URL_LEN},
+    validation::{no_control_chars, text},
+};
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,8 +6,8 @@
 use crate::{
     auth::{Principal, Scope, SignedInUser},
     domain::{
-        data::CUSTOM_PREFIX,
         error::{Error, Result},
+        keys::CUSTOM_PREFIX,
         user::{Status, User, UserKey},
     },
     store::Store,

@@ -8,9 +8,10 @@ use crate::{
     domain::{
         change::Actor,
         error::{Error, Result},
+        limits::MAX_EMAIL_LEN,
         user::{
-            self, Profile, Role, SignupSource, Status, User, UserKey, parse_clerk_id, parse_email,
-            parse_etag, parse_image_url, parse_name, parse_user_id,
+            Profile, Role, SignupSource, Status, User, UserKey, parse_clerk_id, parse_email, parse_etag,
+            parse_image_url, parse_name, parse_user_id,
         },
         validation::{Violations, no_control_chars},
         write::{CreateUser, DeleteUser, EventContext, Outcome, UpdateUser, UserPatch, WriteResult},
@@ -261,7 +262,7 @@ pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
         v.check(
             "email",
             no_control_chars(&req.email).and_then(|()| {
-                if req.email.len() > user::MAX_EMAIL_LEN {
+                if req.email.len() > MAX_EMAIL_LEN {
                     Err("is too long".into())
                 } else {
                     Ok(req.email.clone())

@@ -19,12 +19,12 @@ use crate::{
         change::Actor,
         data::{
             self, DataEntry, activity, flags,
-            keys::{self, FEATURE_FLAGS, ONBOARDING_STATUS, PREFERENCES},
             onboarding::{self, Step},
-            parse_time,
             preferences::{self, PreferencesPatch, Theme},
         },
         error::{Error, Result},
+        keys::{self, FEATURE_FLAGS, ONBOARDING_STATUS, PREFERENCES},
+        time::{iso, parse_time},
         user::{SignupSource, UserKey, etag_for, truncate},
         validation::Violations,
         write::EventContext,
@@ -222,7 +222,7 @@ fn login_entry(v: &mut Violations, login: Option<&pb::LoginRecord>) -> Option<ac
     };
     let device = login.device.as_deref().and_then(|d| v.check("login.device", activity::parse_device(d)));
     let ip = login.ip.as_deref().and_then(|ip| v.check("login.ip", activity::parse_ip(ip)));
-    Some(activity::LoginEntry { timestamp: data::iso_string(time?), device, ip, success: login.success })
+    Some(activity::LoginEntry { timestamp: iso(time?), device, ip, success: login.success })
 }
 
 fn data_key(v: &mut Violations, key: &str) -> Option<String> {

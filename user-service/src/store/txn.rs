@@ -15,7 +15,7 @@ use crate::{
     domain::error::{Error, Result},
     domain::{
         change::{self, Actor, NewChange},
-        data::CUSTOM_PREFIX,
+        keys::CUSTOM_PREFIX,
         user::UserKey,
         write::{Change, EventContext, Existing, Outcome, Plan, WriteResult},
     },

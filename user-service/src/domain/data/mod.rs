@@ -18,66 +18,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
+    keys::{self, CUSTOM_PREFIX, DOCUMENTED_KEYS, SYSTEM_KEYS},
+    limits::{MAX_CUSTOM_KEYS, MAX_KEY_LEN, MAX_VALUE_BYTES, MAX_VALUE_DEPTH},
+    time::parse_time,
     user::{SignupSource, etag_for},
-    write::keys as user_keys,
 };
 use crate::domain::error::{Error, Result};
-
-/// Documented keys.
-pub mod keys {
-    pub use crate::domain::write::keys::*;
-    /// `{theme, notifications, language, timezone}`.
-    pub const PREFERENCES: &str = "preferences";
-    /// `{flag_key: bool}`.
-    pub const FEATURE_FLAGS: &str = "feature_flags";
-    /// `{step, completed, started_at, completed_at?}`.
-    pub const ONBOARDING_STATUS: &str = "onboarding_status";
-    /// Number of sessions.
-    pub const SESSION_COUNT: &str = "session_count";
-    /// ISO-8601 time of the latest activity.
-    pub const LAST_ACTIVE: &str = "last_active";
-    /// Array of `{timestamp, device?, ip?, success}`, newest first.
-    pub const LOGIN_HISTORY: &str = "login_history";
-}
-
-/// Prefix of keys that callers may define freely.
-pub const CUSTOM_PREFIX: &str = "custom.";
-/// Most `custom.*` keys one user may have, so one client cannot fill the
-/// database (with [`MAX_VALUE_BYTES`], at most 1.6 MiB of custom data per
-/// user).
-pub const MAX_CUSTOM_KEYS: u64 = 100;
-/// Longest key.
-pub const MAX_KEY_LEN: usize = 128;
-/// Largest value, as compact JSON.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024;
-/// Deepest nesting of a value.
-pub const MAX_VALUE_DEPTH: usize = 32;
-
-/// Every documented key, in the original plan's order.
-pub const DOCUMENTED_KEYS: [&str; 10] = [
-    keys::PREFERENCES,
-    keys::FEATURE_FLAGS,
-    keys::ONBOARDING_STATUS,
-    keys::SESSION_COUNT,
-    keys::LAST_ACTIVE,
-    keys::LOGIN_HISTORY,
-    user_keys::NAME_HISTORY,
-    user_keys::LAST_CLERK_SYNC,
-    user_keys::SIGNUP_DATE,
-    user_keys::SIGNUP_SOURCE,
-];
-
-/// Documented keys the service keeps itself. The generic key/value RPCs
-/// refuse to write them; each has its own RPC.
-pub const SYSTEM_KEYS: [(&str, &str); 7] = [
-    (keys::SESSION_COUNT, "RecordLogin"),
-    (keys::LAST_ACTIVE, "RecordLogin or RecordActivity"),
-    (keys::LOGIN_HISTORY, "RecordLogin"),
-    (user_keys::NAME_HISTORY, "UpdateUser"),
-    (user_keys::LAST_CLERK_SYNC, "the Clerk webhooks (CreateUser or UpdateUser with an event context)"),
-    (user_keys::SIGNUP_DATE, "CreateUser"),
-    (user_keys::SIGNUP_SOURCE, "CreateUser"),
-];
 
 /// Checks that the generic key/value RPCs may write `key` (an already
 /// parsed key): every key but the [`SYSTEM_KEYS`].
@@ -135,12 +81,12 @@ pub fn validate(key: &str, value: &Value) -> Result<(), String> {
             Some(_) => Ok(()),
             None => Err("must be a non-negative integer".into()),
         },
-        keys::LAST_ACTIVE | user_keys::LAST_CLERK_SYNC | user_keys::SIGNUP_DATE => {
+        keys::LAST_ACTIVE | keys::LAST_CLERK_SYNC | keys::SIGNUP_DATE => {
             shape::<String>(value).and_then(|s| parse_time(&s).map(|_| ()))
         }
         keys::LOGIN_HISTORY => activity::validate_history(value),
-        user_keys::NAME_HISTORY => history::validate_names(value),
-        user_keys::SIGNUP_SOURCE => match value.as_str().and_then(SignupSource::parse) {
+        keys::NAME_HISTORY => history::validate_names(value),
+        keys::SIGNUP_SOURCE => match value.as_str().and_then(SignupSource::parse) {
             Some(_) => Ok(()),
             None => Err("must be \"clerk\", \"invite\" or \"admin\"".into()),
         },
@@ -153,18 +99,6 @@ pub fn shape<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     serde_json::from_value(value.clone()).map_err(|e| {
         format!("does not match the documented shape: {}", crate::domain::validation::json_error(&e))
     })
-}
-
-/// ISO-8601 text of a time, as stored.
-pub fn iso_string(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Parses an ISO-8601 / RFC 3339 time.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| "must be an ISO-8601 time like 2026-01-02T03:04:05.000Z".to_owned())
 }
 
 fn depth(value: &Value) -> usize {
