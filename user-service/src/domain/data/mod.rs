@@ -18,49 +18,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
-    keys::{self, CUSTOM_PREFIX, DOCUMENTED_KEYS, SYSTEM_KEYS},
-    limits::{MAX_CUSTOM_KEYS, MAX_KEY_LEN, MAX_VALUE_BYTES, MAX_VALUE_DEPTH},
+    keys::{self, DataKey},
+    limits::{MAX_CUSTOM_KEYS, MAX_VALUE_BYTES, MAX_VALUE_DEPTH},
     time::parse_time,
     user::{SignupSource, etag_for},
 };
 use crate::domain::error::{Error, Result};
-
-/// Checks that the generic key/value RPCs may write `key` (an already
-/// parsed key): every key but the [`SYSTEM_KEYS`].
-pub fn check_generic_write(key: &str) -> Result<(), String> {
-    match SYSTEM_KEYS.iter().find(|(system, _)| *system == key) {
-        Some((_, rpc)) => Err(format!("{key:?} is kept by the service; it changes only through {rpc}")),
-        None => Ok(()),
-    }
-}
-
-/// Checks a key: a documented key, or `custom.<name>` where the name is 1 or
-/// more of `a-z`, `0-9`, `_`, `-`, `.`, and the whole key is at most 128 bytes.
-pub fn parse_key(key: &str) -> Result<String, String> {
-    if key.is_empty() {
-        return Err("is required".into());
-    }
-    if DOCUMENTED_KEYS.contains(&key) {
-        return Ok(key.to_owned());
-    }
-    let Some(name) = key.strip_prefix(CUSTOM_PREFIX) else {
-        return Err(format!(
-            "must be a documented key ({}) or start with {CUSTOM_PREFIX:?}",
-            DOCUMENTED_KEYS.join(", ")
-        ));
-    };
-    if key.len() > MAX_KEY_LEN {
-        return Err(format!("must be at most {MAX_KEY_LEN} bytes"));
-    }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        return Err(format!("custom keys are {CUSTOM_PREFIX:?} followed by a-z, 0-9, '_', '-' or '.'"));
-    }
-    Ok(key.to_owned())
-}
 
 /// Checks a value for `key`: size and depth limits for every key, and the
 /// typed schema for documented keys.
@@ -212,9 +175,10 @@ pub fn put_valid(set: &mut DataSet, field: &str, key: &str, value: Value) -> Res
 
 /// Sets any key through the generic API: same validation as the typed RPCs,
 /// and a new custom key only below [`MAX_CUSTOM_KEYS`].
-pub fn set_value(set: &mut DataSet, key: &str, value: Value, expected: Option<i64>) -> Result<()> {
+pub fn set_value(set: &mut DataSet, key: &DataKey, value: Value, expected: Option<i64>) -> Result<()> {
+    let key = key.as_str();
     check_version(set, key, expected)?;
-    let new_custom = key.starts_with(CUSTOM_PREFIX) && set.stored(key).is_none();
+    let new_custom = key.starts_with(keys::CUSTOM_PREFIX) && set.stored(key).is_none();
     if new_custom && set.custom_keys.is_some_and(|count| count >= MAX_CUSTOM_KEYS) {
         return Err(Error::FailedPrecondition(format!(
             "the user already has {MAX_CUSTOM_KEYS} custom keys, the most allowed; delete one first"
@@ -224,7 +188,8 @@ pub fn set_value(set: &mut DataSet, key: &str, value: Value, expected: Option<i6
 }
 
 /// Deletes a key through the generic API; `NOT_FOUND` when it is unset.
-pub fn delete_value(set: &mut DataSet, key: &str, expected: Option<i64>) -> Result<()> {
+pub fn delete_value(set: &mut DataSet, key: &DataKey, expected: Option<i64>) -> Result<()> {
+    let key = key.as_str();
     if set.stored(key).is_none() {
         return Err(Error::NotFound { resource: "user data", key: format!("key {key:?}") });
     }
@@ -238,27 +203,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn keys_are_documented_or_custom() {
-        assert!(parse_key("preferences").is_ok());
-        assert!(parse_key("custom.theme-v2").is_ok());
-        for bad in
-            ["", "custom.", "custom.Upper", "other", "custom.a b", &format!("custom.{}", "a".repeat(130))]
-        {
-            assert!(parse_key(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn system_kept_keys_are_not_generic_writes() {
-        for (key, _) in SYSTEM_KEYS {
-            assert!(check_generic_write(key).is_err(), "{key}");
-        }
-        for key in ["preferences", "feature_flags", "onboarding_status", "custom.x"] {
-            assert!(check_generic_write(key).is_ok(), "{key}");
-        }
-    }
 
     #[test]
     fn documented_values_must_match_their_schema() {
