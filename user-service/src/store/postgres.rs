@@ -803,7 +803,7 @@ impl Store for PgStore {
             self.signals.committed();
             return Ok(created);
         }
-        let key = UserKey::ClerkId(cmd.clerk_id.clone());
+        let key = UserKey::from(cmd.clerk_id.clone());
         let event = cmd.event.clone();
         let actor = cmd.actor.clone();
         txn::write_user(

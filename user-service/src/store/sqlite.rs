@@ -657,7 +657,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
-        let key = UserKey::ClerkId(cmd.clerk_id.clone());
+        let key = UserKey::from(cmd.clerk_id.clone());
         let event = cmd.event.clone();
         let actor = cmd.actor.clone();
         txn::write_user(SqliteTx::begin(self).await?, &key, event.as_ref(), &actor, |existing, now| {

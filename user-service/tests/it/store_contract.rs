@@ -8,7 +8,7 @@ use user_service::{
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, ChangeKind, Cursor},
         error::Error,
-        user::{Profile, Role, SignupSource, Status, UserKey},
+        user::{ClerkId, Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, DeleteUser, EventContext, Outcome},
     },
     store::{self, Backend, ConnectOptions, Store},
@@ -48,7 +48,7 @@ fn event(key: &str, ms: i64, kind: &str) -> EventContext {
 
 fn create(clerk_id: &str, event: Option<EventContext>) -> CreateUser {
     CreateUser {
-        clerk_id: clerk_id.into(),
+        clerk_id: ClerkId::parse(clerk_id).unwrap(),
         profile: Profile { email: Some(format!("{clerk_id}@example.org")), ..Profile::default() },
         role: Role::User,
         status: Status::Active,

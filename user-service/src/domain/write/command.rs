@@ -3,7 +3,7 @@
 
 use super::super::{
     change::Actor,
-    user::{Profile, Role, SignupSource, Status, User, UserKey},
+    user::{ClerkId, Profile, Role, SignupSource, Status, User, UserKey},
 };
 
 /// Identifies a write that comes from an external event.
@@ -75,7 +75,7 @@ pub struct WriteResult {
 #[derive(Debug, Clone)]
 pub struct CreateUser {
     /// Clerk's id for the new user.
-    pub clerk_id: String,
+    pub clerk_id: ClerkId,
     /// Profile fields.
     pub profile: Profile,
     /// Initial role.
@@ -158,7 +158,7 @@ pub struct UpdateUser {
     pub expected_version: Option<i64>,
     /// Clerk id of the admin the caller says made the change, recorded as
     /// `claimed_by` in `name_history` (as claimed, not verified).
-    pub changed_by: Option<String>,
+    pub changed_by: Option<ClerkId>,
     /// Present for Clerk-driven updates.
     pub event: Option<EventContext>,
     /// Who asks (the authenticated caller): recorded in the change log and

@@ -11,7 +11,7 @@ use crate::domain::{
     error::{Error, Result},
     keys,
     time::iso,
-    user::{Profile, Role, SignupSource, Status, User, UserKey, etag_for},
+    user::{ClerkId, Profile, Role, SignupSource, Status, User, UserKey, etag_for},
 };
 
 /// What the store found for the user a write names.
@@ -129,16 +129,17 @@ pub fn plan_create(cmd: CreateUser, existing: Existing, now: DateTime<Utc>) -> R
     let source = cmd.event.as_ref().map(|e| e.source_time_ms);
     match (existing, &cmd.event) {
         (Existing::Missing, event) => {
-            let user = new_user(cmd.clerk_id, cmd.profile, cmd.role, cmd.status, now, source);
+            let user = new_user(cmd.clerk_id.into_inner(), cmd.profile, cmd.role, cmd.status, now, source);
             Ok(insert(user, cmd.signup_source, event.as_ref(), now))
         }
         (Existing::Deleted, None) => Err(Error::FailedPrecondition(format!(
             "user with clerk_id {:?} was deleted; deleted Clerk ids cannot be reused",
-            cmd.clerk_id
+            cmd.clerk_id.as_str()
         ))),
-        (Existing::Present(_), None) => {
-            Err(Error::AlreadyExists { resource: "user", key: format!("clerk_id {:?}", cmd.clerk_id) })
-        }
+        (Existing::Present(_), None) => Err(Error::AlreadyExists {
+            resource: "user",
+            key: format!("clerk_id {:?}", cmd.clerk_id.as_str()),
+        }),
         (Existing::Deleted, Some(_)) => Ok(Plan::nothing(None, Outcome::UserDeleted)),
         // A create event for a user we already have (an update arrived first,
         // or Clerk re-sent it under a new id): apply it as a profile update.
@@ -182,7 +183,8 @@ pub fn plan_update(cmd: UpdateUser, existing: Existing, now: DateTime<Utc>) -> R
         }
         (Existing::Present(user), event) => {
             check_version(&user, cmd.expected_version)?;
-            let by = ChangedBy { actor: &cmd.actor.client, claimed: cmd.changed_by.as_deref() };
+            let by =
+                ChangedBy { actor: &cmd.actor.client, claimed: cmd.changed_by.as_ref().map(ClerkId::as_str) };
             Ok(update_present(user, &cmd.patch, by, event.as_ref(), now))
         }
     }

@@ -7,7 +7,7 @@ use crate::domain::{
     change::Actor,
     error::Error,
     keys,
-    user::{Profile, Role, SignupSource, Status, User, UserKey},
+    user::{ClerkId, Profile, Role, SignupSource, Status, User, UserKey},
 };
 
 fn event(key: &str, ms: i64) -> Option<EventContext> {
@@ -99,7 +99,7 @@ fn events_for_deleted_users_never_resurrect_them() {
         plan_update(update(rename("A"), event("k", 99)), Existing::Deleted, Utc::now()).unwrap(),
         plan_create(
             CreateUser {
-                clerk_id: "user_1".into(),
+                clerk_id: ClerkId::parse("user_1").unwrap(),
                 profile: Profile::default(),
                 role: Role::User,
                 status: Status::Active,

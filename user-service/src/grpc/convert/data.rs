@@ -19,7 +19,7 @@ use crate::{
         error::Result,
         keys,
         time::{iso, parse_time},
-        user::{SignupSource, UserKey, etag_for, parse_clerk_id, parse_user_id, truncate},
+        user::{ClerkId, SignupSource, UserKey, etag_for, parse_user_id, truncate},
         validation::Violations,
         write::EventContext,
     },
@@ -252,7 +252,8 @@ pub fn flag_for_users(req: &pb::CheckFeatureFlagForUsersRequest) -> Result<FlagF
         v.add("user_ids", format!("at most {MAX_BATCH} users per call"));
     }
     let ids = each(&mut v, "user_ids", &req.user_ids, parse_user_id);
-    let clerk_ids = each(&mut v, "clerk_ids", &req.clerk_ids, parse_clerk_id);
+    let clerk_ids =
+        each(&mut v, "clerk_ids", &req.clerk_ids, |id| ClerkId::parse(id).map(ClerkId::into_inner));
     v.finish(|| FlagForUsers { flag: flag.unwrap_or_default(), ids, clerk_ids })
 }
 

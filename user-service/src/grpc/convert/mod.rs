@@ -15,7 +15,7 @@ use userdata_proto::v1 as pb;
 use crate::domain::{
     change::Actor,
     error::Result,
-    user::{UserKey, parse_clerk_id, parse_etag, parse_user_id},
+    user::{ClerkId, UserKey, parse_etag, parse_user_id},
     validation::Violations,
     write::{EventContext, Outcome},
 };
@@ -103,7 +103,7 @@ pub fn parse_user(v: &mut Violations, id_field: &str, id: &str, clerk_id: &str) 
             None
         }
         (false, true) => v.check(id_field, parse_user_id(id)).map(UserKey::Id),
-        (true, false) => v.check("clerk_id", parse_clerk_id(clerk_id)).map(UserKey::ClerkId),
+        (true, false) => v.check("clerk_id", ClerkId::parse(clerk_id)).map(UserKey::from),
     }
 }
 

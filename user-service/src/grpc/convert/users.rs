@@ -10,8 +10,8 @@ use crate::{
         error::{Error, Result},
         limits::MAX_EMAIL_LEN,
         user::{
-            Profile, Role, SignupSource, Status, User, UserKey, parse_clerk_id, parse_email, parse_image_url,
-            parse_name, parse_user_id,
+            ClerkId, Email, Profile, Role, SignupSource, Status, User, UserKey, parse_image_url, parse_name,
+            parse_user_id,
         },
         validation::{Violations, no_control_chars},
         write::{CreateUser, DeleteUser, UpdateUser, UserPatch, WriteResult},
@@ -85,7 +85,7 @@ fn parse_optional(
 
 fn parse_profile(v: &mut Violations, u: &pb::User) -> Profile {
     Profile {
-        email: parse_optional(v, "user.email", u.email.as_ref(), parse_email),
+        email: parse_optional(v, "user.email", u.email.as_ref(), |e| Email::parse(e).map(Email::into_inner)),
         first_name: parse_optional(v, "user.first_name", u.first_name.as_ref(), parse_name),
         last_name: parse_optional(v, "user.last_name", u.last_name.as_ref(), parse_name),
         username: parse_optional(v, "user.username", u.username.as_ref(), parse_name),
@@ -99,7 +99,7 @@ pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUse
         return Err(Error::invalid("user", "is required"));
     };
     let mut v = Violations::default();
-    let clerk_id = v.check("user.clerk_id", parse_clerk_id(&u.clerk_id));
+    let clerk_id = v.check("user.clerk_id", ClerkId::parse(&u.clerk_id));
     let profile = parse_profile(&mut v, u);
     let role = v.check("user.role", role_from_proto(u.role));
     let status = v.check("user.status", status_from_proto(u.status));
@@ -117,8 +117,9 @@ pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUse
     if req.event_context.is_some() && (role.flatten().is_some() || status.flatten().is_some()) {
         v.add("user.role", "role and status belong to this application and cannot come from an event");
     }
-    v.finish(|| CreateUser {
-        clerk_id: clerk_id.unwrap_or_default(),
+    let clerk_id = v.finish_parsed(clerk_id)?;
+    Ok(CreateUser {
+        clerk_id,
         profile,
         role: role.flatten().unwrap_or_default(),
         status: status.flatten().unwrap_or_default(),
@@ -193,14 +194,14 @@ pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUse
             v.add("user.clerk_id", "is required with an event context");
             None
         } else {
-            v.check("user.clerk_id", parse_clerk_id(&u.clerk_id)).map(UserKey::ClerkId)
+            v.check("user.clerk_id", ClerkId::parse(&u.clerk_id)).map(UserKey::from)
         }
     } else if u.id.is_empty() {
         if u.clerk_id.is_empty() {
             v.add("user.id", "one of user.id or user.clerk_id is required");
             None
         } else {
-            v.check("user.clerk_id", parse_clerk_id(&u.clerk_id)).map(UserKey::ClerkId)
+            v.check("user.clerk_id", ClerkId::parse(&u.clerk_id)).map(UserKey::from)
         }
     } else {
         v.check("user.id", parse_user_id(&u.id)).map(UserKey::Id)
@@ -234,10 +235,10 @@ pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUse
         }
     }
     let changed_by =
-        if req.changed_by.is_empty() { None } else { v.check("changed_by", parse_clerk_id(&req.changed_by)) };
+        if req.changed_by.is_empty() { None } else { v.check("changed_by", ClerkId::parse(&req.changed_by)) };
     let expected_version = parse_expected_version(&mut v, &req.etag);
     let key = v.finish_parsed(key)?;
-    let actor = actor.with_event(event.as_ref()).claiming(changed_by.clone());
+    let actor = actor.with_event(event.as_ref()).claiming(changed_by.clone().map(ClerkId::into_inner));
     Ok(UpdateUser { key, patch, expected_version, changed_by, event, actor })
 }
 
