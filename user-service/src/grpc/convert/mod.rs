@@ -1,8 +1,8 @@
 //! Conversions between protobuf messages and domain types, one module per
-//! RPC family ([`users`], [`data`] and [`entries`] for user data, [`changes`]); what every family shares
-//! is here. Parsing a request validates every field and reports all
-//! violations at once, so a service method only calls, authorizes and
-//! answers.
+//! RPC family ([`users`]; [`data`] and [`entries`] for user data;
+//! [`changes`]); what every family shares is here. Parsing a request
+//! validates every field and reports all violations at once, so a service
+//! method only parses, authorizes, calls the store and answers.
 
 pub mod changes;
 pub mod data;
