@@ -13,8 +13,9 @@ use tonic::transport::Channel;
 use user_service::{
     domain::{
         change::Actor,
-        data::{activity, keys::PREFERENCES, preferences},
-        user::{Profile, Role, SignupSource, Status, UserKey},
+        data::{activity, preferences},
+        keys::PREFERENCES,
+        user::{ClerkId, Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, EventContext},
     },
     store::{Store, UserFilter},
@@ -61,7 +62,7 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
             let (s, clerk_id) = (s.clone(), format!("user_{run}_store_{i}"));
             async move {
                 let cmd = CreateUser {
-                    clerk_id: clerk_id.clone(),
+                    clerk_id: ClerkId::parse(&clerk_id).expect("a valid Clerk id"),
                     profile: Profile {
                         email: Some(format!("user{i}@example.org")),
                         first_name: Some(format!("First{i}v1")),
@@ -159,7 +160,7 @@ pub async fn store(store: Arc<dyn Store>, p: &Params) -> Vec<load::Stats> {
             async move {
                 let key = UserKey::ClerkId(seed_clerk_id(pick(i, 5, seeded)));
                 let entry = activity::LoginEntry {
-                    timestamp: user_service::domain::data::iso_string(chrono::Utc::now()),
+                    timestamp: user_service::domain::time::iso(chrono::Utc::now()),
                     device: Some("bench".into()),
                     ip: Some("203.0.113.7".into()),
                     success: true,

@@ -28,7 +28,7 @@ pub enum StartupError {
     DatabaseUrl(String),
     /// The database could not be opened, reached or migrated.
     #[error("cannot open the database: {0}")]
-    Database(#[from] crate::error::Error),
+    Database(#[from] crate::domain::error::Error),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -2,14 +2,13 @@
 //! on PostgreSQL or an embedded SQLite file.
 //!
 //! Layers: [`grpc`] (transport) → [`domain`] (validation and rules) →
-//! [`store`] (SQL). Errors are one [`error::Error`] enum, mapped to gRPC codes
+//! [`store`] (SQL). Errors are one [`domain::error::Error`] enum, mapped to gRPC codes
 //! in one place.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod feed;
 pub mod grpc;
 pub mod metrics;

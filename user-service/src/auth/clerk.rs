@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 
 use super::{Jwks, SignedInUser};
-use crate::domain::user::parse_clerk_id;
+use crate::domain::user::ClerkId;
 
 /// Clock skew tolerated on `exp` and `nbf` (Clerk's SDKs allow 5 s).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
@@ -168,7 +168,7 @@ impl ClerkVerifier {
             return Err(SessionRejection::AuthorizedParty);
         }
         let sub = claims.sub.ok_or(SessionRejection::MissingClaim("sub"))?;
-        let clerk_id = parse_clerk_id(&sub).map_err(|_| SessionRejection::Subject)?;
+        let clerk_id = ClerkId::parse(&sub).map_err(|_| SessionRejection::Subject)?.into_inner();
         Ok(SignedInUser::new(clerk_id))
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Client, Scope};
-use crate::error::Error;
+use crate::domain::error::Error;
 
 /// The authenticated caller of a request. The auth layer puts exactly one in
 /// the request's extensions before any handler runs

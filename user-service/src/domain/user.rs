@@ -4,16 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::validation::{no_control_chars, text};
-
-/// Longest accepted Clerk id. Clerk's own are about 32 characters.
-pub const MAX_CLERK_ID_LEN: usize = 128;
-/// Longest accepted email address (RFC 5321 path limit).
-pub const MAX_EMAIL_LEN: usize = 320;
-/// Longest accepted first name, last name or username.
-pub const MAX_NAME_LEN: usize = 256;
-/// Longest accepted image URL.
-pub const MAX_URL_LEN: usize = 2048;
+use super::{
+    limits::{MAX_CLERK_ID_LEN, MAX_EMAIL_LEN, MAX_NAME_LEN, MAX_URL_LEN},
+    validation::{no_control_chars, text},
+};
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,18 +146,41 @@ impl std::fmt::Display for UserKey {
     }
 }
 
-/// Checks a Clerk id: 1 to 128 ASCII letters, digits, `_` or `-`.
-pub fn parse_clerk_id(value: &str) -> Result<String, String> {
-    if value.is_empty() {
-        return Err("is required".into());
+impl From<ClerkId> for UserKey {
+    fn from(clerk_id: ClerkId) -> Self {
+        Self::ClerkId(clerk_id.into_inner())
     }
-    if value.len() > MAX_CLERK_ID_LEN {
-        return Err(format!("must be at most {MAX_CLERK_ID_LEN} characters"));
+}
+
+/// A Clerk user id, parsed once at the edge: 1 to 128 ASCII letters,
+/// digits, `_` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClerkId(String);
+
+impl ClerkId {
+    /// Parses a Clerk id; the reason names the rule, never the value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("is required".into());
+        }
+        if value.len() > MAX_CLERK_ID_LEN {
+            return Err(format!("must be at most {MAX_CLERK_ID_LEN} characters"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err("may contain only ASCII letters, digits, '_' and '-'".into());
+        }
+        Ok(Self(value.to_owned()))
     }
-    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err("may contain only ASCII letters, digits, '_' and '-'".into());
+
+    /// The id as Clerk spells it.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    Ok(value.to_owned())
+
+    /// The id as Clerk spells it, owned (for the stored row).
+    pub fn into_inner(self) -> String {
+        self.0
+    }
 }
 
 /// Parses a user id: a UUID in any standard textual form.
@@ -174,10 +191,38 @@ pub fn parse_user_id(value: &str) -> Result<Uuid, String> {
     Uuid::parse_str(value).map_err(|_| "must be a UUID".to_owned())
 }
 
-/// Checks an email address: one `@` with a non-empty local part and a dotless
-/// or dotted domain, no whitespace or control characters, at most 320 bytes.
-/// Deliberately lenient beyond that: Clerk has already verified addresses.
-pub fn parse_email(value: &str) -> Result<String, String> {
+/// An email address, parsed once at the edge: one `@` with a non-empty
+/// local part and a dotless or dotted domain, no whitespace or control
+/// characters, at most 320 bytes. Deliberately lenient beyond that: Clerk
+/// has already verified addresses. Its `Debug` hides the address, which is
+/// personal.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Email(…)")
+    }
+}
+
+impl Email {
+    /// Parses an address; the reason names the rule, never the value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        parse_email(value).map(|()| Self(value.to_owned()))
+    }
+
+    /// The address as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address as given, owned (for the stored profile).
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+fn parse_email(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty (leave it unset instead)".into());
     }
@@ -196,7 +241,7 @@ pub fn parse_email(value: &str) -> Result<String, String> {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.') =>
         {
-            Ok(value.to_owned())
+            Ok(())
         }
         _ => Err("must be an email address like name@example.com".into()),
     }
@@ -239,18 +284,18 @@ mod tests {
 
     #[test]
     fn clerk_ids_are_ascii_words() {
-        assert!(parse_clerk_id("user_29w83sxmDNGwOuEthce5gg56FcC").is_ok());
-        assert!(parse_clerk_id("").is_err());
-        assert!(parse_clerk_id("user 1").is_err());
-        assert!(parse_clerk_id("usér").is_err());
-        assert!(parse_clerk_id(&"a".repeat(129)).is_err());
+        assert!(ClerkId::parse("user_29w83sxmDNGwOuEthce5gg56FcC").is_ok());
+        assert!(ClerkId::parse("").is_err());
+        assert!(ClerkId::parse("user 1").is_err());
+        assert!(ClerkId::parse("usér").is_err());
+        assert!(ClerkId::parse(&"a".repeat(129)).is_err());
     }
 
     #[test]
     fn invalid_emails_and_ids_are_refused_without_echoing_the_value() {
         for (bad, reason) in [
-            (parse_email("grace.hopper@"), "must be an email address like name@example.com"),
-            (parse_email("grace hopper@example.org"), "must not contain whitespace"),
+            (Email::parse("grace.hopper@"), "must be an email address like name@example.com"),
+            (Email::parse("grace hopper@example.org"), "must not contain whitespace"),
         ] {
             assert_eq!(bad, Err(reason.to_owned()));
         }
@@ -259,10 +304,11 @@ mod tests {
 
     #[test]
     fn emails_need_one_local_part_and_a_domain() {
-        assert!(parse_email("example@example.org").is_ok());
-        assert!(parse_email("zoë@exämple.de").is_ok());
+        assert!(Email::parse("example@example.org").is_ok());
+        assert!(Email::parse("zoë@exämple.de").is_ok());
+        assert_eq!(format!("{:?}", Email::parse("ada@example.org").unwrap()), "Email(…)");
         for bad in ["", "plain", "@example.org", "a@", "a@.org", "a b@example.org", "a@b\u{7}c"] {
-            assert!(parse_email(bad).is_err(), "{bad:?} should be rejected");
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 

@@ -1,7 +1,7 @@
 //! Field-level validation that collects every problem of a request at once, so
 //! a caller learns about all bad fields in one round trip.
 
-use crate::error::Error;
+use crate::domain::error::Error;
 
 /// One bad field: its path in the request (e.g. `user.email`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,10 +6,10 @@
 use crate::{
     auth::{Principal, Scope, SignedInUser},
     domain::{
-        data::CUSTOM_PREFIX,
+        error::{Error, Result},
+        keys::CUSTOM_PREFIX,
         user::{Status, User, UserKey},
     },
-    error::{Error, Result},
     store::Store,
 };
 

@@ -4,7 +4,7 @@
 use prost_types::{ListValue, Struct, Value as PbValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
-use crate::domain::data::MAX_VALUE_DEPTH;
+use crate::domain::limits::MAX_VALUE_DEPTH;
 
 /// Converts a protobuf value to JSON. Fails on NaN or infinite numbers (JSON
 /// has none), on a missing kind, and past the depth limit.

@@ -10,7 +10,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{domain::change::Cursor, store::UserFilter};
+use crate::{
+    domain::{change::Cursor, keys::DataKey},
+    store::UserFilter,
+};
 
 const VERSION: u8 = 1;
 const CHECKSUM_LEN: usize = 8;
@@ -41,17 +44,25 @@ fn seal(rpc: &str, position: &[u8], filters: &[Option<&str>]) -> String {
 }
 
 /// The position of a token made by [`seal`] for the same RPC and filters.
-fn open<const N: usize>(rpc: &str, token: &str, filters: &[Option<&str>]) -> Result<[u8; N], String> {
+fn open(rpc: &str, token: &str, filters: &[Option<&str>]) -> Result<Vec<u8>, String> {
     let bad = || format!("is not a page token from a previous {rpc} call with the same filters");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    if bytes.len() != 1 + N + CHECKSUM_LEN || bytes[0] != VERSION {
+    let mut bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    if bytes.len() < 1 + CHECKSUM_LEN || bytes[0] != VERSION {
         return Err(bad());
     }
-    let position: [u8; N] = bytes[1..=N].try_into().map_err(|_| bad())?;
-    if bytes[1 + N..] != checksum(rpc, &position, filters) {
+    let sum = bytes.split_off(bytes.len() - CHECKSUM_LEN);
+    let position = bytes.split_off(1);
+    if sum != checksum(rpc, &position, filters) {
         return Err(bad());
     }
     Ok(position)
+}
+
+/// A fixed-size position, as [`open`] read it.
+fn fixed<const N: usize>(rpc: &str, position: Vec<u8>) -> Result<[u8; N], String> {
+    position
+        .try_into()
+        .map_err(|_| format!("is not a page token from a previous {rpc} call with the same filters"))
 }
 
 fn user_filters(filter: &UserFilter) -> [Option<String>; 3] {
@@ -73,7 +84,8 @@ pub fn encode(last: Uuid, filter: &UserFilter) -> String {
 
 /// Reads a `ListUsers` token made by [`encode`] for the same filters.
 pub fn decode(token: &str, filter: &UserFilter) -> Result<Uuid, String> {
-    open::<16>("ListUsers", token, &borrowed(&user_filters(filter))).map(Uuid::from_bytes)
+    let position = open("ListUsers", token, &borrowed(&user_filters(filter)))?;
+    fixed::<16>("ListUsers", position).map(Uuid::from_bytes)
 }
 
 /// Makes the `ListChanges` token that continues after `last`; `filters`
@@ -87,13 +99,26 @@ pub fn encode_cursor(last: Cursor, filters: &[Option<&str>]) -> String {
 
 /// Reads a `ListChanges` token made by [`encode_cursor`] for the same filters.
 pub fn decode_cursor(token: &str, filters: &[Option<&str>]) -> Result<Cursor, String> {
-    let position = open::<16>("ListChanges", token, filters)?;
+    let position = fixed::<16>("ListChanges", open("ListChanges", token, filters)?)?;
     let half = |range: std::ops::Range<usize>| {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(&position[range]);
         i64::from_be_bytes(bytes)
     };
     Ok(Cursor { txid: half(0..8), id: half(8..16) })
+}
+
+/// Makes the `ListUserData` token that continues after the key `last`;
+/// `filters` name the user as the request did.
+pub fn encode_key(last: &DataKey, filters: &[Option<&str>]) -> String {
+    seal("ListUserData", last.as_str().as_bytes(), filters)
+}
+
+/// Reads a `ListUserData` token made by [`encode_key`] for the same user.
+pub fn decode_key(token: &str, filters: &[Option<&str>]) -> Result<DataKey, String> {
+    let bad = || "is not a page token from a previous ListUserData call with the same filters".to_owned();
+    let position = open("ListUserData", token, filters)?;
+    String::from_utf8(position).ok().and_then(|key| DataKey::parse(&key).ok()).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -138,5 +163,14 @@ mod tests {
         // A ListUsers token is not a ListChanges token, even of the same size.
         let users = encode(Uuid::now_v7(), &UserFilter::default());
         assert!(decode_cursor(&users, &[None, None, None]).is_err());
+    }
+
+    #[test]
+    fn a_data_token_round_trips_and_is_bound_to_its_user() {
+        let key = DataKey::parse("custom.theme").unwrap();
+        let token = encode_key(&key, &[Some(""), Some("user_1")]);
+        assert_eq!(decode_key(&token, &[Some(""), Some("user_1")]), Ok(key));
+        assert!(decode_key(&token, &[Some(""), Some("user_2")]).is_err());
+        assert!(decode_key("Y3VzdG9tLnRoZW1l", &[Some(""), Some("user_1")]).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use userdata_proto::v1::{self as pb, user_service_server::UserService};
 
-use super::{access, convert};
+use super::{access, convert::users as convert};
 use crate::{
     auth::{Principal, Scope},
     store::Store,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::change::{Actor, ChangeKind, Cursor, LoggedChange, NewChange},
-    error::{Error, Result},
+    domain::error::{Error, Result},
 };
 
 /// Columns of a change row, in [`ChangeRow`]'s order; SQLite selects its

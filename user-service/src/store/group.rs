@@ -29,10 +29,10 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::{
     domain::{
         change::Actor,
+        error::{Error, Result},
         user::UserKey,
         write::{self, CreateUser, DeleteUser, EventContext, Existing, Plan, WriteResult},
     },
-    error::{Error, Result},
 };
 
 /// One user write, as queued for a group.
@@ -50,7 +50,7 @@ impl UserWrite {
     /// The user written.
     pub(super) fn key(&self) -> UserKey {
         match self {
-            Self::Create(cmd) => UserKey::ClerkId(cmd.clerk_id.clone()),
+            Self::Create(cmd) => UserKey::from(cmd.clerk_id.clone()),
             Self::Update(cmd) => cmd.key.clone(),
             Self::Delete(cmd) => cmd.key.clone(),
         }
@@ -79,7 +79,7 @@ impl UserWrite {
     pub(super) fn group_lock(&self) -> Option<&str> {
         self.event()?;
         match self {
-            Self::Create(cmd) => Some(&cmd.clerk_id),
+            Self::Create(cmd) => Some(cmd.clerk_id.as_str()),
             Self::Update(write::UpdateUser { key: UserKey::ClerkId(id), .. })
             | Self::Delete(DeleteUser { key: UserKey::ClerkId(id), .. }) => Some(id),
             Self::Update(_) | Self::Delete(_) => None,

@@ -2,6 +2,7 @@
 //! SQL lives only below this module.
 
 mod changes;
+mod error;
 mod group;
 mod observed;
 mod postgres;
@@ -21,13 +22,11 @@ pub use self::{
     sqlite::SqliteStore,
 };
 pub use crate::domain::data::DataSet;
-use crate::{
-    domain::{
-        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
-        user::{Role, Status, User, UserKey},
-        write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
-    },
+use crate::domain::{
+    change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
     error::{Error, Result},
+    user::{Role, Status, User, UserKey},
+    write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
 };
 
 /// Filters and position for one page of [`Store::list_users`].

@@ -14,13 +14,11 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{ChangeBatch, DataEdit, DataEntry, DataWrite, PoolStats, Store, UserFilter, UserValue};
-use crate::{
-    domain::{
-        change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
-        user::{User, UserKey},
-        write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
-    },
+use crate::domain::{
+    change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange},
     error::Result,
+    user::{User, UserKey},
+    write::{CreateUser, DeleteUser, EventContext, UpdateUser, WriteResult},
 };
 
 /// Wraps a store and counts its calls in flight.

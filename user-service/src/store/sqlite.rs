@@ -23,15 +23,14 @@ use super::{
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
+    domain::error::{Error, Result},
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange, NewChange},
+        keys,
+        limits::NAME_HISTORY_LIMIT,
         user::{Profile, Role, Status, User, UserKey},
-        write::{
-            self, Change, CreateUser, DeleteUser, EventContext, Existing, NAME_HISTORY_LIMIT, UpdateUser,
-            WriteResult, keys,
-        },
+        write::{self, Change, CreateUser, DeleteUser, EventContext, Existing, UpdateUser, WriteResult},
     },
-    error::{Error, Result},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");

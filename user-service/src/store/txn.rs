@@ -12,13 +12,13 @@ use uuid::Uuid;
 
 use super::{DataEdit, DataEntry, DataSet, DataWrite, group::UserWrite};
 use crate::{
+    domain::error::{Error, Result},
     domain::{
         change::{self, Actor, NewChange},
-        data::CUSTOM_PREFIX,
+        keys::CUSTOM_PREFIX,
         user::UserKey,
         write::{Change, CreateUser, EventContext, Existing, Outcome, WriteResult},
     },
-    error::{Error, Result},
 };
 
 /// An event to record with a write: its context, the user's `clerk_id`, and

@@ -9,7 +9,7 @@ use prost_types::FieldMask;
 use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
-use user_service::{domain::data::MAX_CUSTOM_KEYS, testing::TestDatabase};
+use user_service::{domain::limits::MAX_CUSTOM_KEYS, testing::TestDatabase};
 use userdata_proto::v1 as pb;
 
 use crate::{

@@ -9,10 +9,10 @@ use serde_json::json;
 use user_service::{
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, ChangeKind, Cursor},
-        user::{Profile, Role, SignupSource, Status, UserKey},
+        error::Error,
+        user::{ClerkId, Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, DeleteUser, EventContext, Outcome, UpdateUser, UserPatch, WriteResult},
     },
-    error::Error,
     store::{self, Backend, ConnectOptions, GroupStats, Store},
     testing::TestDatabase,
 };
@@ -79,7 +79,7 @@ fn event(key: &str, ms: i64, kind: &str) -> EventContext {
 
 fn create(clerk_id: &str, event: Option<EventContext>) -> CreateUser {
     CreateUser {
-        clerk_id: clerk_id.into(),
+        clerk_id: ClerkId::parse(clerk_id).unwrap(),
         profile: Profile { email: Some(format!("{clerk_id}@example.org")), ..Profile::default() },
         role: Role::User,
         status: Status::Active,

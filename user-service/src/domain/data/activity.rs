@@ -6,18 +6,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    DataSet,
+use super::{DataSet, put_valid, shape};
+use crate::domain::{
+    error::Result,
     keys::{LAST_ACTIVE, LOGIN_HISTORY, SESSION_COUNT},
-    parse_time, put_valid, shape,
+    limits::{LOGIN_HISTORY_LIMIT, MAX_DEVICE_LEN},
+    time::{iso, parse_time},
+    validation::no_control_chars,
 };
-use crate::domain::{validation::no_control_chars, write::iso};
-use crate::error::Result;
-
-/// `login_history` keeps this many of the newest entries.
-pub const LOGIN_HISTORY_LIMIT: usize = 50;
-/// Longest device description.
-pub const MAX_DEVICE_LEN: usize = 256;
 
 /// One stored login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +114,7 @@ impl ActivityValue {
     pub fn to_values(&self) -> [(&'static str, Option<Value>); 3] {
         [
             (SESSION_COUNT, Some(Value::from(self.session_count))),
-            (LAST_ACTIVE, self.last_active.map(iso)),
+            (LAST_ACTIVE, self.last_active.map(|t| Value::from(iso(t)))),
             (LOGIN_HISTORY, Some(serde_json::to_value(&self.login_history).unwrap_or_default())),
         ]
     }
@@ -151,7 +147,7 @@ mod tests {
 
     fn login(ms: i64, success: bool) -> LoginEntry {
         LoginEntry {
-            timestamp: iso(DateTime::from_timestamp_millis(ms).unwrap()).as_str().unwrap().into(),
+            timestamp: iso(DateTime::from_timestamp_millis(ms).unwrap()),
             device: None,
             ip: None,
             success,

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{DataSet, check_version, keys::FEATURE_FLAGS, put_valid};
-use crate::error::{Error, Result};
-
-/// Longest flag key.
-pub const MAX_FLAG_KEY_LEN: usize = 64;
-/// Most flags one user may have, and most keys one call may name.
-pub const MAX_FLAGS: usize = 1000;
+use super::{DataSet, check_version, put_valid};
+use crate::domain::error::{Error, Result};
+use crate::domain::{
+    keys::FEATURE_FLAGS,
+    limits::{MAX_FLAG_KEY_LEN, MAX_FLAGS},
+    user::truncate,
+};
 
 /// The stored flags, in key order.
 pub type Flags = BTreeMap<String, bool>;
@@ -28,7 +28,7 @@ pub fn parse_flag_key(key: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "{:?} is not a flag key: 1 to {MAX_FLAG_KEY_LEN} of a-z, 0-9, '_', '-', '.', starting with a letter",
-            super::super::user::truncate(key)
+            truncate(key)
         ))
     }
 }

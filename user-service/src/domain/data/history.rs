@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{parse_time, shape};
+use super::shape;
+use crate::domain::{limits::NAME_HISTORY_LIMIT, time::parse_time};
 
 /// One stored name change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +30,8 @@ pub struct NameEntry {
 /// Checks a stored `name_history`.
 pub fn validate_names(value: &Value) -> Result<(), String> {
     let entries: Vec<NameEntry> = shape(value)?;
-    if entries.len() > crate::domain::write::NAME_HISTORY_LIMIT {
-        return Err(format!("has more than {} entries", crate::domain::write::NAME_HISTORY_LIMIT));
+    if entries.len() > NAME_HISTORY_LIMIT {
+        return Err(format!("has more than {NAME_HISTORY_LIMIT} entries"));
     }
     entries.iter().try_for_each(|e| parse_time(&e.timestamp).map(|_| ()))
 }

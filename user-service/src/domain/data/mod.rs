@@ -18,103 +18,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
+    keys::{self, DataKey},
+    limits::{MAX_CUSTOM_KEYS, MAX_VALUE_BYTES, MAX_VALUE_DEPTH},
+    time::parse_time,
     user::{SignupSource, etag_for},
-    write::keys as user_keys,
 };
-use crate::error::{Error, Result};
-
-/// Documented keys.
-pub mod keys {
-    pub use crate::domain::write::keys::*;
-    /// `{theme, notifications, language, timezone}`.
-    pub const PREFERENCES: &str = "preferences";
-    /// `{flag_key: bool}`.
-    pub const FEATURE_FLAGS: &str = "feature_flags";
-    /// `{step, completed, started_at, completed_at?}`.
-    pub const ONBOARDING_STATUS: &str = "onboarding_status";
-    /// Number of sessions.
-    pub const SESSION_COUNT: &str = "session_count";
-    /// ISO-8601 time of the latest activity.
-    pub const LAST_ACTIVE: &str = "last_active";
-    /// Array of `{timestamp, device?, ip?, success}`, newest first.
-    pub const LOGIN_HISTORY: &str = "login_history";
-}
-
-/// Prefix of keys that callers may define freely.
-pub const CUSTOM_PREFIX: &str = "custom.";
-/// Most `custom.*` keys one user may have, so one client cannot fill the
-/// database (with [`MAX_VALUE_BYTES`], at most 1.6 MiB of custom data per
-/// user).
-pub const MAX_CUSTOM_KEYS: u64 = 100;
-/// Longest key.
-pub const MAX_KEY_LEN: usize = 128;
-/// Largest value, as compact JSON.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024;
-/// Deepest nesting of a value.
-pub const MAX_VALUE_DEPTH: usize = 32;
-
-/// Every documented key, in the original plan's order.
-pub const DOCUMENTED_KEYS: [&str; 10] = [
-    keys::PREFERENCES,
-    keys::FEATURE_FLAGS,
-    keys::ONBOARDING_STATUS,
-    keys::SESSION_COUNT,
-    keys::LAST_ACTIVE,
-    keys::LOGIN_HISTORY,
-    user_keys::NAME_HISTORY,
-    user_keys::LAST_CLERK_SYNC,
-    user_keys::SIGNUP_DATE,
-    user_keys::SIGNUP_SOURCE,
-];
-
-/// Documented keys the service keeps itself. The generic key/value RPCs
-/// refuse to write them; each has its own RPC.
-pub const SYSTEM_KEYS: [(&str, &str); 7] = [
-    (keys::SESSION_COUNT, "RecordLogin"),
-    (keys::LAST_ACTIVE, "RecordLogin or RecordActivity"),
-    (keys::LOGIN_HISTORY, "RecordLogin"),
-    (user_keys::NAME_HISTORY, "UpdateUser"),
-    (user_keys::LAST_CLERK_SYNC, "the Clerk webhooks (CreateUser or UpdateUser with an event context)"),
-    (user_keys::SIGNUP_DATE, "CreateUser"),
-    (user_keys::SIGNUP_SOURCE, "CreateUser"),
-];
-
-/// Checks that the generic key/value RPCs may write `key` (an already
-/// parsed key): every key but the [`SYSTEM_KEYS`].
-pub fn check_generic_write(key: &str) -> Result<(), String> {
-    match SYSTEM_KEYS.iter().find(|(system, _)| *system == key) {
-        Some((_, rpc)) => Err(format!("{key:?} is kept by the service; it changes only through {rpc}")),
-        None => Ok(()),
-    }
-}
-
-/// Checks a key: a documented key, or `custom.<name>` where the name is 1 or
-/// more of `a-z`, `0-9`, `_`, `-`, `.`, and the whole key is at most 128 bytes.
-pub fn parse_key(key: &str) -> Result<String, String> {
-    if key.is_empty() {
-        return Err("is required".into());
-    }
-    if DOCUMENTED_KEYS.contains(&key) {
-        return Ok(key.to_owned());
-    }
-    let Some(name) = key.strip_prefix(CUSTOM_PREFIX) else {
-        return Err(format!(
-            "must be a documented key ({}) or start with {CUSTOM_PREFIX:?}",
-            DOCUMENTED_KEYS.join(", ")
-        ));
-    };
-    if key.len() > MAX_KEY_LEN {
-        return Err(format!("must be at most {MAX_KEY_LEN} bytes"));
-    }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        return Err(format!("custom keys are {CUSTOM_PREFIX:?} followed by a-z, 0-9, '_', '-' or '.'"));
-    }
-    Ok(key.to_owned())
-}
+use crate::domain::error::{Error, Result};
 
 /// Checks a value for `key`: size and depth limits for every key, and the
 /// typed schema for documented keys.
@@ -135,12 +44,12 @@ pub fn validate(key: &str, value: &Value) -> Result<(), String> {
             Some(_) => Ok(()),
             None => Err("must be a non-negative integer".into()),
         },
-        keys::LAST_ACTIVE | user_keys::LAST_CLERK_SYNC | user_keys::SIGNUP_DATE => {
+        keys::LAST_ACTIVE | keys::LAST_CLERK_SYNC | keys::SIGNUP_DATE => {
             shape::<String>(value).and_then(|s| parse_time(&s).map(|_| ()))
         }
         keys::LOGIN_HISTORY => activity::validate_history(value),
-        user_keys::NAME_HISTORY => history::validate_names(value),
-        user_keys::SIGNUP_SOURCE => match value.as_str().and_then(SignupSource::parse) {
+        keys::NAME_HISTORY => history::validate_names(value),
+        keys::SIGNUP_SOURCE => match value.as_str().and_then(SignupSource::parse) {
             Some(_) => Ok(()),
             None => Err("must be \"clerk\", \"invite\" or \"admin\"".into()),
         },
@@ -152,18 +61,6 @@ pub fn validate(key: &str, value: &Value) -> Result<(), String> {
 pub fn shape<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     serde_json::from_value(value.clone())
         .map_err(|e| format!("does not match the documented shape: {}", userdata_kit::json_error::reason(&e)))
-}
-
-/// ISO-8601 text of a time, as stored.
-pub fn iso_string(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Parses an ISO-8601 / RFC 3339 time.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| "must be an ISO-8601 time like 2026-01-02T03:04:05.000Z".to_owned())
 }
 
 fn depth(value: &Value) -> usize {
@@ -277,9 +174,10 @@ pub fn put_valid(set: &mut DataSet, field: &str, key: &str, value: Value) -> Res
 
 /// Sets any key through the generic API: same validation as the typed RPCs,
 /// and a new custom key only below [`MAX_CUSTOM_KEYS`].
-pub fn set_value(set: &mut DataSet, key: &str, value: Value, expected: Option<i64>) -> Result<()> {
+pub fn set_value(set: &mut DataSet, key: &DataKey, value: Value, expected: Option<i64>) -> Result<()> {
+    let key = key.as_str();
     check_version(set, key, expected)?;
-    let new_custom = key.starts_with(CUSTOM_PREFIX) && set.stored(key).is_none();
+    let new_custom = key.starts_with(keys::CUSTOM_PREFIX) && set.stored(key).is_none();
     if new_custom && set.custom_keys.is_some_and(|count| count >= MAX_CUSTOM_KEYS) {
         return Err(Error::FailedPrecondition(format!(
             "the user already has {MAX_CUSTOM_KEYS} custom keys, the most allowed; delete one first"
@@ -289,7 +187,8 @@ pub fn set_value(set: &mut DataSet, key: &str, value: Value, expected: Option<i6
 }
 
 /// Deletes a key through the generic API; `NOT_FOUND` when it is unset.
-pub fn delete_value(set: &mut DataSet, key: &str, expected: Option<i64>) -> Result<()> {
+pub fn delete_value(set: &mut DataSet, key: &DataKey, expected: Option<i64>) -> Result<()> {
+    let key = key.as_str();
     if set.stored(key).is_none() {
         return Err(Error::NotFound { resource: "user data", key: format!("key {key:?}") });
     }
@@ -303,27 +202,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn keys_are_documented_or_custom() {
-        assert!(parse_key("preferences").is_ok());
-        assert!(parse_key("custom.theme-v2").is_ok());
-        for bad in
-            ["", "custom.", "custom.Upper", "other", "custom.a b", &format!("custom.{}", "a".repeat(130))]
-        {
-            assert!(parse_key(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn system_kept_keys_are_not_generic_writes() {
-        for (key, _) in SYSTEM_KEYS {
-            assert!(check_generic_write(key).is_err(), "{key}");
-        }
-        for key in ["preferences", "feature_flags", "onboarding_status", "custom.x"] {
-            assert!(check_generic_write(key).is_ok(), "{key}");
-        }
-    }
 
     #[test]
     fn documented_values_must_match_their_schema() {

@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{DataSet, check_version, keys::ONBOARDING_STATUS, parse_time, put_valid};
-use crate::domain::write::iso;
-use crate::error::{Error, Result};
+use super::{DataSet, check_version, put_valid};
+use crate::domain::error::{Error, Result};
+use crate::domain::{
+    keys::ONBOARDING_STATUS,
+    time::{iso, parse_time},
+};
 
 /// Onboarding steps, in order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -94,14 +97,14 @@ pub fn advance(
         }
         Some(c) if to == c.step => return Ok(None),
         Some(c) => c.started_at.clone(),
-        None => iso(now).as_str().unwrap_or_default().to_owned(),
+        None => iso(now),
     };
     let complete = to == Step::Complete;
     Ok(Some(OnboardingValue {
         step: to,
         completed: complete,
         started_at,
-        completed_at: complete.then(|| iso(now).as_str().unwrap_or_default().to_owned()),
+        completed_at: complete.then(|| iso(now)),
     }))
 }
 

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DataSet, check_version, keys::PREFERENCES, put_valid};
-use crate::error::{Error, Result};
+use super::{DataSet, check_version, put_valid};
+use crate::domain::error::{Error, Result};
+use crate::domain::keys::PREFERENCES;
 
 /// Default `language`.
 pub const DEFAULT_LANGUAGE: &str = "en";

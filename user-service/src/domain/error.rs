@@ -1,7 +1,9 @@
-//! The one error type of user-service. Transport code maps it to a gRPC status
-//! in exactly one place (`grpc::status`).
+//! The one error type of user-service: the domain's words for what went
+//! wrong. The store maps database errors into it (`store::error`), and
+//! transport code maps it to a gRPC status in exactly one place
+//! (`grpc::status`).
 
-use crate::domain::validation::FieldViolation;
+use super::validation::FieldViolation;
 
 /// Everything that can go wrong in a user-service operation.
 #[derive(Debug, thiserror::Error)]
@@ -75,37 +77,7 @@ impl Error {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
-}
 
-impl From<sqlx::Error> for Error {
-    fn from(err: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        match err {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                Self::Unavailable(err.to_string())
-            }
-            E::Database(ref db) if is_transient(db.code().as_deref()) => Self::Unavailable(err.to_string()),
-            other => Self::Internal(other.to_string()),
-        }
-    }
-}
-
-/// SQLSTATE classes (Postgres) and result codes (SQLite) that mean "try again
-/// later" rather than "this request is wrong".
-fn is_transient(code: Option<&str>) -> bool {
-    match code {
-        // 08: connection exception, 53: insufficient resources, 57P01..03: admin
-        // shutdown / crash / cannot connect now, 40001/40P01: serialization
-        // failure / deadlock.
-        Some(c) if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => true,
-        Some("40001" | "40P01") => true,
-        // SQLite: 5 = SQLITE_BUSY, 6 = SQLITE_LOCKED (and extended codes).
-        Some(c) => matches!(c.parse::<u32>().map(|n| n & 0xff), Ok(5 | 6)),
-        None => false,
-    }
-}
-
-impl Error {
     /// A `PermissionDenied` with `reason` and `message`.
     pub fn denied(reason: &'static str, message: impl Into<String>) -> Self {
         Self::PermissionDenied { reason, message: message.into() }

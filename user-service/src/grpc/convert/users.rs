@@ -1,41 +1,23 @@
-//! Conversions between protobuf messages and domain types. Parsing a request
-//! validates every field and reports all violations at once.
+//! `UserService` messages ⇄ user commands and users.
 
-use prost_types::{FieldMask, Timestamp};
+use prost_types::FieldMask;
 use userdata_proto::v1 as pb;
 
+use super::{outcome_to_proto, page_size, parse_event, parse_expected_version, parse_user, timestamp};
 use crate::{
     domain::{
         change::Actor,
+        error::{Error, Result},
+        limits::MAX_EMAIL_LEN,
         user::{
-            self, Profile, Role, SignupSource, Status, User, UserKey, parse_clerk_id, parse_email,
-            parse_etag, parse_image_url, parse_name, parse_user_id,
+            ClerkId, Email, Profile, Role, SignupSource, Status, User, UserKey, parse_image_url, parse_name,
+            parse_user_id,
         },
         validation::{Violations, no_control_chars},
-        write::{CreateUser, DeleteUser, EventContext, Outcome, UpdateUser, UserPatch, WriteResult},
+        write::{CreateUser, DeleteUser, UpdateUser, UserPatch, WriteResult},
     },
-    error::{Error, Result},
     store::UserFilter,
 };
-
-/// Longest accepted idempotency key (svix ids are about 30 characters).
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
-/// Longest accepted event type (`user.updated`, `session.created`, …).
-pub const MAX_EVENT_TYPE_LEN: usize = 64;
-
-/// Converts a chrono time to a protobuf Timestamp.
-pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
-}
-
-/// Converts a protobuf Timestamp, rejecting out-of-range values.
-pub fn time_from_proto(ts: &Timestamp) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    u32::try_from(ts.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)
-        .and_then(|nanos| chrono::DateTime::from_timestamp(ts.seconds, nanos))
-        .ok_or_else(|| "is not a valid timestamp".to_string())
-}
 
 impl From<User> for pb::User {
     fn from(u: User) -> Self {
@@ -91,16 +73,6 @@ fn status_from_proto(value: i32) -> Result<Option<Status>, String> {
     }
 }
 
-/// The proto form of an event outcome.
-pub fn outcome_to_proto(outcome: Option<Outcome>) -> pb::EventOutcome {
-    match outcome {
-        None => pb::EventOutcome::Unspecified,
-        Some(Outcome::Applied) => pb::EventOutcome::Applied,
-        Some(Outcome::Stale) => pb::EventOutcome::Stale,
-        Some(Outcome::UserDeleted) => pb::EventOutcome::UserDeleted,
-    }
-}
-
 /// Parses the optional profile fields of a `User` message under `prefix`.
 fn parse_optional(
     v: &mut Violations,
@@ -113,75 +85,12 @@ fn parse_optional(
 
 fn parse_profile(v: &mut Violations, u: &pb::User) -> Profile {
     Profile {
-        email: parse_optional(v, "user.email", u.email.as_ref(), parse_email),
+        email: parse_optional(v, "user.email", u.email.as_ref(), |e| Email::parse(e).map(Email::into_inner)),
         first_name: parse_optional(v, "user.first_name", u.first_name.as_ref(), parse_name),
         last_name: parse_optional(v, "user.last_name", u.last_name.as_ref(), parse_name),
         username: parse_optional(v, "user.username", u.username.as_ref(), parse_name),
         image_url: parse_optional(v, "user.image_url", u.image_url.as_ref(), parse_image_url),
     }
-}
-
-/// Parses an optional event context.
-pub fn parse_event(
-    v: &mut Violations,
-    ctx: Option<&pb::EventContext>,
-    actor: &Actor,
-    method: &str,
-) -> Option<EventContext> {
-    let ctx = ctx?;
-    let key = &ctx.idempotency_key;
-    let key_ok = if key.is_empty() {
-        Err("is required in an event context".to_string())
-    } else if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        Err(format!("must be at most {MAX_IDEMPOTENCY_KEY_LEN} characters"))
-    } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        Err("must be printable ASCII without spaces".to_string())
-    } else {
-        Ok(())
-    };
-    let key_ok = v.check("event_context.idempotency_key", key_ok).is_some();
-    let time = match &ctx.source_time {
-        None => Err("is required in an event context".to_string()),
-        Some(ts) => time_from_proto(ts).map(|t| t.timestamp_millis()),
-    };
-    let time = v.check("event_context.source_time", time);
-    let event_type = match ctx.event_type.as_str() {
-        "" => None,
-        t if t.len() <= MAX_EVENT_TYPE_LEN && t.bytes().all(|b| b.is_ascii_graphic()) => Some(t.to_owned()),
-        _ => {
-            v.add(
-                "event_context.event_type",
-                format!("must be at most {MAX_EVENT_TYPE_LEN} printable ASCII characters without spaces"),
-            );
-            None
-        }
-    };
-    let kind = EventContext::kind_of(method, event_type.as_deref());
-    let source = actor.client.clone();
-    Some(EventContext { idempotency_key: key.clone(), source_time_ms: time?, event_type, source, kind })
-        .filter(|_| key_ok)
-}
-
-/// Parses a user named by exactly one of an id field (called `id_field`) and
-/// `clerk_id`.
-pub fn parse_key(v: &mut Violations, id_field: &str, id: &str, clerk_id: &str) -> Option<UserKey> {
-    match (id.is_empty(), clerk_id.is_empty()) {
-        (true, true) => {
-            v.add(id_field, format!("one of {id_field} or clerk_id is required"));
-            None
-        }
-        (false, false) => {
-            v.add(id_field, format!("set only one of {id_field} and clerk_id"));
-            None
-        }
-        (false, true) => v.check(id_field, parse_user_id(id)).map(UserKey::Id),
-        (true, false) => v.check("clerk_id", parse_clerk_id(clerk_id)).map(UserKey::ClerkId),
-    }
-}
-
-/// Parses an optional etag into the version it names.
-pub fn parse_expected_version(v: &mut Violations, etag: &str) -> Option<i64> {
-    if etag.is_empty() { None } else { v.check("etag", parse_etag(etag)) }
 }
 
 /// Parses and validates a `CreateUserRequest` made by `actor`.
@@ -190,7 +99,7 @@ pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUse
         return Err(Error::invalid("user", "is required"));
     };
     let mut v = Violations::default();
-    let clerk_id = v.check("user.clerk_id", parse_clerk_id(&u.clerk_id));
+    let clerk_id = v.check("user.clerk_id", ClerkId::parse(&u.clerk_id));
     let profile = parse_profile(&mut v, u);
     let role = v.check("user.role", role_from_proto(u.role));
     let status = v.check("user.status", status_from_proto(u.status));
@@ -208,8 +117,9 @@ pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUse
     if req.event_context.is_some() && (role.flatten().is_some() || status.flatten().is_some()) {
         v.add("user.role", "role and status belong to this application and cannot come from an event");
     }
-    v.finish(|| CreateUser {
-        clerk_id: clerk_id.unwrap_or_default(),
+    let clerk_id = v.finish_parsed(clerk_id)?;
+    Ok(CreateUser {
+        clerk_id,
         profile,
         role: role.flatten().unwrap_or_default(),
         status: status.flatten().unwrap_or_default(),
@@ -221,9 +131,7 @@ pub fn create_user(req: pb::CreateUserRequest, actor: Actor) -> Result<CreateUse
 
 /// Parses a `GetUserRequest`.
 pub fn get_user(req: &pb::GetUserRequest) -> Result<UserKey> {
-    let mut v = Violations::default();
-    let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
-    v.finish_parsed(key)
+    super::only_user("id", &req.id, &req.clerk_id)
 }
 
 /// Default and maximum `ListUsers` page sizes.
@@ -245,14 +153,7 @@ pub struct ListUsers {
 /// Parses a `ListUsersRequest`.
 pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
     let mut v = Violations::default();
-    let page_size = match req.page_size {
-        n if n < 0 => {
-            v.add("page_size", "must not be negative");
-            0
-        }
-        0 => DEFAULT_PAGE_SIZE,
-        n => (n as u32).min(MAX_PAGE_SIZE),
-    };
+    let page_size = page_size(&mut v, req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
     let status = v.check("status", status_from_proto(req.status)).flatten();
     let role = v.check("role", role_from_proto(req.role)).flatten();
     let email = if req.email.is_empty() {
@@ -261,7 +162,7 @@ pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
         v.check(
             "email",
             no_control_chars(&req.email).and_then(|()| {
-                if req.email.len() > user::MAX_EMAIL_LEN {
+                if req.email.len() > MAX_EMAIL_LEN {
                     Err("is too long".into())
                 } else {
                     Ok(req.email.clone())
@@ -273,7 +174,7 @@ pub fn list_users(req: &pb::ListUsersRequest) -> Result<ListUsers> {
     let after = if req.page_token.is_empty() {
         None
     } else {
-        v.check("page_token", super::page_token::decode(&req.page_token, &filter))
+        v.check("page_token", crate::grpc::page_token::decode(&req.page_token, &filter))
     };
     v.finish(|| ListUsers { filter, after, page_size })
 }
@@ -293,14 +194,14 @@ pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUse
             v.add("user.clerk_id", "is required with an event context");
             None
         } else {
-            v.check("user.clerk_id", parse_clerk_id(&u.clerk_id)).map(UserKey::ClerkId)
+            v.check("user.clerk_id", ClerkId::parse(&u.clerk_id)).map(UserKey::from)
         }
     } else if u.id.is_empty() {
         if u.clerk_id.is_empty() {
             v.add("user.id", "one of user.id or user.clerk_id is required");
             None
         } else {
-            v.check("user.clerk_id", parse_clerk_id(&u.clerk_id)).map(UserKey::ClerkId)
+            v.check("user.clerk_id", ClerkId::parse(&u.clerk_id)).map(UserKey::from)
         }
     } else {
         v.check("user.id", parse_user_id(&u.id)).map(UserKey::Id)
@@ -334,10 +235,10 @@ pub fn update_user(req: pb::UpdateUserRequest, actor: Actor) -> Result<UpdateUse
         }
     }
     let changed_by =
-        if req.changed_by.is_empty() { None } else { v.check("changed_by", parse_clerk_id(&req.changed_by)) };
+        if req.changed_by.is_empty() { None } else { v.check("changed_by", ClerkId::parse(&req.changed_by)) };
     let expected_version = parse_expected_version(&mut v, &req.etag);
     let key = v.finish_parsed(key)?;
-    let actor = actor.with_event(event.as_ref()).claiming(changed_by.clone());
+    let actor = actor.with_event(event.as_ref()).claiming(changed_by.clone().map(ClerkId::into_inner));
     Ok(UpdateUser { key, patch, expected_version, changed_by, event, actor })
 }
 
@@ -381,7 +282,7 @@ fn mask_paths(v: &mut Violations, mask: Option<&FieldMask>, u: &pb::User) -> Vec
 /// Parses a `DeleteUserRequest`.
 pub fn delete_user(req: &pb::DeleteUserRequest, actor: Actor) -> Result<DeleteUser> {
     let mut v = Violations::default();
-    let key = parse_key(&mut v, "id", &req.id, &req.clerk_id);
+    let key = parse_user(&mut v, "id", &req.id, &req.clerk_id);
     let event = parse_event(&mut v, req.event_context.as_ref(), &actor, "DeleteUser");
     if event.is_some() && !matches!(key, Some(UserKey::ClerkId(_))) && !req.id.is_empty() {
         v.add("clerk_id", "is required with an event context");

@@ -1,0 +1,146 @@
+//! One follower of the feed: replays what it missed from the log, then
+//! sends what the fan-out brings, going back to the log when it falls
+//! behind (see the module above for why that never skips nor repeats).
+
+use std::sync::{Arc, atomic::Ordering};
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::{BATCH, Feed, FeedEvent, Progress, check_retained};
+use crate::domain::{
+    change::{ChangeFilter, Cursor, LoggedChange},
+    error::{Error, Result},
+};
+
+/// One follower's task.
+pub(super) struct Follower {
+    pub(super) feed: Arc<Feed>,
+    pub(super) id: u64,
+    pub(super) progress: Arc<Progress>,
+    pub(super) filter: ChangeFilter,
+    pub(super) cursor: Cursor,
+    pub(super) tx: mpsc::Sender<Result<FeedEvent>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Ok(mut followers) = self.feed.followers.lock() {
+            followers.remove(&self.id);
+        }
+    }
+}
+
+/// Why a follower stops.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The follower failed; the client was told.
+    Failed,
+}
+
+impl Follower {
+    /// Follows until the client goes away, the follower fails or the
+    /// server shuts down.
+    pub(super) async fn run(mut self, mut fanout: broadcast::Receiver<Arc<LoggedChange>>) {
+        if let Some(metrics) = &self.feed.metrics {
+            metrics.set_change_followers(self.feed.followers());
+        }
+        let mut closing = self.feed.closing.subscribe();
+        let closed = async move {
+            // Only an error (the feed is gone) ends the wait otherwise.
+            let _ = closing.wait_for(|closing| *closing).await;
+        };
+        let shut_down = tokio::select! {
+            _ = self.follow(&mut fanout) => false,
+            () = closed => true,
+        };
+        if shut_down {
+            self.fail(Error::ShuttingDown).await;
+        }
+        drop(fanout);
+        let feed = self.feed.clone();
+        drop(self);
+        if let Some(metrics) = &feed.metrics {
+            metrics.set_change_followers(feed.followers());
+        }
+    }
+
+    async fn follow(&mut self, fanout: &mut broadcast::Receiver<Arc<LoggedChange>>) -> Result<(), Stop> {
+        self.replay().await?;
+        let mut heartbeat = tokio::time::interval(self.feed.config.heartbeat_interval);
+        heartbeat.reset();
+        loop {
+            tokio::select! {
+                received = fanout.recv() => match received {
+                    Ok(change) => {
+                        if change.cursor <= self.cursor {
+                            continue;
+                        }
+                        self.cursor = change.cursor;
+                        if self.filter.matches(&change.change) {
+                            self.send_change(change).await?;
+                            heartbeat.reset();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "change follower fell behind; reading the log");
+                        if let Some(metrics) = &self.feed.metrics {
+                            metrics.count_change_fallback();
+                        }
+                        self.replay().await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.fail(Error::Unavailable("the change feed stopped".into())).await;
+                        return Err(Stop::Failed);
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    self.send(FeedEvent::Heartbeat(self.cursor)).await?;
+                }
+                () = self.tx.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+
+    /// Sends everything final after the cursor from the log.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        if let Err(err) = check_retained(self.feed.store.as_ref(), self.cursor).await {
+            self.fail(err).await;
+            return Err(Stop::Failed);
+        }
+        loop {
+            let batch = match self.feed.store.read_changes(self.cursor, &self.filter, BATCH).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    self.fail(err).await;
+                    return Err(Stop::Failed);
+                }
+            };
+            if let Some(first) = batch.changes.first() {
+                self.progress.behind_since_ms.store(first.at.timestamp_millis().max(1), Ordering::Relaxed);
+            }
+            for change in batch.changes {
+                self.cursor = change.cursor;
+                self.send_change(Arc::new(change)).await?;
+            }
+            self.cursor = self.cursor.max(batch.head);
+            self.progress.behind_since_ms.store(0, Ordering::Relaxed);
+            if !batch.more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_change(&self, change: Arc<LoggedChange>) -> Result<(), Stop> {
+        self.feed.record_delivery(&change);
+        self.send(FeedEvent::Change(change)).await
+    }
+
+    async fn send(&self, event: FeedEvent) -> Result<(), Stop> {
+        self.tx.send(Ok(event)).await.map_err(|_| Stop::Gone)
+    }
+
+    async fn fail(&self, err: Error) {
+        let _ = self.tx.send(Err(err)).await;
+    }
+}
