@@ -40,12 +40,11 @@ pub mod reconcile;
 pub mod request_id;
 pub mod send;
 pub mod svix;
-pub mod telemetry;
 pub mod upstream;
 
 use std::process::ExitCode;
 
-pub use app::{App, shutdown_signal};
+pub use app::App;
 pub use config::{Cli, Command, Config, SigningSecret, SigningSecrets};
 
 /// Runs a parsed subcommand to completion.
@@ -54,7 +53,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             let config = Config::from_args(args)?;
             let app = App::build(config).await?;
-            app.run_until(shutdown_signal()).await?;
+            app.run_until(userdata_kit::shutdown::signal()).await?;
             tracing::info!("gateway stopped");
             Ok(ExitCode::SUCCESS)
         }

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway::{Cli, telemetry};
+use gateway::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    userdata_kit::logging::init(cli.log_format);
     let command = cli.into_command().unwrap_or_else(|error| error.exit());
     match gateway::run(command).await {
         Ok(code) => code,

@@ -10,6 +10,7 @@ use ::metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::net::TcpListener;
 use tonic::Code;
+use userdata_kit::{grpc_code, metrics_http};
 
 /// Webhook deliveries answered, by event type and outcome.
 pub const WEBHOOK_EVENTS_TOTAL: &str = "webhook_events_total";
@@ -41,9 +42,6 @@ const WEBHOOK_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 /// gRPC latency buckets, in seconds, up to the 10 s longest deadline.
 const UPSTREAM_BUCKETS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// How often histogram samples are folded into their buckets.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
@@ -136,7 +134,7 @@ impl Metrics {
     pub fn record_upstream(&self, method: &'static str, code: Code, elapsed: Duration) {
         let labels = vec![
             Label::from_static_parts("method", method),
-            Label::from_static_parts("code", code_name(code)),
+            Label::from_static_parts("code", grpc_code::name(code)),
         ];
         self.recorder
             .register_counter(&Key::from_parts(UPSTREAM_REQUESTS_TOTAL, labels), &METADATA)
@@ -203,55 +201,11 @@ impl Metrics {
 /// Serves `GET /metrics` on `listener` until the task is dropped, and folds
 /// histogram samples every few seconds.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    use axum::{Router, http::header, routing::get};
-
     let upkeep = {
         let metrics = metrics.clone();
-        async move {
-            let mut every = tokio::time::interval(UPKEEP_INTERVAL);
-            loop {
-                every.tick().await;
-                metrics.run_upkeep();
-            }
-        }
+        move || metrics.run_upkeep()
     };
-    let scrape = move || {
-        let body = metrics.render();
-        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
-    };
-    let app = Router::new().route("/metrics", get(scrape));
-    tokio::select! {
-        () = upkeep => {}
-        served = axum::serve(listener, app) => {
-            if let Err(error) = served {
-                tracing::error!(%error, "metrics endpoint failed");
-            }
-        }
-    }
-}
-
-/// The canonical name of a gRPC code (`NOT_FOUND`), as user-service labels
-/// its own metrics.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    metrics_http::serve(listener, move || metrics.render(), upkeep).await;
 }
 
 #[cfg(test)]

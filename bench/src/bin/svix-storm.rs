@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use gateway::{SigningSecrets, config::parse_duration};
+use gateway::SigningSecrets;
 use tokio::sync::Mutex;
 use userdata_bench::{
     services,
@@ -28,6 +28,7 @@ use userdata_bench::{
         plan::{self, PlanOptions},
     },
 };
+use userdata_kit::duration::parse as parse_duration;
 
 /// Deliver Clerk events like Svix and check the result in user-service.
 #[derive(Debug, Parser)]

@@ -3,6 +3,7 @@
 
 use serde::de::DeserializeOwned;
 use serde_json::{Value, value::RawValue};
+use userdata_kit::json_error;
 
 use super::*;
 
@@ -57,7 +58,7 @@ impl InvalidEvent {
 /// Parses a (verified) webhook body.
 pub fn parse_event(body: &[u8]) -> Result<Event, InvalidEvent> {
     let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
-        InvalidEvent::new(format!("body is not a JSON event object: {}", json_error(&e)), None)
+        InvalidEvent::new(format!("body is not a JSON event object: {}", json_error::reason(&e)), None)
     })?;
     let event_type = envelope
         .event_type
@@ -159,31 +160,13 @@ fn typed_data<T: Keyed>(data: Option<&RawValue>, what: &str) -> Result<T, Invali
             let value: Option<Value> = serde_json::from_str(raw).ok();
             let key_ok = value.as_ref().and_then(|v| v.get(T::KEY)?.as_str()).is_some_and(|k| !k.is_empty());
             if key_ok {
-                Err(InvalidEvent::new(format!("invalid {what} data: {}", json_error(&error)), Some("data")))
+                Err(InvalidEvent::new(
+                    format!("invalid {what} data: {}", json_error::reason(&error)),
+                    Some("data"),
+                ))
             } else {
                 Err(key_error())
             }
         }
     }
-}
-
-/// A serde_json error as a reason that names what was expected but never
-/// the value found: serde's own text quotes it (`invalid type: string
-/// "ada@example.com", expected a sequence`), and a webhook's values are
-/// personal data that must not reach logs or the answer to Svix.
-pub fn json_error(error: &serde_json::Error) -> String {
-    let message = error.to_string();
-    let expected =
-        |rest: &str| rest.split_once(", expected ").map_or(String::new(), |(_, e)| format!(", expected {e}"));
-    for kind in ["invalid type: ", "invalid value: "] {
-        if let Some(rest) = message.strip_prefix(kind) {
-            // The kind of value (`string`, `integer`, `map`, ...), not the value.
-            let found = rest.split([' ', ',']).next().unwrap_or_default();
-            return format!("{} ({found}){}", kind.trim_end_matches(": "), expected(rest));
-        }
-    }
-    if let Some(rest) = message.strip_prefix("unknown variant ") {
-        return format!("unknown variant{}", expected(rest));
-    }
-    message
 }

@@ -6,8 +6,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use http::Uri;
+
+use userdata_kit::{duration::parse as parse_duration, logging::LogFormat};
 
 use super::{MetricsListen, defaults::*, limits::ConnectionArgs};
 
@@ -65,16 +67,6 @@ pub enum Command {
     /// users, update outdated ones, optionally delete those Clerk no longer
     /// has. Needs CLERK_SECRET_KEY.
     Reconcile(crate::reconcile::ReconcileArgs),
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Human,
-    /// One JSON object per line, for log shippers.
-    Json,
 }
 
 /// Options of `gateway serve`.
@@ -249,20 +241,4 @@ pub struct SendArgs {
 pub fn parse_uri(text: &str) -> Result<Uri, String> {
     let text = text.trim();
     text.parse().map_err(|_| format!("`{text}` is not a URL like http://host:port"))
-}
-
-/// Parses a duration such as `5s`, `1500ms`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 5s or 1500ms"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }

@@ -83,7 +83,7 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{cli::parse_duration, limits};
+    use crate::config::limits;
 
     #[test]
     fn every_default_reads_as_the_command_line_parses_it() {
@@ -98,7 +98,7 @@ mod tests {
             limits::DEFAULT_IDLE_TIMEOUT,
             limits::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         ] {
-            assert_eq!(parse_duration(default.text), Ok(default.value), "{}", default.text);
+            assert_eq!(userdata_kit::duration::parse(default.text), Ok(default.value), "{}", default.text);
         }
         assert_eq!(DurationDefault::new("1500ms").value, Duration::from_millis(1500));
         assert_eq!(DurationDefault::new("2m").value, Duration::from_secs(120));

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use clap::Args;
+use userdata_kit::duration::parse as parse_duration;
 
-use super::{ConfigError, defaults::DurationDefault, parse_duration};
+use super::{ConfigError, defaults::DurationDefault};
 
 /// Default `--header-read-timeout`: time for a request's headers to arrive.
 pub const DEFAULT_HEADER_READ_TIMEOUT: DurationDefault = DurationDefault::new("10s");

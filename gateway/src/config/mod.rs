@@ -16,7 +16,7 @@ pub mod error;
 pub mod limits;
 pub mod secrets;
 
-pub use cli::{Cli, Command, LogFormat, SendArgs, ServeArgs, UserServiceArgs, parse_duration, parse_uri};
+pub use cli::{Cli, Command, SendArgs, ServeArgs, UserServiceArgs, parse_uri};
 pub use defaults::*;
 pub use error::ConfigError;
 use limits::ConnectionLimits;

@@ -8,11 +8,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use tonic::Code;
+use userdata_kit::grpc_code;
 use userdata_proto::v1::{ListUsersRequest, User, user_service_client::UserServiceClient};
 
 use crate::{
     clerk::Profile,
-    metrics::code_name,
     reconcile::{progress::Progress, retry::RetryPolicy},
     upstream::UpstreamChannel,
 };
@@ -22,7 +22,7 @@ const PAGE_SIZE: i32 = 1000;
 
 /// Why the local users could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot list user-service's users ({}): {message}", code_name(*code))]
+#[error("cannot list user-service's users ({}): {message}", grpc_code::name(*code))]
 pub struct ListError {
     /// The gRPC code of the last attempt.
     pub code: Code,
@@ -95,7 +95,7 @@ async fn list_page(
         if !transient || !retry.may_retry(failed) {
             return Err(ListError { code: status.code(), message: status.message().to_owned() });
         }
-        tracing::warn!(code = code_name(status.code()), attempt = failed, "ListUsers failed; retrying");
+        tracing::warn!(code = grpc_code::name(status.code()), attempt = failed, "ListUsers failed; retrying");
         tokio::time::sleep(retry.backoff(failed)).await;
     }
 }

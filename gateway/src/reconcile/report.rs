@@ -3,12 +3,11 @@
 
 use std::{fmt, process::ExitCode, time::Duration};
 
-use crate::{
-    metrics::code_name,
-    reconcile::{
-        plan::{DeletesRefused, Plan, Write},
-        write::Written,
-    },
+use userdata_kit::grpc_code;
+
+use crate::reconcile::{
+    plan::{DeletesRefused, Plan, Write},
+    write::Written,
 };
 
 /// Clerk ids shown per category.
@@ -180,7 +179,7 @@ impl Report {
             }
             Written::Failed(code) => {
                 counts.failed += 1;
-                samples.failed.offer(|| format!("{clerk_id} ({})", code_name(code)));
+                samples.failed.offer(|| format!("{clerk_id} ({})", grpc_code::name(code)));
                 self.verdict = Verdict::Failed(counts.failed);
             }
         }
