@@ -1,9 +1,42 @@
 //! `GET /metrics`: the Prometheus text, on a plain-HTTP listener of its own.
 
-use std::time::Duration;
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use axum::{Router, http::header, routing::get};
 use tokio::net::TcpListener;
+
+/// Where `/metrics` is served, if anywhere: the value of both services'
+/// `--metrics-listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// No metrics endpoint, and nothing recorded.
+    Off,
+    /// Serve on this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        text.parse()
+            .map(Self::On)
+            .map_err(|_| format!("`{text}` is neither an address like 127.0.0.1:9464 nor `off`"))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::On(addr) => addr.fmt(f),
+        }
+    }
+}
 
 /// The content type of Prometheus's text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

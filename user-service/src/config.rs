@@ -1,6 +1,6 @@
 //! Configuration from command-line flags and environment variables.
 
-use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use userdata_kit::{duration, logging::LogFormat};
@@ -169,36 +169,7 @@ pub struct Config {
     pub metrics_listen: MetricsListen,
 }
 
-/// Where `/metrics` is served, if anywhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricsListen {
-    /// No metrics endpoint (and no metrics recorded).
-    Off,
-    /// Serve on this address (port 0 picks a free port).
-    On(SocketAddr),
-}
-
-impl FromStr for MetricsListen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.eq_ignore_ascii_case("off") {
-            return Ok(Self::Off);
-        }
-        text.parse()
-            .map(Self::On)
-            .map_err(|_| format!("{text:?} is neither an address like 127.0.0.1:9464 nor `off`"))
-    }
-}
-
-impl fmt::Display for MetricsListen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Off => f.write_str("off"),
-            Self::On(addr) => addr.fmt(f),
-        }
-    }
-}
+pub use userdata_kit::metrics_http::MetricsListen;
 
 /// Parses a browser origin: `http` or `https`, a host and an optional port,
 /// nothing else (no path, no trailing slash, no `*`).

@@ -6,7 +6,7 @@
 //! configuration is refused. [`Config::from_args`] turns the first into a
 //! validated [`Config`].
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 
@@ -204,37 +204,7 @@ impl Default for RateLimit {
     }
 }
 
-/// Where `/metrics` is served, if anywhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricsListen {
-    /// No metrics endpoint, and nothing recorded.
-    Off,
-    /// Serve on this address (port 0 picks a free port).
-    On(SocketAddr),
-}
-
-impl FromStr for MetricsListen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("off") {
-            return Ok(Self::Off);
-        }
-        text.parse()
-            .map(Self::On)
-            .map_err(|_| format!("`{text}` is neither an address like 127.0.0.1:9465 nor `off`"))
-    }
-}
-
-impl fmt::Display for MetricsListen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Off => f.write_str("off"),
-            Self::On(addr) => addr.fmt(f),
-        }
-    }
-}
+pub use userdata_kit::metrics_http::MetricsListen;
 
 impl Config {
     /// A config with the command line's defaults and the given secrets,
