@@ -26,13 +26,11 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::{
-    domain::{
-        change::Actor,
-        error::{Error, Result},
-        user::UserKey,
-        write::{self, CreateUser, DeleteUser, EventContext, Existing, Plan, WriteResult},
-    },
+use crate::domain::{
+    change::Actor,
+    error::{Error, Result},
+    user::UserKey,
+    write::{self, CreateUser, DeleteUser, EventContext, Existing, Plan, WriteResult},
 };
 
 /// One user write, as queued for a group.
