@@ -73,12 +73,13 @@ pub(super) fn entry((key, value, version, updated_at): EntryRow) -> DataEntry {
     DataEntry { key, value: value.0, version, updated_at }
 }
 
+/// A row of a `users left join user_data` read: the user's id, then an
+/// entry's columns, null when the user has none of the keys.
+pub(super) type JoinedRow<I> = (I, Option<String>, Option<Json<Value>>, Option<i64>, Option<DateTime<Utc>>);
+
 /// The entries of a `users left join user_data` read: no rows means no such
 /// user; a user without the keys gives one row of nulls.
-pub(super) fn joined_entries<I>(
-    rows: Vec<(I, Option<String>, Option<Json<Value>>, Option<i64>, Option<DateTime<Utc>>)>,
-    key: &UserKey,
-) -> Result<Vec<DataEntry>> {
+pub(super) fn joined_entries<I>(rows: Vec<JoinedRow<I>>, key: &UserKey) -> Result<Vec<DataEntry>> {
     if rows.is_empty() {
         return Err(Error::NotFound { resource: "user", key: key.to_string() });
     }

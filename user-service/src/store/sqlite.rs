@@ -639,16 +639,15 @@ impl Store for SqliteStore {
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
         let (filter, bind) = user_where(user);
-        let found: Vec<(String, Option<String>, Option<Json<Value>>, Option<i64>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select u.id, d.key, d.value, d.version, d.updated_at from users u \
+        let found: Vec<rows::JoinedRow<String>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select u.id, d.key, d.value, d.version, d.updated_at from users u \
                  left join user_data d on d.user_id = u.id and d.key in (select value from json_each($2)) \
                  where {filter}"
-            )))
-            .bind(bind)
-            .bind(json_list(keys))
-            .fetch_all(&self.pool)
-            .await?;
+        )))
+        .bind(bind)
+        .bind(json_list(keys))
+        .fetch_all(&self.pool)
+        .await?;
         rows::joined_entries(found, user)
     }
 
