@@ -6,6 +6,7 @@ mod error;
 mod group;
 mod observed;
 mod postgres;
+mod rows;
 mod sqlite;
 mod txn;
 

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{
-    PgConnection, PgPool, Postgres, Transaction,
+    PgConnection, PgPool, Postgres, Row, Transaction,
     postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions},
     query::Query,
     types::Json,
@@ -20,6 +20,7 @@ use super::{
     changes::{CHANGE_COLUMNS, ChangeRow},
     group::{GroupCommit, GroupOptions, UserWrite, UserWriter},
     migrate_error,
+    rows::{self, EntryRow, UserRow, entry},
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
@@ -28,15 +29,12 @@ use crate::{
         change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange, NewChange},
         keys,
         limits::NAME_HISTORY_LIMIT,
-        user::{Profile, Role, Status, User, UserKey},
+        user::{Role, Status, User, UserKey},
         write::{self, Change, CreateUser, DeleteUser, EventContext, Existing, UpdateUser, WriteResult},
     },
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
-
-const USER_COLUMNS: &str = "id, clerk_id, email, first_name, last_name, username, image_url, \
-     role, status, created_at, updated_at, source_updated_at, version";
 
 /// How long a group waits for a lock before it rolls back and its writes run
 /// alone: far above a normal transaction's hold, far below a webhook's
@@ -193,49 +191,6 @@ async fn notify_replicas(pool: PgPool, signals: std::sync::Weak<Signals>) {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Uuid,
-    clerk_id: String,
-    email: Option<String>,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    username: Option<String>,
-    image_url: Option<String>,
-    role: String,
-    status: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    source_updated_at: Option<i64>,
-    version: i64,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = Error;
-
-    fn try_from(row: UserRow) -> Result<Self> {
-        Ok(Self {
-            id: row.id,
-            clerk_id: row.clerk_id,
-            profile: Profile {
-                email: row.email,
-                first_name: row.first_name,
-                last_name: row.last_name,
-                username: row.username,
-                image_url: row.image_url,
-            },
-            role: Role::parse(&row.role)
-                .ok_or_else(|| Error::Internal(format!("bad role {:?}", row.role)))?,
-            status: Status::parse(&row.status)
-                .ok_or_else(|| Error::Internal(format!("bad status {:?}", row.status)))?,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            source_updated_at: row.source_updated_at,
-            version: row.version,
-        })
-    }
-}
-
 /// Starts a transaction. For a `clerk_id`, it then takes a
 /// transaction-scoped advisory lock on it, which serialises every write for
 /// that id, including for users that do not exist yet (a row lock cannot cover
@@ -289,20 +244,7 @@ async fn create_if_new(db: &mut PgConnection, cmd: &CreateUser) -> Result<Option
     let Change::Insert { user, data } = &plan.change else { return Ok(None) };
     let actor = &cmd.actor;
     let (keys, values): (Vec<&str>, Vec<Json<&Value>>) = data.iter().map(|(k, v)| (*k, Json(v))).unzip();
-    let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(INSERT_IF_NEW)
-        .bind(user.id)
-        .bind(&user.clerk_id)
-        .bind(&user.profile.email)
-        .bind(&user.profile.first_name)
-        .bind(&user.profile.last_name)
-        .bind(&user.profile.username)
-        .bind(&user.profile.image_url)
-        .bind(user.role.as_str())
-        .bind(user.status.as_str())
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(user.source_updated_at)
-        .bind(user.version)
+    let inserted: Result<i64, sqlx::Error> = bind_user(sqlx::query(INSERT_IF_NEW), user)
         .bind(now)
         .bind(keys)
         .bind(values)
@@ -318,7 +260,8 @@ async fn create_if_new(db: &mut PgConnection, cmd: &CreateUser) -> Result<Option
         .bind(cmd.event.as_ref().map(|e| e.source.as_str()))
         .bind(cmd.event.as_ref().map(|e| e.kind.as_str()))
         .fetch_one(db)
-        .await;
+        .await
+        .and_then(|row| row.try_get(0));
     match inserted {
         Ok(1) => Ok(Some(plan.result)),
         Ok(_) => Ok(None),
@@ -364,7 +307,7 @@ impl StateRow {
         else {
             return Ok(None);
         };
-        let row = UserRow {
+        let row = UserRow::<Uuid> {
             id,
             clerk_id,
             email: self.email,
@@ -399,7 +342,8 @@ async fn load_state(
          from (select 1) as one \
          left join lateral (select clerk_id, kind, result from processed_events \
              where idempotency_key = $2 and source in ($3, '') limit 1) pe on true \
-         left join lateral (select {USER_COLUMNS} from users where {user_filter} for update) u on true"
+         left join lateral (select {} from users where {user_filter} for update) u on true",
+        rows::USER_COLUMNS
     )))
     .bind(bind)
     .bind(event.map(|e| e.idempotency_key.as_str()))
@@ -426,19 +370,75 @@ async fn load_state(
     Ok((replayed, existing))
 }
 
-/// Parameters `$n` of the idempotency record, shared by every write statement
-/// so each change and its record are one statement.
-const RECORD_EVENT: &str = "e as (insert into processed_events \
-         (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
-     select $20, $21, $22, $23, now(), $35, $36 where $20::text is not null on conflict do nothing)";
+/// Binds a user's 13 columns, in [`rows::USER_COLUMNS`] order, as `$1`..`$13`.
+fn bind_user<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    user: &'q User,
+) -> Query<'q, Postgres, PgArguments> {
+    bind_profile(query.bind(user.id).bind(&user.clerk_id), user)
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .bind(user.source_updated_at)
+        .bind(user.version)
+}
 
-/// Appends changes to the log: `$14` is the time, `$24`..`$34` the actor
-/// and the changes (see [`bind_changes`]).
-const RECORD_CHANGES: &str = "c as (insert into changes (at, user_id, clerk_id, kind, key, before, after, \
-         actor_client, actor_event_id, actor_event_type, actor_changed_by, actor_request_id) \
-     select $14, t.user_id, t.clerk_id, t.kind, t.key, t.before, t.after, $24, $25, $26, $27, $28 \
-     from unnest($29::uuid[], $30::text[], $31::text[], $32::text[], $33::jsonb[], $34::jsonb[]) \
-         as t(user_id, clerk_id, kind, key, before, after))";
+/// Binds a user's profile, role and status (7 parameters).
+fn bind_profile<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    user: &'q User,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(&user.profile.email)
+        .bind(&user.profile.first_name)
+        .bind(&user.profile.last_name)
+        .bind(&user.profile.username)
+        .bind(&user.profile.image_url)
+        .bind(user.role.as_str())
+        .bind(user.status.as_str())
+}
+
+/// The CTEs that record the event (`e`) and append the changes (`c`), with
+/// the time at `$at` and their own parameters from `$n` on (see [`bind_log`]),
+/// so each change, its record and its log are one statement.
+fn log_ctes(at: usize, n: usize) -> String {
+    let p = |i: usize| format!("${}", n + i);
+    format!(
+        "e as (insert into processed_events \
+             (idempotency_key, clerk_id, outcome, result, processed_at, source, kind) \
+         select {k}, {}, {}, {}, now(), {}, {} where {k}::text is not null on conflict do nothing), {}",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        changes_cte(at, n + 6),
+        k = p(0),
+    )
+}
+
+/// The CTE `c` that appends changes: the time at `$at`, the actor and the
+/// change columns from `$n` on (see [`bind_changes`]).
+fn changes_cte(at: usize, n: usize) -> String {
+    let p = |i: usize| format!("${}", n + i);
+    format!(
+        "c as (insert into changes (at, user_id, clerk_id, kind, key, before, after, \
+             actor_client, actor_event_id, actor_event_type, actor_changed_by, actor_request_id) \
+         select ${at}, t.user_id, t.clerk_id, t.kind, t.key, t.before, t.after, {}, {}, {}, {}, {} \
+         from unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::jsonb[], {}::jsonb[]) \
+             as t(user_id, clerk_id, kind, key, before, after))",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8),
+        p(9),
+        p(10),
+    )
+}
 
 /// A deletion takes the personal values out of the user's earlier changes
 /// (keeping what happened, when and by whom) and out of the results recorded
@@ -446,6 +446,23 @@ const RECORD_CHANGES: &str = "c as (insert into changes (at, user_id, clerk_id, 
 const ERASE_USER: &str = "x as (update changes set before = null, after = null, erased = true \
          where clerk_id = $2 and not erased), \
      r as (update processed_events set result = result - 'user' where clerk_id = $2 and result ? 'user')";
+
+/// Binds the parameters of [`log_ctes`]: the record, then [`bind_changes`].
+fn bind_log<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    record: Option<Record<'q>>,
+    actor: &'q Actor,
+    changes: &'q [NewChange],
+) -> Query<'q, Postgres, PgArguments> {
+    let query = query
+        .bind(record.map(|(e, _, _)| e.idempotency_key.as_str()))
+        .bind(record.map(|(_, c, _)| c))
+        .bind(record.map(|(_, _, r)| r.outcome.map_or("none", write::Outcome::as_str)))
+        .bind(record.map(|(_, _, r)| Json(r)))
+        .bind(record.map(|(e, _, _)| e.source.as_str()))
+        .bind(record.map(|(e, _, _)| e.kind.as_str()));
+    bind_changes(query, actor, changes)
+}
 
 /// Binds the actor and the columns of `changes`, in that order, as the
 /// statement's next parameters.
@@ -474,103 +491,129 @@ fn bind_changes<'q>(
         .bind(after)
 }
 
-/// Applies a planned change, records the event and appends the changes in
-/// one statement.
-async fn apply(
-    tx: &mut PgConnection,
-    change: &Change,
-    changes: &[NewChange],
-    actor: &Actor,
-    record: Option<Record<'_>>,
+/// The keys and values of initial or updated user data, as two arrays.
+fn data_arrays<'a>(data: &'a [(&'static str, Value)]) -> (Vec<&'static str>, Vec<Json<&'a Value>>) {
+    data.iter().map(|(k, v)| (*k, Json(v))).unzip()
+}
+
+/// What every kind of change records besides itself.
+#[derive(Clone, Copy)]
+struct Log<'a> {
+    changes: &'a [NewChange],
+    actor: &'a Actor,
+    record: Option<Record<'a>>,
     now: DateTime<Utc>,
-) -> Result<()> {
-    let (keys, values): (Vec<&str>, Vec<Json<&Value>>) = match change {
-        Change::Insert { data, .. } | Change::Update { data, .. } => {
-            data.iter().map(|(k, v)| (*k, Json(v))).unzip()
+}
+
+/// Applies a planned change, records the event and appends the changes in
+/// one statement: one function per kind of change, each binding only what
+/// its statement uses.
+async fn apply(tx: &mut PgConnection, change: &Change, log: Log<'_>) -> Result<()> {
+    match change {
+        Change::None => apply_none(tx, log).await,
+        Change::Insert { user, data } => apply_insert(tx, user, data, log).await,
+        Change::Update { user, data, name_entry } => {
+            apply_update(tx, user, data, name_entry.as_ref(), log).await
         }
-        Change::None | Change::Delete { .. } => (Vec::new(), Vec::new()),
-    };
-    let name_entry = match change {
-        Change::Update { name_entry, .. } => name_entry.as_ref().map(Json),
-        _ => None,
-    };
-    let sql = match change {
-        Change::None => format!("with {RECORD_EVENT}, {RECORD_CHANGES} select 1"),
-        Change::Insert { .. } => format!(
-            "with u as (insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
-                 role, status, created_at, updated_at, source_updated_at, version) \
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning id), \
-             d as (insert into user_data (user_id, key, value, created_at, updated_at) \
-                 select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
-             {RECORD_EVENT}, {RECORD_CHANGES} select 1"
-        ),
-        Change::Update { .. } => format!(
-            "with u as (update users set email = $3, first_name = $4, last_name = $5, username = $6, \
-                 image_url = $7, role = $8, status = $9, updated_at = $11, source_updated_at = $12, \
-                 version = $13 where id = $1), \
-             d as (insert into user_data (user_id, key, value, created_at, updated_at) \
-                 select $1, k, v, $14, $14 from unnest($15::text[], $16::jsonb[]) as t(k, v) \
-                 on conflict (user_id, key) do update \
-                 set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1), \
-             n as (insert into user_data (user_id, key, value, created_at, updated_at) \
-                 select $1, $17, jsonb_build_array($18::jsonb), $14, $14 where $18::jsonb is not null \
-                 on conflict (user_id, key) do update set \
-                   value = case when jsonb_typeof(user_data.value) <> 'array' then excluded.value \
-                                when jsonb_array_length(user_data.value) >= $19 \
-                                  then (user_data.value - 0) || excluded.value \
-                                else user_data.value || excluded.value end, \
-                   updated_at = excluded.updated_at, version = user_data.version + 1), \
-             {RECORD_EVENT}, {RECORD_CHANGES} select 1"
-        ),
-        Change::Delete { .. } => format!(
-            "with u as (delete from users where id = $1), \
-             t as (insert into deleted_users (clerk_id, user_id, deleted_at) values ($2, $1, $14) \
-                 on conflict (clerk_id) do nothing), \
-             {ERASE_USER}, {RECORD_EVENT}, {RECORD_CHANGES} select 1"
-        ),
-    };
-    let user = match change {
-        Change::Insert { user, .. } | Change::Update { user, .. } => Some(user),
-        Change::None | Change::Delete { .. } => None,
-    };
-    let (id, clerk_id) = match change {
-        Change::Delete { user_id, clerk_id } => (*user_id, Some(clerk_id.as_str())),
-        _ => (user.map(|u| u.id), user.map(|u| u.clerk_id.as_str())),
-    };
-    // Every statement takes the same 36 parameters; each uses what it needs.
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .bind(clerk_id)
-        .bind(user.and_then(|u| u.profile.email.as_deref()))
-        .bind(user.and_then(|u| u.profile.first_name.as_deref()))
-        .bind(user.and_then(|u| u.profile.last_name.as_deref()))
-        .bind(user.and_then(|u| u.profile.username.as_deref()))
-        .bind(user.and_then(|u| u.profile.image_url.as_deref()))
-        .bind(user.map(|u| u.role.as_str()))
-        .bind(user.map(|u| u.status.as_str()))
-        .bind(user.map(|u| u.created_at))
-        .bind(user.map(|u| u.updated_at))
-        .bind(user.and_then(|u| u.source_updated_at))
-        .bind(user.map(|u| u.version))
-        .bind(now)
+        Change::Delete { user_id, clerk_id } => apply_delete(tx, *user_id, clerk_id, log).await,
+    }
+}
+
+/// Nothing to change: records the event (and any changes).
+async fn apply_none(tx: &mut PgConnection, log: Log<'_>) -> Result<()> {
+    let sql = format!("with {} select 1", log_ctes(1, 2));
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(log.now);
+    bind_log(query, log.record, log.actor, log.changes).execute(tx).await?;
+    Ok(())
+}
+
+/// Inserts the user and its initial data.
+async fn apply_insert(
+    tx: &mut PgConnection,
+    user: &User,
+    data: &[(&'static str, Value)],
+    log: Log<'_>,
+) -> Result<()> {
+    let sql = format!(
+        "with u as (insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
+             role, status, created_at, updated_at, source_updated_at, version) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning id), \
+         d as (insert into user_data (user_id, key, value, created_at, updated_at) \
+             select u.id, k, v, $14, $14 from u, unnest($15::text[], $16::jsonb[]) as t(k, v)), \
+         {} select 1",
+        log_ctes(14, 17)
+    );
+    let (keys, values) = data_arrays(data);
+    let query = bind_user(sqlx::query(sqlx::AssertSqlSafe(sql)), user).bind(log.now).bind(keys).bind(values);
+    bind_log(query, log.record, log.actor, log.changes)
+        .execute(tx)
+        .await
+        .map_err(|e| super::unique_violation(e, &user.clerk_id))?;
+    Ok(())
+}
+
+/// Updates the user, upserts its data and appends to its name history.
+async fn apply_update(
+    tx: &mut PgConnection,
+    user: &User,
+    data: &[(&'static str, Value)],
+    name_entry: Option<&Value>,
+    log: Log<'_>,
+) -> Result<()> {
+    let sql = format!(
+        "with u as (update users set email = $2, first_name = $3, last_name = $4, username = $5, \
+             image_url = $6, role = $7, status = $8, updated_at = $9, source_updated_at = $10, \
+             version = $11 where id = $1), \
+         d as (insert into user_data (user_id, key, value, created_at, updated_at) \
+             select $1, k, v, $12, $12 from unnest($13::text[], $14::jsonb[]) as t(k, v) \
+             on conflict (user_id, key) do update \
+             set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1), \
+         n as (insert into user_data (user_id, key, value, created_at, updated_at) \
+             select $1, $15, jsonb_build_array($16::jsonb), $12, $12 where $16::jsonb is not null \
+             on conflict (user_id, key) do update set \
+               value = case when jsonb_typeof(user_data.value) <> 'array' then excluded.value \
+                            when jsonb_array_length(user_data.value) >= $17 \
+                              then (user_data.value - 0) || excluded.value \
+                            else user_data.value || excluded.value end, \
+               updated_at = excluded.updated_at, version = user_data.version + 1), \
+         {} select 1",
+        log_ctes(12, 18)
+    );
+    let (keys, values) = data_arrays(data);
+    let query = bind_profile(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user.id), user)
+        .bind(user.updated_at)
+        .bind(user.source_updated_at)
+        .bind(user.version)
+        .bind(log.now)
         .bind(keys)
         .bind(values)
         .bind(keys::NAME_HISTORY)
-        .bind(name_entry)
-        .bind(NAME_HISTORY_LIMIT as i32)
-        .bind(record.map(|(e, _, _)| e.idempotency_key.as_str()))
-        .bind(record.map(|(_, c, _)| c))
-        .bind(record.map(|(_, _, r)| r.outcome.map_or("none", write::Outcome::as_str)))
-        .bind(record.map(|(_, _, r)| Json(r)));
-    bind_changes(query, actor, changes)
-        .bind(record.map(|(e, _, _)| e.source.as_str()))
-        .bind(record.map(|(e, _, _)| e.kind.as_str()))
+        .bind(name_entry.map(Json))
+        .bind(NAME_HISTORY_LIMIT as i32);
+    bind_log(query, log.record, log.actor, log.changes)
         .execute(tx)
         .await
-        .map_err(|e| match user {
-            Some(u) => super::unique_violation(e, &u.clerk_id),
-            None => e.into(),
-        })?;
+        .map_err(|e| super::unique_violation(e, &user.clerk_id))?;
+    Ok(())
+}
+
+/// Deletes the user and its data, tombstones its `clerk_id` and erases its
+/// personal values from the log and the recorded results.
+async fn apply_delete(
+    tx: &mut PgConnection,
+    user_id: Option<Uuid>,
+    clerk_id: &str,
+    log: Log<'_>,
+) -> Result<()> {
+    let sql = format!(
+        "with u as (delete from users where id = $1), \
+         t as (insert into deleted_users (clerk_id, user_id, deleted_at) values ($2, $1, $3) \
+             on conflict (clerk_id) do nothing), \
+         {ERASE_USER}, {} select 1",
+        log_ctes(3, 4)
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(clerk_id).bind(log.now);
+    bind_log(query, log.record, log.actor, log.changes).execute(tx).await?;
     Ok(())
 }
 
@@ -579,14 +622,11 @@ async fn recorded_result(
     event: &EventContext,
     clerk_id: &str,
 ) -> Result<Option<WriteResult>> {
-    let row: Option<super::Recorded> = sqlx::query_as(
-        "select clerk_id, kind, result from processed_events \
-         where idempotency_key = $1 and source in ($2, '') limit 1",
-    )
-    .bind(&event.idempotency_key)
-    .bind(&event.source)
-    .fetch_optional(tx)
-    .await?;
+    let row: Option<super::Recorded> = sqlx::query_as(rows::RECORDED)
+        .bind(&event.idempotency_key)
+        .bind(&event.source)
+        .fetch_optional(tx)
+        .await?;
     super::replay(row, clerk_id, event)
 }
 
@@ -611,6 +651,17 @@ async fn record_event(
     Ok(())
 }
 
+/// Binds a user key as `$1`: the id as a uuid, or the `clerk_id`.
+fn bind_key<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    key: &'q UserKey,
+) -> Query<'q, Postgres, PgArguments> {
+    match key {
+        UserKey::Id(id) => query.bind(*id),
+        UserKey::ClerkId(clerk_id) => query.bind(clerk_id.as_str()),
+    }
+}
+
 /// The `where` clause and its one bind value for a user key. Both arms hit an
 /// index (the cast is on the parameter, not the column).
 fn user_where(key: &UserKey) -> (&'static str, String) {
@@ -620,21 +671,8 @@ fn user_where(key: &UserKey) -> (&'static str, String) {
     }
 }
 
-type EntryRow = (String, Json<Value>, i64, DateTime<Utc>);
-
-fn entry((key, value, version, updated_at): EntryRow) -> DataEntry {
-    DataEntry { key, value: value.0, version, updated_at }
-}
-
 async fn is_tombstoned(tx: &mut PgConnection, key: &UserKey) -> Result<bool> {
-    let found = match key {
-        UserKey::Id(id) => {
-            sqlx::query("select 1 from deleted_users where user_id = $1").bind(id).fetch_optional(tx).await?
-        }
-        UserKey::ClerkId(c) => {
-            sqlx::query("select 1 from deleted_users where clerk_id = $1").bind(c).fetch_optional(tx).await?
-        }
-    };
+    let found = bind_key(sqlx::query(rows::tombstone_sql(key)), key).fetch_optional(tx).await?;
     Ok(found.is_some())
 }
 
@@ -648,26 +686,17 @@ async fn write_changes(
     for (key, change) in changes {
         match change {
             Some(value) => {
-                let row: EntryRow = sqlx::query_as(
-                    "insert into user_data (user_id, key, value, created_at, updated_at) values ($1, $2, $3, $4, $4) \
-                     on conflict (user_id, key) do update \
-                     set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1 \
-                     returning key, value, version, updated_at",
-                )
-                .bind(user_id)
-                .bind(&key)
-                .bind(Json(&value))
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+                let row: EntryRow = sqlx::query_as(rows::UPSERT_ENTRY)
+                    .bind(user_id)
+                    .bind(&key)
+                    .bind(Json(&value))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 entries.insert(key, entry(row));
             }
             None => {
-                sqlx::query("delete from user_data where user_id = $1 and key = $2")
-                    .bind(user_id)
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(rows::DELETE_ENTRY).bind(user_id).bind(&key).execute(&mut *tx).await?;
                 entries.remove(&key);
             }
         }
@@ -722,7 +751,7 @@ impl UserTx for PgTx {
         now: DateTime<Utc>,
     ) -> Result<()> {
         self.recorded_changes |= !changes.is_empty();
-        apply(&mut self.tx, change, changes, actor, record, now).await
+        apply(&mut self.tx, change, Log { changes, actor, record, now }).await
     }
 
     async fn commit(self) -> Result<()> {
@@ -758,13 +787,8 @@ impl DataTx for PgTx {
     }
 
     async fn custom_key_count(&mut self, user_id: Uuid) -> Result<u64> {
-        // A key range rather than LIKE, so the primary key's index serves it.
-        let (count,): (i64,) = sqlx::query_as(
-            "select count(*) from user_data where user_id = $1 and key >= 'custom.' and key < 'custom/'",
-        )
-        .bind(user_id)
-        .fetch_one(&mut *self.tx)
-        .await?;
+        let (count,): (i64,) =
+            sqlx::query_as(rows::CUSTOM_KEY_COUNT).bind(user_id).fetch_one(&mut *self.tx).await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -792,16 +816,8 @@ impl DataTx for PgTx {
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        // The same parameter numbers as in `apply`'s statements.
-        let sql = format!("with {RECORD_CHANGES} select 1");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for _ in 1..14 {
-            query = query.bind(None::<i32>);
-        }
-        query = query.bind(now);
-        for _ in 15..24 {
-            query = query.bind(None::<i32>);
-        }
+        let sql = format!("with {} select 1", changes_cte(1, 2));
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
         bind_changes(query, actor, changes).execute(&mut *self.tx).await?;
         self.recorded_changes = true;
         Ok(())
@@ -864,8 +880,7 @@ impl Store for PgStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        PoolStats { in_use: self.pool.size().saturating_sub(idle), idle, waiting: 0 }
+        rows::pool_stats(&self.pool)
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
@@ -873,31 +888,22 @@ impl Store for PgStore {
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
-        let row: Option<UserRow> = match key {
-            UserKey::Id(id) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?
-            }
-            UserKey::ClerkId(c) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "select {USER_COLUMNS} from users where clerk_id = $1"
-                )))
-                .bind(c)
-                .fetch_optional(&self.pool)
-                .await?
-            }
-        };
-        row.ok_or_else(|| Error::NotFound { resource: "user", key: key.to_string() })?.try_into()
+        let row: Option<UserRow<Uuid>> = match key {
+            UserKey::Id(id) => sqlx::query_as(sqlx::AssertSqlSafe(rows::user_sql(key))).bind(id),
+            UserKey::ClerkId(c) => sqlx::query_as(sqlx::AssertSqlSafe(rows::user_sql(key))).bind(c),
+        }
+        .fetch_optional(&self.pool)
+        .await?;
+        rows::found_user(row, key)
     }
 
     async fn list_users(&self, filter: &UserFilter, after: Option<Uuid>, limit: u32) -> Result<Vec<User>> {
-        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users \
+        let rows: Vec<UserRow<Uuid>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select {} from users \
              where ($1::uuid is null or id > $1) and ($2::text is null or status = $2) \
                and ($3::text is null or role = $3) and ($4::text is null or lower(email) = lower($4)) \
-             order by id limit $5"
+             order by id limit $5",
+            rows::USER_COLUMNS
         )))
         .bind(after)
         .bind(filter.status.map(Status::as_str))
@@ -919,22 +925,15 @@ impl Store for PgStore {
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
         let (filter, bind) = user_where(user);
-        let rows: Vec<(Uuid, Option<String>, Option<Json<Value>>, Option<i64>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select u.id, d.key, d.value, d.version, d.updated_at from users u \
+        let found: Vec<rows::JoinedRow<Uuid>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select u.id, d.key, d.value, d.version, d.updated_at from users u \
                  left join user_data d on d.user_id = u.id and d.key = any($2) where {filter}"
-            )))
-            .bind(bind)
-            .bind(keys)
-            .fetch_all(&self.pool)
-            .await?;
-        if rows.is_empty() {
-            return Err(Error::NotFound { resource: "user", key: user.to_string() });
-        }
-        Ok(rows
-            .into_iter()
-            .filter_map(|(_, key, value, version, at)| Some(entry((key?, value?, version?, at?))))
-            .collect())
+        )))
+        .bind(bind)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::joined_entries(found, user)
     }
 
     async fn list_data(&self, user: &UserKey, after: Option<&str>, limit: u32) -> Result<Vec<DataEntry>> {
@@ -970,7 +969,7 @@ impl Store for PgStore {
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
-        let rows: Vec<(Uuid, String, Option<Json<Value>>)> = sqlx::query_as(
+        let found: Vec<(Uuid, String, Option<Json<Value>>)> = sqlx::query_as(
             "select u.id, u.clerk_id, d.value from users u \
              left join user_data d on d.user_id = u.id and d.key = $3 \
              where u.id = any($1) or u.clerk_id = any($2)",
@@ -980,20 +979,14 @@ impl Store for PgStore {
         .bind(key)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, clerk_id, value)| UserValue { id, clerk_id, value: value.map(|v| v.0) })
-            .collect())
+        Ok(rows::user_values(found))
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
         let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else {
             return Ok(0);
         };
-        let done = sqlx::query("delete from processed_events where processed_at < $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(rows::PRUNE_EVENTS).bind(cutoff).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 
@@ -1040,9 +1033,7 @@ impl Store for PgStore {
     }
 
     async fn pruned_through(&self) -> Result<Cursor> {
-        let (txid, id): (i64, i64) = sqlx::query_as("select pruned_txid, pruned_id from change_log_state")
-            .fetch_one(&self.pool)
-            .await?;
+        let (txid, id): (i64, i64) = sqlx::query_as(rows::PRUNED_THROUGH).fetch_one(&self.pool).await?;
         Ok(Cursor { txid, id })
     }
 

@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{
     Sqlite, SqliteConnection, SqlitePool, Transaction,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    query::Query,
+    sqlite::{
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    },
     types::Json,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -20,6 +23,7 @@ use super::{
     changes::{CHANGE_COLUMNS, ChangeRow},
     group::{GroupCommit, GroupOptions, UserWrite, UserWriter},
     migrate_error,
+    rows::{self, EntryRow, UserRow, entry},
     txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
@@ -28,15 +32,12 @@ use crate::{
         change::{Actor, AuditQuery, ChangeFilter, Cursor, LoggedChange, NewChange},
         keys,
         limits::NAME_HISTORY_LIMIT,
-        user::{Profile, Role, Status, User, UserKey},
+        user::{Role, Status, User, UserKey},
         write::{self, Change, CreateUser, DeleteUser, EventContext, Existing, UpdateUser, WriteResult},
     },
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-
-const USER_COLUMNS: &str = "id, clerk_id, email, first_name, last_name, username, image_url, \
-     role, status, created_at, updated_at, source_updated_at, version";
 
 /// A [`Store`] on an SQLite file.
 #[derive(Debug, Clone)]
@@ -157,49 +158,6 @@ fn warn_if_shared(file: &Path) {
     let _ = file;
 }
 
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Hyphenated,
-    clerk_id: String,
-    email: Option<String>,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    username: Option<String>,
-    image_url: Option<String>,
-    role: String,
-    status: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    source_updated_at: Option<i64>,
-    version: i64,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = Error;
-
-    fn try_from(row: UserRow) -> Result<Self> {
-        Ok(Self {
-            id: row.id.into_uuid(),
-            clerk_id: row.clerk_id,
-            profile: Profile {
-                email: row.email,
-                first_name: row.first_name,
-                last_name: row.last_name,
-                username: row.username,
-                image_url: row.image_url,
-            },
-            role: Role::parse(&row.role)
-                .ok_or_else(|| Error::Internal(format!("bad role {:?}", row.role)))?,
-            status: Status::parse(&row.status)
-                .ok_or_else(|| Error::Internal(format!("bad status {:?}", row.status)))?,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            source_updated_at: row.source_updated_at,
-            version: row.version,
-        })
-    }
-}
-
 fn text_id(id: Uuid) -> Hyphenated {
     id.hyphenated()
 }
@@ -209,14 +167,11 @@ async fn recorded_result(
     event: &EventContext,
     clerk_id: &str,
 ) -> Result<Option<WriteResult>> {
-    let row: Option<super::Recorded> = sqlx::query_as(
-        "select clerk_id, kind, result from processed_events \
-         where idempotency_key = $1 and source in ($2, '') limit 1",
-    )
-    .bind(&event.idempotency_key)
-    .bind(&event.source)
-    .fetch_optional(tx)
-    .await?;
+    let row: Option<super::Recorded> = sqlx::query_as(rows::RECORDED)
+        .bind(&event.idempotency_key)
+        .bind(&event.source)
+        .fetch_optional(tx)
+        .await?;
     super::replay(row, clerk_id, event)
 }
 
@@ -242,37 +197,14 @@ async fn record_event(
 }
 
 async fn load_existing(tx: &mut SqliteConnection, key: &UserKey) -> Result<Existing> {
-    let row: Option<UserRow> = match key {
-        UserKey::Id(id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
-                .bind(text_id(*id))
-                .fetch_optional(&mut *tx)
-                .await?
-        }
-        UserKey::ClerkId(clerk_id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select {USER_COLUMNS} from users where clerk_id = $1"
-            )))
-            .bind(clerk_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-    };
+    let row: Option<UserRow<Hyphenated>> = sqlx::query_as(sqlx::AssertSqlSafe(rows::user_sql(key)))
+        .bind(key_value(key))
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(row) = row {
         return Ok(Existing::Present(row.try_into()?));
     }
-    let deleted = match key {
-        UserKey::Id(id) => {
-            sqlx::query("select 1 from deleted_users where user_id = $1")
-                .bind(text_id(*id))
-                .fetch_optional(tx)
-                .await?
-        }
-        UserKey::ClerkId(c) => {
-            sqlx::query("select 1 from deleted_users where clerk_id = $1").bind(c).fetch_optional(tx).await?
-        }
-    };
-    Ok(if deleted.is_some() { Existing::Deleted } else { Existing::Missing })
+    Ok(if is_tombstoned(tx, key).await? { Existing::Deleted } else { Existing::Missing })
 }
 
 async fn upsert_data(
@@ -282,17 +214,13 @@ async fn upsert_data(
     now: DateTime<Utc>,
 ) -> Result<()> {
     for (key, value) in data {
-        sqlx::query(
-            "insert into user_data (user_id, key, value, created_at, updated_at) values ($1, $2, $3, $4, $4) \
-             on conflict (user_id, key) do update \
-             set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1",
-        )
-        .bind(text_id(user_id))
-        .bind(key)
-        .bind(Json(value))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(rows::UPSERT_ENTRY)
+            .bind(text_id(user_id))
+            .bind(key)
+            .bind(Json(value))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }
@@ -327,48 +255,36 @@ async fn apply(tx: &mut SqliteConnection, change: &Change, now: DateTime<Utc>) -
     match change {
         Change::None => {}
         Change::Insert { user, data } => {
-            sqlx::query(
+            let query = sqlx::query(
                 "insert into users (id, clerk_id, email, first_name, last_name, username, image_url, \
                  role, status, created_at, updated_at, source_updated_at, version) \
                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(text_id(user.id))
-            .bind(&user.clerk_id)
-            .bind(&user.profile.email)
-            .bind(&user.profile.first_name)
-            .bind(&user.profile.last_name)
-            .bind(&user.profile.username)
-            .bind(&user.profile.image_url)
-            .bind(user.role.as_str())
-            .bind(user.status.as_str())
-            .bind(user.created_at)
-            .bind(user.updated_at)
-            .bind(user.source_updated_at)
-            .bind(user.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| super::unique_violation(e, &user.clerk_id))?;
+            .bind(&user.clerk_id);
+            bind_profile(query, user)
+                .bind(user.created_at)
+                .bind(user.updated_at)
+                .bind(user.source_updated_at)
+                .bind(user.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| super::unique_violation(e, &user.clerk_id))?;
             upsert_data(tx, user.id, data, now).await?;
         }
         Change::Update { user, data, name_entry } => {
-            sqlx::query(
+            let query = sqlx::query(
                 "update users set email = $2, first_name = $3, last_name = $4, username = $5, \
                  image_url = $6, role = $7, status = $8, updated_at = $9, source_updated_at = $10, \
                  version = $11 where id = $1",
             )
-            .bind(text_id(user.id))
-            .bind(&user.profile.email)
-            .bind(&user.profile.first_name)
-            .bind(&user.profile.last_name)
-            .bind(&user.profile.username)
-            .bind(&user.profile.image_url)
-            .bind(user.role.as_str())
-            .bind(user.status.as_str())
-            .bind(user.updated_at)
-            .bind(user.source_updated_at)
-            .bind(user.version)
-            .execute(&mut *tx)
-            .await?;
+            .bind(text_id(user.id));
+            bind_profile(query, user)
+                .bind(user.updated_at)
+                .bind(user.source_updated_at)
+                .bind(user.version)
+                .execute(&mut *tx)
+                .await?;
             upsert_data(tx, user.id, data, now).await?;
             if let Some(entry) = name_entry {
                 append_name_history(tx, user.id, entry, now).await?;
@@ -391,6 +307,21 @@ async fn apply(tx: &mut SqliteConnection, change: &Change, now: DateTime<Utc>) -
         }
     }
     Ok(())
+}
+
+/// Binds a user's profile, role and status (7 parameters).
+fn bind_profile<'q>(
+    query: Query<'q, Sqlite, SqliteArguments>,
+    user: &'q User,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    query
+        .bind(&user.profile.email)
+        .bind(&user.profile.first_name)
+        .bind(&user.profile.last_name)
+        .bind(&user.profile.username)
+        .bind(&user.profile.image_url)
+        .bind(user.role.as_str())
+        .bind(user.status.as_str())
 }
 
 /// A deletion takes the personal values out of the user's earlier changes
@@ -446,15 +377,17 @@ async fn append_changes(
 /// The `where` clause and its one bind value for a user key.
 fn user_where(key: &UserKey) -> (&'static str, String) {
     match key {
-        UserKey::Id(id) => ("u.id = $1", id.hyphenated().to_string()),
-        UserKey::ClerkId(clerk_id) => ("u.clerk_id = $1", clerk_id.clone()),
+        UserKey::Id(_) => ("u.id = $1", key_value(key)),
+        UserKey::ClerkId(_) => ("u.clerk_id = $1", key_value(key)),
     }
 }
 
-type EntryRow = (String, Json<Value>, i64, DateTime<Utc>);
-
-fn entry((key, value, version, updated_at): EntryRow) -> DataEntry {
-    DataEntry { key, value: value.0, version, updated_at }
+/// A user key as bound: the id as hyphenated text, or the `clerk_id`.
+fn key_value(key: &UserKey) -> String {
+    match key {
+        UserKey::Id(id) => id.hyphenated().to_string(),
+        UserKey::ClerkId(clerk_id) => clerk_id.clone(),
+    }
 }
 
 /// A list bound as one JSON array, for `in (select value from json_each(?))`.
@@ -463,17 +396,7 @@ fn json_list<T: serde::Serialize>(items: &[T]) -> String {
 }
 
 async fn is_tombstoned(tx: &mut SqliteConnection, key: &UserKey) -> Result<bool> {
-    let found = match key {
-        UserKey::Id(id) => {
-            sqlx::query("select 1 from deleted_users where user_id = $1")
-                .bind(text_id(*id))
-                .fetch_optional(tx)
-                .await?
-        }
-        UserKey::ClerkId(c) => {
-            sqlx::query("select 1 from deleted_users where clerk_id = $1").bind(c).fetch_optional(tx).await?
-        }
-    };
+    let found = sqlx::query(rows::tombstone_sql(key)).bind(key_value(key)).fetch_optional(tx).await?;
     Ok(found.is_some())
 }
 
@@ -487,26 +410,17 @@ async fn write_changes(
     for (key, change) in changes {
         match change {
             Some(value) => {
-                let row: EntryRow = sqlx::query_as(
-                    "insert into user_data (user_id, key, value, created_at, updated_at) values ($1, $2, $3, $4, $4) \
-                     on conflict (user_id, key) do update \
-                     set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1 \
-                     returning key, value, version, updated_at",
-                )
-                .bind(text_id(user_id))
-                .bind(&key)
-                .bind(Json(&value))
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+                let row: EntryRow = sqlx::query_as(rows::UPSERT_ENTRY)
+                    .bind(text_id(user_id))
+                    .bind(&key)
+                    .bind(Json(&value))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 entries.insert(key, entry(row));
             }
             None => {
-                sqlx::query("delete from user_data where user_id = $1 and key = $2")
-                    .bind(text_id(user_id))
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(rows::DELETE_ENTRY).bind(text_id(user_id)).bind(&key).execute(&mut *tx).await?;
                 entries.remove(&key);
             }
         }
@@ -618,13 +532,8 @@ impl DataTx for SqliteTx {
     }
 
     async fn custom_key_count(&mut self, user_id: Uuid) -> Result<u64> {
-        // A key range rather than LIKE, so the primary key's index serves it.
-        let (count,): (i64,) = sqlx::query_as(
-            "select count(*) from user_data where user_id = $1 and key >= 'custom.' and key < 'custom/'",
-        )
-        .bind(text_id(user_id))
-        .fetch_one(&mut *self.tx)
-        .await?;
+        let (count,): (i64,) =
+            sqlx::query_as(rows::CUSTOM_KEY_COUNT).bind(text_id(user_id)).fetch_one(&mut *self.tx).await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -687,8 +596,7 @@ impl Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        PoolStats { in_use: self.pool.size().saturating_sub(idle), idle, waiting: 0 }
+        rows::pool_stats(&self.pool)
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
@@ -696,31 +604,20 @@ impl Store for SqliteStore {
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
-        let row: Option<UserRow> = match key {
-            UserKey::Id(id) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
-                    .bind(text_id(*id))
-                    .fetch_optional(&self.pool)
-                    .await?
-            }
-            UserKey::ClerkId(c) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "select {USER_COLUMNS} from users where clerk_id = $1"
-                )))
-                .bind(c)
-                .fetch_optional(&self.pool)
-                .await?
-            }
-        };
-        row.ok_or_else(|| Error::NotFound { resource: "user", key: key.to_string() })?.try_into()
+        let row: Option<UserRow<Hyphenated>> = sqlx::query_as(sqlx::AssertSqlSafe(rows::user_sql(key)))
+            .bind(key_value(key))
+            .fetch_optional(&self.pool)
+            .await?;
+        rows::found_user(row, key)
     }
 
     async fn list_users(&self, filter: &UserFilter, after: Option<Uuid>, limit: u32) -> Result<Vec<User>> {
-        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users \
+        let rows: Vec<UserRow<Hyphenated>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select {} from users \
              where ($1 is null or id > $1) and ($2 is null or status = $2) \
                and ($3 is null or role = $3) and ($4 is null or lower(email) = lower($4)) \
-             order by id limit $5"
+             order by id limit $5",
+            rows::USER_COLUMNS
         )))
         .bind(after.map(text_id))
         .bind(filter.status.map(Status::as_str))
@@ -742,23 +639,16 @@ impl Store for SqliteStore {
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
         let (filter, bind) = user_where(user);
-        let rows: Vec<(String, Option<String>, Option<Json<Value>>, Option<i64>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select u.id, d.key, d.value, d.version, d.updated_at from users u \
+        let found: Vec<rows::JoinedRow<String>> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select u.id, d.key, d.value, d.version, d.updated_at from users u \
                  left join user_data d on d.user_id = u.id and d.key in (select value from json_each($2)) \
                  where {filter}"
-            )))
-            .bind(bind)
-            .bind(json_list(keys))
-            .fetch_all(&self.pool)
-            .await?;
-        if rows.is_empty() {
-            return Err(Error::NotFound { resource: "user", key: user.to_string() });
-        }
-        Ok(rows
-            .into_iter()
-            .filter_map(|(_, key, value, version, at)| Some(entry((key?, value?, version?, at?))))
-            .collect())
+        )))
+        .bind(bind)
+        .bind(json_list(keys))
+        .fetch_all(&self.pool)
+        .await?;
+        rows::joined_entries(found, user)
     }
 
     async fn list_data(&self, user: &UserKey, after: Option<&str>, limit: u32) -> Result<Vec<DataEntry>> {
@@ -794,7 +684,7 @@ impl Store for SqliteStore {
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
         let ids: Vec<String> = ids.iter().map(|id| id.hyphenated().to_string()).collect();
-        let rows: Vec<(Hyphenated, String, Option<Json<Value>>)> = sqlx::query_as(
+        let found: Vec<(Hyphenated, String, Option<Json<Value>>)> = sqlx::query_as(
             "select u.id, u.clerk_id, d.value from users u \
              left join user_data d on d.user_id = u.id and d.key = $3 \
              where u.id in (select value from json_each($1)) or u.clerk_id in (select value from json_each($2))",
@@ -804,24 +694,14 @@ impl Store for SqliteStore {
         .bind(key)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, clerk_id, value)| UserValue {
-                id: id.into_uuid(),
-                clerk_id,
-                value: value.map(|v| v.0),
-            })
-            .collect())
+        Ok(rows::user_values(found))
     }
 
     async fn prune_processed_events(&self, age: Duration) -> Result<u64> {
         let Some(cutoff) = super::prune_cutoff(Utc::now(), age) else {
             return Ok(0);
         };
-        let done = sqlx::query("delete from processed_events where processed_at < $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(rows::PRUNE_EVENTS).bind(cutoff).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 
@@ -860,9 +740,7 @@ impl Store for SqliteStore {
     }
 
     async fn pruned_through(&self) -> Result<Cursor> {
-        let (txid, id): (i64, i64) = sqlx::query_as("select pruned_txid, pruned_id from change_log_state")
-            .fetch_one(&self.pool)
-            .await?;
+        let (txid, id): (i64, i64) = sqlx::query_as(rows::PRUNED_THROUGH).fetch_one(&self.pool).await?;
         Ok(Cursor { txid, id })
     }
 
