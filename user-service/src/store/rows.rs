@@ -10,6 +10,7 @@ use super::{DataEntry, PoolStats, UserValue};
 use crate::domain::{
     error::{Error, Result},
     user::{Profile, Role, Status, User, UserKey},
+    write::{EventContext, WriteResult},
 };
 
 /// Columns of a user row, in [`UserRow`]'s order.
@@ -143,4 +144,25 @@ pub(super) fn user_sql(key: &UserKey) -> String {
         UserKey::ClerkId(_) => "clerk_id",
     };
     format!("select {USER_COLUMNS} from users where {column} = $1")
+}
+
+/// The recorded answer of `event`, checked against `clerk_id` and the kind of
+/// write (see [`super::replay`]), on either backend.
+pub(super) async fn recorded_result<'c, DB>(
+    db: impl sqlx::Executor<'c, Database = DB>,
+    event: &EventContext,
+    clerk_id: &str,
+) -> Result<Option<WriteResult>>
+where
+    DB: sqlx::Database,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    super::Recorded: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let row: Option<super::Recorded> = sqlx::query_as(RECORDED)
+        .bind(event.idempotency_key.as_str())
+        .bind(event.source.as_str())
+        .fetch_optional(db)
+        .await?;
+    super::replay(row, clerk_id, event)
 }

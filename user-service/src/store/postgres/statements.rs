@@ -273,19 +273,6 @@ pub(super) async fn apply_delete(
     Ok(())
 }
 
-pub(super) async fn recorded_result(
-    tx: &mut PgConnection,
-    event: &EventContext,
-    clerk_id: &str,
-) -> Result<Option<WriteResult>> {
-    let row: Option<crate::store::Recorded> = sqlx::query_as(rows::RECORDED)
-        .bind(&event.idempotency_key)
-        .bind(&event.source)
-        .fetch_optional(tx)
-        .await?;
-    crate::store::replay(row, clerk_id, event)
-}
-
 pub(super) async fn record_event(
     tx: &mut PgConnection,
     event: &EventContext,

@@ -307,7 +307,7 @@ impl DataTx for PgTx {
     }
 
     async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {
-        recorded_result(&mut self.tx, event, clerk_id).await
+        rows::recorded_result(&mut *self.tx, event, clerk_id).await
     }
 
     async fn write_changes(

@@ -19,25 +19,12 @@ use crate::{
         keys,
         limits::NAME_HISTORY_LIMIT,
         user::{User, UserKey},
-        write::{self, Change, EventContext, Existing, WriteResult},
+        write::{self, Change, Existing},
     },
 };
 
 pub(super) fn text_id(id: Uuid) -> Hyphenated {
     id.hyphenated()
-}
-
-pub(super) async fn recorded_result(
-    tx: &mut SqliteConnection,
-    event: &EventContext,
-    clerk_id: &str,
-) -> Result<Option<WriteResult>> {
-    let row: Option<crate::store::Recorded> = sqlx::query_as(rows::RECORDED)
-        .bind(&event.idempotency_key)
-        .bind(&event.source)
-        .fetch_optional(tx)
-        .await?;
-    crate::store::replay(row, clerk_id, event)
 }
 
 pub(super) async fn record_event(

@@ -73,7 +73,7 @@ impl UserTx for SqliteTx {
         event: Option<&EventContext>,
     ) -> Result<(Option<WriteResult>, Existing)> {
         if let (Some(event), UserKey::ClerkId(clerk_id)) = (event, key)
-            && let Some(replayed) = recorded_result(&mut self.tx, event, clerk_id).await?
+            && let Some(replayed) = rows::recorded_result(&mut *self.tx, event, clerk_id).await?
         {
             return Ok((Some(replayed), Existing::Missing));
         }
@@ -137,7 +137,7 @@ impl DataTx for SqliteTx {
     }
 
     async fn recorded(&mut self, event: &EventContext, clerk_id: &str) -> Result<Option<WriteResult>> {
-        recorded_result(&mut self.tx, event, clerk_id).await
+        rows::recorded_result(&mut *self.tx, event, clerk_id).await
     }
 
     async fn write_changes(
