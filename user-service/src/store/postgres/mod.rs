@@ -41,7 +41,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    signals: Arc<Signals>,
+    writes: PgWriter,
     group: GroupCommit,
 }
 
@@ -67,16 +67,14 @@ impl PgStore {
         if let Ok(mut held) = signals.tasks.lock() {
             held.extend(tasks.iter().map(tokio::task::JoinHandle::abort_handle));
         }
-        let writer = PgWriter { pool: pool.clone(), signals: signals.clone() };
+        let writes = PgWriter { pool: pool.clone(), signals };
         // Half the pool for groups in flight: reads and other writes keep the rest.
         let workers = usize::try_from(options.max_connections / 2).unwrap_or(1);
-        let group =
-            GroupCommit::start(writer, GroupOptions { max: usize::from(options.group_commit_max), workers });
-        Ok(Self { pool, signals, group })
-    }
-
-    fn writer(&self) -> PgWriter {
-        PgWriter { pool: self.pool.clone(), signals: self.signals.clone() }
+        let group = GroupCommit::start(
+            writes.clone(),
+            GroupOptions { max: usize::from(options.group_commit_max), workers },
+        );
+        Ok(Self { pool, writes, group })
     }
 
     /// The migrator, for tests that prepare their own databases.
@@ -105,7 +103,7 @@ impl Store for PgStore {
     }
 
     async fn create_user(&self, cmd: CreateUser) -> Result<WriteResult> {
-        self.group.write(&self.writer(), UserWrite::Create(cmd)).await
+        self.group.write(&self.writes, UserWrite::Create(cmd)).await
     }
 
     async fn get_user(&self, key: &UserKey) -> Result<User> {
@@ -137,11 +135,11 @@ impl Store for PgStore {
     }
 
     async fn update_user(&self, cmd: UpdateUser) -> Result<WriteResult> {
-        self.group.write(&self.writer(), UserWrite::Update(cmd)).await
+        self.group.write(&self.writes, UserWrite::Update(cmd)).await
     }
 
     async fn delete_user(&self, cmd: DeleteUser) -> Result<WriteResult> {
-        self.group.write(&self.writer(), UserWrite::Delete(cmd)).await
+        self.group.write(&self.writes, UserWrite::Delete(cmd)).await
     }
 
     async fn read_data(&self, user: &UserKey, keys: &[&str]) -> Result<Vec<DataEntry>> {
@@ -185,8 +183,15 @@ impl Store for PgStore {
         actor: &Actor,
         edit: DataEdit,
     ) -> Result<DataWrite> {
-        txn::edit_data(PgTx::new(self.pool.begin().await?, &self.signals), user, keys, event, actor, edit)
-            .await
+        txn::edit_data(
+            PgTx::new(self.pool.begin().await?, &self.writes.signals),
+            user,
+            keys,
+            event,
+            actor,
+            edit,
+        )
+        .await
     }
 
     async fn data_for_users(&self, ids: &[Uuid], clerk_ids: &[String], key: &str) -> Result<Vec<UserValue>> {
@@ -212,7 +217,7 @@ impl Store for PgStore {
     }
 
     fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.signals.local.subscribe()
+        self.writes.signals.local.subscribe()
     }
 
     async fn read_changes(&self, after: Cursor, filter: &ChangeFilter, limit: u32) -> Result<ChangeBatch> {
