@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use gateway::Cli;
 
+/// mimalloc rather than the system allocator: under webhook load glibc's
+/// malloc and free were a fifth of this process's CPU (BENCHMARKS.md, issue
+/// #16).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

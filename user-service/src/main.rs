@@ -6,6 +6,12 @@ use clap::Parser;
 use user_service::{app::App, config::Config};
 use userdata_kit::{logging, shutdown};
 
+/// mimalloc rather than the system allocator: under webhook load glibc's
+/// malloc and free were a fifth of this process's CPU (BENCHMARKS.md, issue
+/// #16).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();

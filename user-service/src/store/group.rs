@@ -4,8 +4,10 @@
 //! flush (an fsync on SQLite) and a round of locking. Event writes that wait
 //! for the database at the same time are therefore applied together: a
 //! worker takes whatever is queued (up to `max`), runs each write with the
-//! same steps as a lone write (`txn::step`) inside one transaction, commits
-//! once, and then answers each caller with its own result. Nobody waits for
+//! same decisions as a lone write inside one transaction, commits once, and
+//! then answers each caller with its own result. Within the transaction the
+//! writes of distinct users share round trips (`txn::write_group`): the new
+//! users are inserted by one statement, the others are loaded by one. Nobody waits for
 //! a group to fill: an idle worker takes the first write at once, and groups
 //! form only from writes that queued while the workers were busy.
 //!

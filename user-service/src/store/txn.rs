@@ -25,25 +25,36 @@ use crate::{
 /// the answer to replay for a redelivery.
 pub(super) type Record<'a> = (&'a EventContext, &'a str, &'a WriteResult);
 
+/// What a write finds: the recorded result of its event (a redelivery), and
+/// the stored user.
+pub(super) type Loaded = (Option<WriteResult>, Existing);
+
 /// The steps of a user write, inside one transaction that already holds
 /// whatever lock serialises writes for the user.
 #[async_trait]
 pub(super) trait UserTx: Send {
-    /// Creates the user in one statement when it is new (the common case),
-    /// recording the event and the change; `None` when it is not new after
-    /// all, or the backend has no such shortcut, and the full steps decide.
-    /// (A lone write takes the shortcut before its transaction, if at all.)
-    async fn create_if_new(&mut self, _cmd: &CreateUser) -> Result<Option<WriteResult>> {
-        Ok(None)
+    /// Creates the users that are new (the common case) in one statement,
+    /// recording their events and changes; `None` for each that is not new
+    /// after all, or when the backend has no such shortcut, and the full
+    /// steps decide. (A lone write takes the shortcut before its
+    /// transaction, if at all.)
+    async fn create_new(&mut self, cmds: &[&CreateUser]) -> Result<Vec<Option<WriteResult>>> {
+        Ok(vec![None; cmds.len()])
     }
 
     /// The recorded result of `event` (a redelivery), and the stored user,
     /// locked for the rest of the transaction.
-    async fn load(
-        &mut self,
-        key: &UserKey,
-        event: Option<&EventContext>,
-    ) -> Result<(Option<WriteResult>, Existing)>;
+    async fn load(&mut self, key: &UserKey, event: Option<&EventContext>) -> Result<Loaded>;
+
+    /// [`UserTx::load`] for the users of several writes (distinct users),
+    /// in order; in one round trip where the backend can.
+    async fn load_many(&mut self, writes: &[&UserWrite]) -> Result<Vec<Loaded>> {
+        let mut loaded = Vec::with_capacity(writes.len());
+        for write in writes {
+            loaded.push(self.load(&write.key(), write.event()).await?);
+        }
+        Ok(loaded)
+    }
 
     /// Makes the planned change, records the event and appends `changes` to
     /// the change log. A deletion also erases the values of the user's
@@ -72,35 +83,77 @@ pub(super) async fn write_user<T: UserTx>(mut tx: T, write: UserWrite) -> Result
 /// Runs writes in order in one transaction, each with the steps of
 /// [`write_user`], and commits once. A write its plan refuses answers with
 /// that error and the others go on; a database error fails the whole group.
+/// The writes go in runs of distinct users (a user's second write starts a
+/// new run, so it sees the first), each run in two or three round trips.
 pub(super) async fn write_group<T: UserTx>(
     mut tx: T,
     writes: Vec<UserWrite>,
 ) -> Result<Vec<Result<WriteResult>>> {
     let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
-        if let UserWrite::Create(cmd) = &write
-            && let Some(created) = tx.create_if_new(cmd).await?
-        {
-            results.push(Ok(created));
-            continue;
+    let mut writes = writes.into_iter().peekable();
+    while let Some(first) = writes.next() {
+        let mut run = vec![first];
+        while let Some(next) = writes.next_if(|next| run.iter().all(|w| w.key() != next.key())) {
+            run.push(next);
         }
-        results.push(step(&mut tx, write).await?);
+        results.extend(write_run(&mut tx, run).await?);
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Writes of distinct users, so their order does not matter: the new users
+/// created in one statement, then the users of all the other writes loaded
+/// in one statement, then each of those decided and applied.
+async fn write_run<T: UserTx>(tx: &mut T, run: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
+    let creates: Vec<&CreateUser> = run
+        .iter()
+        .filter_map(|write| match write {
+            UserWrite::Create(cmd) => Some(cmd),
+            _ => None,
+        })
+        .collect();
+    let mut created = tx.create_new(&creates).await?.into_iter();
+    let mut answers: Vec<Option<Result<WriteResult>>> = run
+        .iter()
+        .map(|write| match write {
+            UserWrite::Create(_) => created.next().flatten().map(Ok),
+            _ => None,
+        })
+        .collect();
+    let pending: Vec<(usize, UserWrite)> =
+        run.into_iter().enumerate().filter(|(i, _)| answers[*i].is_none()).collect();
+    let loaded = tx.load_many(&pending.iter().map(|(_, write)| write).collect::<Vec<_>>()).await?;
+    if loaded.len() != pending.len() {
+        return Err(Error::Internal(format!("loaded {} users for {} writes", loaded.len(), pending.len())));
+    }
+    for ((i, write), loaded) in pending.into_iter().zip(loaded) {
+        answers[i] = Some(decide(tx, write, loaded).await?);
+    }
+    Ok(answers
+        .into_iter()
+        .map(|answer| answer.unwrap_or_else(|| Err(Error::Internal("a write without an answer".into()))))
+        .collect())
 }
 
 /// The steps of one user write inside `tx`. The outer error is the
 /// database's (the transaction is lost); the inner one is the plan's (the
 /// transaction is intact, nothing was written for this write).
 async fn step<T: UserTx>(tx: &mut T, write: UserWrite) -> Result<Result<WriteResult>> {
-    let key = write.key();
-    let event = write.event().cloned();
-    let actor = write.actor().clone();
-    let (replayed, existing) = tx.load(&key, event.as_ref()).await?;
+    let loaded = tx.load(&write.key(), write.event()).await?;
+    decide(tx, write, loaded).await
+}
+
+/// The rest of [`step`], once the user is loaded (and locked): replay,
+/// decide, apply and record.
+async fn decide<T: UserTx>(tx: &mut T, write: UserWrite, loaded: Loaded) -> Result<Result<WriteResult>> {
+    let (replayed, existing) = loaded;
     if let Some(replayed) = replayed {
         return Ok(Ok(replayed));
     }
+    let key = write.key();
+    let event = write.event().cloned();
+    let actor = write.actor().clone();
     let before = match &existing {
         Existing::Present(user) => Some(user.clone()),
         Existing::Missing | Existing::Deleted => None,

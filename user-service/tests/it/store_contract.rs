@@ -49,6 +49,7 @@ on_both_backends_queued!(
     event_writes_queued_together_commit_as_one_group_each_with_its_own_answer,
     a_database_error_rolls_the_group_back_and_its_writes_run_alone,
     events_of_one_user_in_one_group_apply_in_arrival_order,
+    creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_own_rows,
     with_group_commit_off_writes_commit_alone,
 );
 
@@ -295,6 +296,58 @@ async fn events_of_one_user_in_one_group_apply_in_arrival_order(db: Db) {
     let user = store.get_user(&UserKey::ClerkId("user_o1".into())).await.unwrap();
     assert_eq!(user.profile.first_name.as_deref(), Some("Newest"));
     assert_eq!(everything(&*store, "user_o1").await.len(), 2, "created, then one update");
+}
+
+/// Creates queued together are inserted together (one statement on
+/// PostgreSQL): each new user gets exactly its own profile, data, event
+/// record and change, and the ones that are not new take the full path.
+async fn creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_own_rows(db: Db) {
+    let (store, _db) = open(db).await;
+    store.create_user(create("user_k1", Some(event("msg_k1", 1_000, "CreateUser")))).await.unwrap();
+    store.create_user(create("user_d1", Some(event("msg_d1", 1_000, "CreateUser")))).await.unwrap();
+    let delete = DeleteUser {
+        key: UserKey::ClerkId("user_d1".into()),
+        actor: actor(),
+        event: Some(event("msg_d1x", 2_000, "DeleteUser")),
+    };
+    store.delete_user(delete).await.unwrap();
+    let before = store.group_stats();
+
+    let mut known = create("user_k1", Some(event("msg_k1b", 2_000, "CreateUser")));
+    known.profile.first_name = Some("Known".into());
+    let results = join_all([
+        store.create_user(create("user_c1", Some(event("msg_c1", 1_000, "CreateUser")))),
+        store.create_user(known),
+        store.create_user(create("user_c2", Some(event("msg_c2", 1_000, "CreateUser")))),
+        store.create_user(create("user_d1", Some(event("msg_d1b", 3_000, "CreateUser")))),
+        store.create_user(create("user_c3", Some(event("msg_c3", 1_000, "CreateUser")))),
+    ])
+    .await;
+    let outcomes: Vec<Option<Outcome>> = results.iter().map(outcome).collect();
+    let applied = Some(Outcome::Applied);
+    assert_eq!(outcomes, [applied, applied, applied, Some(Outcome::UserDeleted), applied]);
+    let after = store.group_stats();
+    assert_eq!((after.groups - before.groups, after.grouped_writes - before.grouped_writes), (1, 5));
+
+    for id in ["user_c1", "user_c2", "user_c3"] {
+        let user = store.get_user(&UserKey::ClerkId(id.into())).await.unwrap();
+        assert_eq!(user.profile.email.as_deref(), Some(format!("{id}@example.org").as_str()), "{id}");
+        let data = store.list_data(&UserKey::ClerkId(id.into()), None, 100).await.unwrap();
+        let keys: Vec<&str> = data.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["last_clerk_sync", "signup_date", "signup_source"], "{id}");
+        let log = everything(&*store, id).await;
+        assert_eq!(log.len(), 1, "{id}");
+        assert_eq!(log[0].change.kind, ChangeKind::UserCreated);
+        assert_eq!(log[0].change.after.as_ref().and_then(|a| a["clerk_id"].as_str()), Some(id));
+        assert_eq!(log[0].change.user_id, Some(user.id));
+        let msg_id = format!("msg_{}", &id["user_".len()..]);
+        assert_eq!(log[0].actor.event_id.as_deref(), Some(msg_id.as_str()), "{id}");
+        let replay = store.create_user(create(id, Some(event(&msg_id, 1_000, "CreateUser"))));
+        assert!(replay.await.unwrap().replayed, "{id}: its event was recorded");
+    }
+    let known = store.get_user(&UserKey::ClerkId("user_k1".into())).await.unwrap();
+    assert_eq!(known.profile.first_name.as_deref(), Some("Known"));
+    assert!(matches!(store.get_user(&UserKey::ClerkId("user_d1".into())).await, Err(Error::NotFound { .. })));
 }
 
 async fn with_group_commit_off_writes_commit_alone(db: Db) {

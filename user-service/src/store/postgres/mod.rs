@@ -29,6 +29,8 @@ use crate::{
     },
 };
 
+mod create;
+mod load;
 mod signals;
 mod statements;
 mod steps;

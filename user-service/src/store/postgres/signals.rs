@@ -11,6 +11,12 @@ use crate::store::ChangeSignal;
 /// The channel on which replicas tell each other that changes committed.
 pub(super) const CHANGES_CHANNEL: &str = "userdata_changes";
 
+/// The shortest time between two `NOTIFY`s. Each is a transaction of its own
+/// with a commit (a WAL flush), so under load they are kept well below the
+/// rate of commits; other replicas' followers learn of a change at most this
+/// much later than local ones.
+pub(super) const NOTIFY_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Wake-ups for change-log readers: here at once, on other replicas through
 /// `NOTIFY`, sent after commit by one task so writers never wait for it.
 #[derive(Debug, Default)]
@@ -82,7 +88,7 @@ pub(super) async fn listen_for_replicas(
 }
 
 /// Sends `NOTIFY` after local commits that recorded changes, coalesced: at
-/// most one in flight and one every few milliseconds.
+/// most one in flight and one every [`NOTIFY_INTERVAL`].
 pub(super) async fn notify_replicas(pool: PgPool, signals: std::sync::Weak<Signals>) {
     loop {
         let Some(strong) = signals.upgrade() else { return };
@@ -98,6 +104,6 @@ pub(super) async fn notify_replicas(pool: PgPool, signals: std::sync::Weak<Signa
         if let Err(err) = sqlx::query("select pg_notify($1, '')").bind(CHANGES_CHANNEL).execute(&pool).await {
             tracing::debug!(error = %err, "cannot NOTIFY other replicas; their safety poll will catch up");
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(NOTIFY_INTERVAL).await;
     }
 }
