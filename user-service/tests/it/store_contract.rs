@@ -50,6 +50,7 @@ on_both_backends_queued!(
     a_database_error_rolls_the_group_back_and_its_writes_run_alone,
     events_of_one_user_in_one_group_apply_in_arrival_order,
     creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_own_rows,
+    updates_and_deletes_of_distinct_users_in_one_group_each_get_their_own_outcome,
     with_group_commit_off_writes_commit_alone,
 );
 
@@ -307,6 +308,7 @@ async fn creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_ow
     store.create_user(create("user_d1", Some(event("msg_d1", 1_000, "CreateUser")))).await.unwrap();
     let delete = DeleteUser {
         key: UserKey::ClerkId("user_d1".into()),
+        expected_version: None,
         actor: actor(),
         event: Some(event("msg_d1x", 2_000, "DeleteUser")),
     };
@@ -348,6 +350,70 @@ async fn creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_ow
     let known = store.get_user(&UserKey::ClerkId("user_k1".into())).await.unwrap();
     assert_eq!(known.profile.first_name.as_deref(), Some("Known"));
     assert!(matches!(store.get_user(&UserKey::ClerkId("user_d1".into())).await, Err(Error::NotFound { .. })));
+}
+
+/// The users of a group's other writes are loaded together (one statement
+/// on PostgreSQL): each write still decides on its own user's state.
+async fn updates_and_deletes_of_distinct_users_in_one_group_each_get_their_own_outcome(db: Db) {
+    let (store, _db) = open(db).await;
+    for id in ["user_u1", "user_u2", "user_u3", "user_u4"] {
+        store.create_user(create(id, Some(event(&format!("msg_{id}"), 2_000, "CreateUser")))).await.unwrap();
+    }
+    let gone = DeleteUser {
+        key: UserKey::ClerkId("user_u4".into()),
+        expected_version: None,
+        actor: actor(),
+        event: Some(event("msg_u4d", 3_000, "DeleteUser")),
+    };
+    store.delete_user(gone).await.unwrap();
+    let delete = DeleteUser {
+        key: UserKey::ClerkId("user_u3".into()),
+        expected_version: None,
+        actor: actor(),
+        event: Some(event("msg_u3d", 3_000, "DeleteUser")),
+    };
+    let before = store.group_stats();
+
+    let results = join_all([
+        Box::pin(store.update_user(update_name("user_u1", "Newer", event("msg_u1u", 3_000, "UpdateUser"))))
+            as std::pin::Pin<Box<dyn Future<Output = Result<WriteResult, Error>>>>,
+        // Older than what user_u2 holds: stale.
+        Box::pin(store.update_user(update_name("user_u2", "Older", event("msg_u2u", 1_000, "UpdateUser")))),
+        Box::pin(store.delete_user(delete)),
+        Box::pin(store.update_user(update_name("user_u4", "Back", event("msg_u4u", 4_000, "UpdateUser")))),
+        // A redelivery of user_u1's create: the recorded answer.
+        Box::pin(store.create_user(create("user_u5", None))),
+        Box::pin(store.create_user(create("user_u1", Some(event("msg_user_u1", 2_000, "CreateUser"))))),
+    ])
+    .await;
+    let outcomes: Vec<Option<Outcome>> = results.iter().map(outcome).collect();
+    let applied = Some(Outcome::Applied);
+    assert_eq!(outcomes, [applied, Some(Outcome::Stale), applied, Some(Outcome::UserDeleted), None, applied]);
+    assert!(results[5].as_ref().is_ok_and(|r| r.replayed), "{:?}", results[5]);
+    let after = store.group_stats();
+    assert_eq!((after.groups - before.groups, after.grouped_writes - before.grouped_writes), (1, 5));
+
+    let name = |id: &'static str| {
+        let store = store.clone();
+        async move { store.get_user(&UserKey::ClerkId(id.into())).await.map(|u| u.profile.first_name) }
+    };
+    assert_eq!(name("user_u1").await.unwrap().as_deref(), Some("Newer"));
+    assert_eq!(name("user_u2").await.unwrap(), None);
+    assert!(matches!(name("user_u3").await, Err(Error::NotFound { .. })));
+    assert!(matches!(name("user_u4").await, Err(Error::NotFound { .. })));
+    assert_eq!(name("user_u5").await.unwrap(), None);
+    let kinds = |log: Vec<user_service::domain::change::LoggedChange>| {
+        log.into_iter().map(|c| c.change.kind).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(everything(&*store, "user_u1").await),
+        [ChangeKind::UserCreated, ChangeKind::UserUpdated]
+    );
+    assert_eq!(kinds(everything(&*store, "user_u2").await), [ChangeKind::UserCreated]);
+    assert_eq!(
+        kinds(everything(&*store, "user_u3").await),
+        [ChangeKind::UserCreated, ChangeKind::UserDeleted]
+    );
 }
 
 async fn with_group_commit_off_writes_commit_alone(db: Db) {

@@ -127,10 +127,10 @@ impl<'a> NewUsers<'a> {
         now: DateTime<Utc>,
     ) -> QueryScalar<'a, Postgres, O, PgArguments> {
         let users = &self.users;
-        let column = |f: fn(&User) -> Option<&str>| users.iter().map(|u| f(*u)).collect::<Vec<_>>();
+        let column = |f: fn(&User) -> Option<&str>| users.iter().copied().map(f).collect::<Vec<_>>();
         let event =
             |f: fn(&EventContext) -> &str| self.events.iter().map(|e| (*e).map(f)).collect::<Vec<_>>();
-        let actor = |f: fn(&Actor) -> Option<&str>| self.actors.iter().map(|a| f(*a)).collect::<Vec<_>>();
+        let actor = |f: fn(&Actor) -> Option<&str>| self.actors.iter().copied().map(f).collect::<Vec<_>>();
         query
             .bind(users.iter().map(|u| u.id).collect::<Vec<_>>())
             .bind(column(|u| Some(&u.clerk_id)))
