@@ -7,9 +7,9 @@
 //! same decisions as a lone write inside one transaction, commits once, and
 //! then answers each caller with its own result. Within the transaction the
 //! writes of distinct users share round trips (`txn::write_group`): the new
-//! users are inserted by one statement, the others are loaded by one. Nobody waits for
-//! a group to fill: an idle worker takes the first write at once, and groups
-//! form only from writes that queued while the workers were busy.
+//! users are inserted by one statement, the others are loaded by one. Nobody
+//! waits for a group to fill: an idle worker takes the first write at once,
+//! and groups form only from writes that queued while the workers were busy.
 //!
 //! A write refused by its plan (stale, deleted, a version mismatch) answers
 //! with its own outcome or error and the rest of the group goes on. An error
@@ -83,6 +83,16 @@ impl UserWrite {
             Self::Update(write::UpdateUser { key: UserKey::ClerkId(id), .. })
             | Self::Delete(DeleteUser { key: UserKey::ClerkId(id), .. }) => Some(id),
             Self::Update(_) | Self::Delete(_) => None,
+        }
+    }
+
+    /// Whether both write the same user, as far as their keys tell (a
+    /// group's writes all name their user by `clerk_id`); compared without
+    /// building either key.
+    pub(super) fn same_user(&self, other: &Self) -> bool {
+        match (self.group_lock(), other.group_lock()) {
+            (Some(one), Some(other)) => one == other,
+            _ => self.key() == other.key(),
         }
     }
 

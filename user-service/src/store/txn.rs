@@ -93,7 +93,7 @@ pub(super) async fn write_group<T: UserTx>(
     let mut writes = writes.into_iter().peekable();
     while let Some(first) = writes.next() {
         let mut run = vec![first];
-        while let Some(next) = writes.next_if(|next| run.iter().all(|w| w.key() != next.key())) {
+        while let Some(next) = writes.next_if(|next| !run.iter().any(|w| w.same_user(next))) {
             run.push(next);
         }
         results.extend(write_run(&mut tx, run).await?);

@@ -43,11 +43,11 @@ pub(super) struct StateRow {
 
 impl StateRow {
     /// What a write for `key` with `event` finds in this row.
-    fn loaded(self, key: &UserKey, event: Option<&EventContext>) -> Result<Loaded> {
-        let recorded = self.replay_clerk_id.clone().map(|clerk_id| crate::store::Recorded {
+    fn loaded(mut self, key: &UserKey, event: Option<&EventContext>) -> Result<Loaded> {
+        let recorded = self.replay_clerk_id.take().map(|clerk_id| crate::store::Recorded {
             clerk_id,
-            kind: self.replay_kind.clone().unwrap_or_default(),
-            result: self.replay_result.clone(),
+            kind: self.replay_kind.take().unwrap_or_default(),
+            result: self.replay_result.take(),
         });
         let replayed = match (recorded, key, event) {
             (Some(recorded), UserKey::ClerkId(clerk_id), Some(event)) => {

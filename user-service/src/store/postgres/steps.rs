@@ -198,9 +198,8 @@ impl DataTx for PgTx {
 impl UserWriter for PgWriter {
     async fn write_one(&self, write: UserWrite) -> Result<WriteResult> {
         if let UserWrite::Create(cmd) = &write
-            && let [Some(created)] = &create_new(&mut *self.pool.acquire().await?, &[cmd]).await?[..]
+            && let Some(created) = create_new(&mut *self.pool.acquire().await?, &[cmd]).await?.pop().flatten()
         {
-            let created = created.clone();
             self.signals.committed();
             return Ok(created);
         }
