@@ -51,6 +51,7 @@ on_both_backends_queued!(
     events_of_one_user_in_one_group_apply_in_arrival_order,
     creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_own_rows,
     updates_and_deletes_of_distinct_users_in_one_group_each_get_their_own_outcome,
+    a_group_erases_the_users_it_deletes_and_keeps_the_name_history_of_those_it_renames,
     with_group_commit_off_writes_commit_alone,
 );
 
@@ -414,6 +415,61 @@ async fn updates_and_deletes_of_distinct_users_in_one_group_each_get_their_own_o
         kinds(everything(&*store, "user_u3").await),
         [ChangeKind::UserCreated, ChangeKind::UserDeleted]
     );
+}
+
+async fn a_group_erases_the_users_it_deletes_and_keeps_the_name_history_of_those_it_renames(db: Db) {
+    let (store, _db) = open(db).await;
+    for id in ["user_g1", "user_g2", "user_g3"] {
+        store.create_user(create(id, Some(event(&format!("msg_{id}"), 1_000, "CreateUser")))).await.unwrap();
+        store
+            .update_user(update_name(id, "First", event(&format!("msg_{id}_u"), 2_000, "UpdateUser")))
+            .await
+            .unwrap();
+    }
+    let delete = |id: &str| DeleteUser {
+        key: UserKey::ClerkId(id.into()),
+        expected_version: None,
+        actor: actor(),
+        event: Some(event(&format!("msg_{id}_d"), 3_000, "DeleteUser")),
+    };
+    let before = store.group_stats();
+
+    let results = join_all([
+        // Keeps the worker busy, so the three behind it queue into one group.
+        Box::pin(store.create_user(create("user_g0", None)))
+            as std::pin::Pin<Box<dyn Future<Output = Result<WriteResult, Error>>>>,
+        Box::pin(store.update_user(update_name(
+            "user_g1",
+            "Second",
+            event("msg_g1_u2", 3_000, "UpdateUser"),
+        ))),
+        Box::pin(store.delete_user(delete("user_g2"))),
+        Box::pin(store.delete_user(delete("user_g3"))),
+    ])
+    .await;
+    assert!(results[1..].iter().all(|r| outcome(r) == Some(Outcome::Applied)), "{results:?}");
+    let after = store.group_stats();
+    assert_eq!((after.groups - before.groups, after.grouped_writes - before.grouped_writes), (1, 3));
+
+    let renamed = everything(&*store, "user_g1").await;
+    assert_eq!(renamed.len(), 3);
+    assert!(renamed.iter().all(|c| !c.erased && c.change.after.is_some()));
+    let user = store.get_user(&UserKey::ClerkId("user_g1".into())).await.unwrap();
+    assert_eq!(user.profile.first_name.as_deref(), Some("Second"));
+    let history = store.read_data(&UserKey::ClerkId("user_g1".into()), &["name_history"]).await.unwrap();
+    let names = history[0].value.as_array().map(|entries| entries.len());
+    assert_eq!(names, Some(2), "{history:?}");
+    for id in ["user_g2", "user_g3"] {
+        let log = everything(&*store, id).await;
+        let kinds: Vec<ChangeKind> = log.iter().map(|c| c.change.kind).collect();
+        assert_eq!(kinds, [ChangeKind::UserCreated, ChangeKind::UserUpdated, ChangeKind::UserDeleted]);
+        assert!(log[..2].iter().all(|c| c.erased && c.change.before.is_none() && c.change.after.is_none()));
+        let replay = store
+            .create_user(create(id, Some(event(&format!("msg_{id}"), 1_000, "CreateUser"))))
+            .await
+            .unwrap();
+        assert!(replay.replayed && replay.user.is_none(), "{id}: {replay:?}");
+    }
 }
 
 async fn with_group_commit_off_writes_commit_alone(db: Db) {
