@@ -217,7 +217,11 @@ impl UserWriter for PgWriter {
         // run alone. One round trip: the keys are our own integers, inlined.
         // Generic plans: the group's statements take arrays, for which the
         // planner would otherwise plan afresh at every execution (its
-        // generic estimate of an array's length is far off).
+        // generic estimate of an array's length is far off). So every lookup
+        // in them must be a scalar or a lateral `limit 1` probe: a generic
+        // plan made on an empty table (a new deployment) turns `= any(array)`
+        // or a join against `unnest` into whole-table scans, and keeps them
+        // as the table grows (BENCHMARKS.md, lever 2).
         let mut locks: Vec<i64> = writes.iter().filter_map(UserWrite::group_lock).map(lock_key).collect();
         locks.sort_unstable();
         locks.dedup();
