@@ -29,6 +29,7 @@ use crate::{
     },
 };
 
+mod apply;
 mod create;
 mod load;
 mod signals;
