@@ -74,21 +74,16 @@ impl UserWrite {
         }
     }
 
-    /// The Clerk id the write names its user by, if it does.
-    pub(super) fn clerk_id(&self) -> Option<&str> {
+    /// The Clerk id a group must lock for it, when it may join a group: only
+    /// event writes, which are always addressed by Clerk id.
+    pub(super) fn group_lock(&self) -> Option<&str> {
+        self.event()?;
         match self {
             Self::Create(cmd) => Some(cmd.clerk_id.as_str()),
             Self::Update(write::UpdateUser { key: UserKey::ClerkId(id), .. })
             | Self::Delete(DeleteUser { key: UserKey::ClerkId(id), .. }) => Some(id),
             Self::Update(_) | Self::Delete(_) => None,
         }
-    }
-
-    /// The Clerk id a group must lock for it, when it may join a group: only
-    /// event writes, which are always addressed by Clerk id.
-    pub(super) fn group_lock(&self) -> Option<&str> {
-        self.event()?;
-        self.clerk_id()
     }
 
     /// Whether both write the same user, as far as their keys tell (a

@@ -119,11 +119,7 @@ impl<'a> WriteRows<'a> {
         let records = &self.records;
         let changes = &self.changes;
         let actor = |f: fn(&Actor) -> Option<&str>| column(changes, |(_, a, _)| f(a));
-        // Not a cached prepared statement: its `= any(array)` and `unnest`
-        // joins need a plan made for the tables as they are now (see
-        // `steps::begin`), and one planning per group costs little.
         sqlx::query(APPLY_WRITES)
-            .persistent(false)
             .bind(column(users, |u| u.id))
             .bind(profile(|u| u.profile.email.as_deref()))
             .bind(profile(|u| u.profile.first_name.as_deref()))

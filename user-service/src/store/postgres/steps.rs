@@ -45,44 +45,19 @@ pub(super) struct PgWriter {
     pub(super) signals: Arc<Signals>,
 }
 
-/// Starts a transaction for user writes, then in one more round trip:
-/// - generic plans for its statements, which take arrays: the planner would
-///   otherwise plan them afresh at every execution (its generic estimate of
-///   an array's length is far off), which costs more than running them.
-///   So every lookup in a cached statement must be a scalar or a lateral
-///   `limit 1` probe: a generic plan made on an empty table (a new
-///   deployment) turns `= any(array)` or a join against `unnest` into
-///   whole-table scans, and keeps them as the table grows (BENCHMARKS.md);
-/// - the lock timeout, if any;
-/// - a transaction-scoped advisory lock on each `clerk_id`, in one sorted
-///   order so two transactions never wait for each other. It serialises
-///   every write for that id, including for users that do not exist yet (a
-///   row lock cannot cover a missing row): a concurrent create and delete
-///   must not interleave.
-///
-/// The locks are not part of BEGIN: if the caller gives up while this waits,
-/// dropping the transaction rolls it back and frees them. A lock taken by
-/// the BEGIN statement itself would stay with the pooled connection, idle in
-/// a transaction, blocking the user. The keys are our own integers, inlined.
-pub(super) async fn begin<'a>(
-    pool: &PgPool,
-    clerk_ids: impl IntoIterator<Item = &'a str>,
-    lock_timeout: Option<Duration>,
-) -> Result<Transaction<'static, Postgres>> {
-    let mut locks: Vec<i64> = clerk_ids.into_iter().map(lock_key).collect();
-    locks.sort_unstable();
-    locks.dedup();
-    let mut sql = String::from("set local plan_cache_mode = force_generic_plan;");
-    if let Some(timeout) = lock_timeout {
-        sql.push_str(&format!(" set local lock_timeout = {};", timeout.as_millis()));
-    }
-    if !locks.is_empty() {
-        // `unnest` yields the sorted keys in array order.
-        let keys = locks.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        sql.push_str(&format!(" select pg_advisory_xact_lock(k) from unnest(array[{keys}]::bigint[]) as k"));
-    }
+/// Starts a transaction. For a `clerk_id`, it then takes a
+/// transaction-scoped advisory lock on it, which serialises every write for
+/// that id, including for users that do not exist yet (a row lock cannot cover
+/// a missing row): a concurrent create and delete must not interleave.
+pub(super) async fn begin(pool: &PgPool, key: &UserKey) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    if let UserKey::ClerkId(clerk_id) = key {
+        // Its own statement, not part of BEGIN: if the caller gives up while
+        // this waits, dropping the transaction rolls it back and frees the
+        // lock. A lock taken by the BEGIN statement itself would stay with the
+        // pooled connection, idle in a transaction, blocking the user.
+        sqlx::query("select pg_advisory_xact_lock($1)").bind(lock_key(clerk_id)).execute(&mut *tx).await?;
+    }
     Ok(tx)
 }
 
@@ -239,16 +214,36 @@ impl UserWriter for PgWriter {
             self.signals.committed();
             return Ok(created);
         }
-        let tx = begin(&self.pool, write.clerk_id(), None).await?;
+        let tx = begin(&self.pool, &write.key()).await?;
         txn::write_user(PgTx::new(tx, &self.signals), write).await
     }
 
     async fn write_group(&self, writes: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
-        // A user locked elsewhere for long (a slow transaction) must not
-        // hold up the group: past the lock timeout the group rolls back and
-        // its writes run alone.
-        let locks = writes.iter().filter_map(UserWrite::group_lock);
-        let tx = begin(&self.pool, locks, Some(GROUP_LOCK_TIMEOUT)).await?;
+        let mut tx = self.pool.begin().await?;
+        // Every user of the group locked up front, in one order, so two
+        // groups can never wait for each other (a lone write holds one
+        // lock); `unnest` yields the sorted keys in array order. A user
+        // locked elsewhere for long (a slow transaction) must not hold up the
+        // group: past the lock timeout the group rolls back and its writes
+        // run alone. One round trip: the keys are our own integers, inlined.
+        // Generic plans: the group's statements take arrays, for which the
+        // planner would otherwise plan afresh at every execution (its
+        // generic estimate of an array's length is far off). So every lookup
+        // in them must be a scalar or a lateral `limit 1` probe: a generic
+        // plan made on an empty table (a new deployment) turns `= any(array)`
+        // or a join against `unnest` into whole-table scans, and keeps them
+        // as the table grows (BENCHMARKS.md, lever 2).
+        let mut locks: Vec<i64> = writes.iter().filter_map(UserWrite::group_lock).map(lock_key).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let keys = locks.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "set local lock_timeout = {}; set local plan_cache_mode = force_generic_plan; \
+             select pg_advisory_xact_lock(k) from unnest(array[{keys}]::bigint[]) as k",
+            GROUP_LOCK_TIMEOUT.as_millis()
+        )))
+        .execute(&mut *tx)
+        .await?;
         txn::write_group(PgTx::new(tx, &self.signals), writes).await
     }
 }
