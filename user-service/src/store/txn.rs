@@ -29,38 +29,6 @@ pub(super) type Record<'a> = (&'a EventContext, &'a str, &'a WriteResult);
 /// the stored user.
 pub(super) type Loaded = (Option<WriteResult>, Existing);
 
-/// A write decided and ready to apply: the change, its rows for the change
-/// log, who made it, the event to record and the answer.
-#[derive(Debug)]
-pub(super) struct Decided {
-    /// What to change.
-    pub(super) change: Change,
-    /// The change-log rows it appends.
-    pub(super) changes: Vec<NewChange>,
-    /// Who made it.
-    pub(super) actor: Actor,
-    /// The event to record, with the `clerk_id` it is recorded under.
-    pub(super) event: Option<(EventContext, String)>,
-    /// The answer, also recorded for a redelivery.
-    pub(super) result: WriteResult,
-    /// When it was decided.
-    pub(super) now: DateTime<Utc>,
-}
-
-impl Decided {
-    /// The event record to write with it.
-    pub(super) fn record(&self) -> Option<Record<'_>> {
-        self.event.as_ref().map(|(event, clerk_id)| (event, clerk_id.as_str(), &self.result))
-    }
-}
-
-/// What a loaded write comes to: an answer at once (a redelivery, a refusal,
-/// nothing to write), or a change to apply.
-enum Decision {
-    Done(Result<WriteResult>),
-    Apply(Decided),
-}
-
 /// The steps of a user write, inside one transaction that already holds
 /// whatever lock serialises writes for the user.
 #[async_trait]
@@ -88,12 +56,17 @@ pub(super) trait UserTx: Send {
         Ok(loaded)
     }
 
-    /// Applies decided writes of distinct users, in order: makes each planned
-    /// change, records its event and appends its changes to the change log;
-    /// in one round trip where the backend can. A deletion also erases the
-    /// values of the user's earlier changes and of their recorded event
-    /// results.
-    async fn apply(&mut self, writes: &[Decided]) -> Result<()>;
+    /// Makes the planned change, records the event and appends `changes` to
+    /// the change log. A deletion also erases the values of the user's
+    /// earlier changes and of their recorded event results.
+    async fn apply(
+        &mut self,
+        change: &Change,
+        changes: &[NewChange],
+        actor: &Actor,
+        record: Option<Record<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// Commits.
     async fn commit(self) -> Result<()>;
@@ -131,8 +104,7 @@ pub(super) async fn write_group<T: UserTx>(
 
 /// Writes of distinct users, so their order does not matter: the new users
 /// created in one statement, then the users of all the other writes loaded
-/// in one statement, each of those decided, and what they change applied
-/// in one statement.
+/// in one statement, then each of those decided and applied.
 async fn write_run<T: UserTx>(tx: &mut T, run: Vec<UserWrite>) -> Result<Vec<Result<WriteResult>>> {
     let creates: Vec<&CreateUser> = run
         .iter()
@@ -155,21 +127,8 @@ async fn write_run<T: UserTx>(tx: &mut T, run: Vec<UserWrite>) -> Result<Vec<Res
     if loaded.len() != pending.len() {
         return Err(Error::Internal(format!("loaded {} users for {} writes", loaded.len(), pending.len())));
     }
-    let (mut slots, mut decided) = (Vec::new(), Vec::new());
     for ((i, write), loaded) in pending.into_iter().zip(loaded) {
-        match decide(write, loaded) {
-            Decision::Done(answer) => answers[i] = Some(answer),
-            Decision::Apply(write) => {
-                slots.push(i);
-                decided.push(write);
-            }
-        }
-    }
-    if !decided.is_empty() {
-        tx.apply(&decided).await?;
-    }
-    for (i, write) in slots.into_iter().zip(decided) {
-        answers[i] = Some(Ok(write.result));
+        answers[i] = Some(decide(tx, write, loaded).await?);
     }
     Ok(answers
         .into_iter()
@@ -182,21 +141,15 @@ async fn write_run<T: UserTx>(tx: &mut T, run: Vec<UserWrite>) -> Result<Vec<Res
 /// transaction is intact, nothing was written for this write).
 async fn step<T: UserTx>(tx: &mut T, write: UserWrite) -> Result<Result<WriteResult>> {
     let loaded = tx.load(&write.key(), write.event()).await?;
-    Ok(match decide(write, loaded) {
-        Decision::Done(answer) => answer,
-        Decision::Apply(decided) => {
-            tx.apply(std::slice::from_ref(&decided)).await?;
-            Ok(decided.result)
-        }
-    })
+    decide(tx, write, loaded).await
 }
 
-/// Decides a write once its user is loaded (and locked): a redelivery
-/// answers as recorded, a refusal answers alone, anything else is planned
-/// with its change-log rows and its event record.
-fn decide(write: UserWrite, (replayed, existing): Loaded) -> Decision {
+/// The rest of [`step`], once the user is loaded (and locked): replay,
+/// decide, apply and record.
+async fn decide<T: UserTx>(tx: &mut T, write: UserWrite, loaded: Loaded) -> Result<Result<WriteResult>> {
+    let (replayed, existing) = loaded;
     if let Some(replayed) = replayed {
-        return Decision::Done(Ok(replayed));
+        return Ok(Ok(replayed));
     }
     let key = write.key();
     let event = write.event().cloned();
@@ -208,18 +161,18 @@ fn decide(write: UserWrite, (replayed, existing): Loaded) -> Decision {
     let now = super::now();
     let plan = match write.plan(existing, now) {
         Ok(plan) => plan,
-        Err(refused) => return Decision::Done(Err(refused)),
+        Err(refused) => return Ok(Err(refused)),
     };
     let changes = change::of_user_write(&plan.change, before.as_ref());
     // Events are only ever keyed by clerk_id (the gRPC layer insists).
-    let event = match (event, key) {
-        (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id)),
+    let record = match (&event, &key) {
+        (Some(event), UserKey::ClerkId(clerk_id)) => Some((event, clerk_id.as_str(), &plan.result)),
         _ => None,
     };
-    if event.is_none() && matches!(plan.change, Change::None) {
-        return Decision::Done(Ok(plan.result));
+    if record.is_some() || !matches!(plan.change, Change::None) {
+        tx.apply(&plan.change, &changes, &actor, record, now).await?;
     }
-    Decision::Apply(Decided { change: plan.change, changes, actor, event, result: plan.result, now })
+    Ok(Ok(plan.result))
 }
 
 /// The steps of a user data edit, inside one transaction.

@@ -29,7 +29,6 @@ use crate::{
     },
 };
 
-mod apply;
 mod create;
 mod load;
 mod signals;

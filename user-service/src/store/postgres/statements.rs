@@ -1,6 +1,5 @@
-//! The SQL of the write steps besides the group statements (`create.rs`,
-//! `load.rs`, `apply.rs`): the insert that a full write plans, data edits,
-//! event records, and the binding helpers they share.
+//! The SQL of each write step: one statement per kind of change, with the
+//! event record and the change-log rows in the same statement.
 
 use std::collections::BTreeMap;
 
@@ -18,8 +17,10 @@ use crate::{
     domain::error::Result,
     domain::{
         change::{Actor, NewChange},
+        keys,
+        limits::NAME_HISTORY_LIMIT,
         user::{User, UserKey},
-        write::{self, EventContext, WriteResult},
+        write::{self, Change, EventContext, WriteResult},
     },
 };
 
@@ -93,6 +94,13 @@ pub(super) fn changes_cte(at: usize, n: usize) -> String {
     )
 }
 
+/// A deletion takes the personal values out of the user's earlier changes
+/// (keeping what happened, when and by whom) and out of the results recorded
+/// for their earlier events, which a redelivery would otherwise give back.
+pub(super) const ERASE_USER: &str = "x as (update changes set before = null, after = null, erased = true \
+         where clerk_id = $2 and not erased), \
+     r as (update processed_events set result = result - 'user' where clerk_id = $2 and result ? 'user')";
+
 /// Binds the parameters of [`log_ctes`]: the record, then [`bind_changes`].
 pub(super) fn bind_log<'q>(
     query: Query<'q, Postgres, PgArguments>,
@@ -153,6 +161,28 @@ pub(super) struct Log<'a> {
     pub(super) now: DateTime<Utc>,
 }
 
+/// Applies a planned change, records the event and appends the changes in
+/// one statement: one function per kind of change, each binding only what
+/// its statement uses.
+pub(super) async fn apply(tx: &mut PgConnection, change: &Change, log: Log<'_>) -> Result<()> {
+    match change {
+        Change::None => apply_none(tx, log).await,
+        Change::Insert { user, data } => apply_insert(tx, user, data, log).await,
+        Change::Update { user, data, name_entry } => {
+            apply_update(tx, user, data, name_entry.as_ref(), log).await
+        }
+        Change::Delete { user_id, clerk_id } => apply_delete(tx, *user_id, clerk_id, log).await,
+    }
+}
+
+/// Nothing to change: records the event (and any changes).
+pub(super) async fn apply_none(tx: &mut PgConnection, log: Log<'_>) -> Result<()> {
+    let sql = format!("with {} select 1", log_ctes(1, 2));
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(log.now);
+    bind_log(query, log.record, log.actor, log.changes).execute(tx).await?;
+    Ok(())
+}
+
 /// Inserts the user and its initial data.
 pub(super) async fn apply_insert(
     tx: &mut PgConnection,
@@ -175,6 +205,71 @@ pub(super) async fn apply_insert(
         .execute(tx)
         .await
         .map_err(|e| crate::store::unique_violation(e, &user.clerk_id))?;
+    Ok(())
+}
+
+/// Updates the user, upserts its data and appends to its name history.
+pub(super) async fn apply_update(
+    tx: &mut PgConnection,
+    user: &User,
+    data: &[(&'static str, Value)],
+    name_entry: Option<&Value>,
+    log: Log<'_>,
+) -> Result<()> {
+    let sql = format!(
+        "with u as (update users set email = $2, first_name = $3, last_name = $4, username = $5, \
+             image_url = $6, role = $7, status = $8, updated_at = $9, source_updated_at = $10, \
+             version = $11 where id = $1), \
+         d as (insert into user_data (user_id, key, value, created_at, updated_at) \
+             select $1, k, v, $12, $12 from unnest($13::text[], $14::jsonb[]) as t(k, v) \
+             on conflict (user_id, key) do update \
+             set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1), \
+         n as (insert into user_data (user_id, key, value, created_at, updated_at) \
+             select $1, $15, jsonb_build_array($16::jsonb), $12, $12 where $16::jsonb is not null \
+             on conflict (user_id, key) do update set \
+               value = case when jsonb_typeof(user_data.value) <> 'array' then excluded.value \
+                            when jsonb_array_length(user_data.value) >= $17 \
+                              then (user_data.value - 0) || excluded.value \
+                            else user_data.value || excluded.value end, \
+               updated_at = excluded.updated_at, version = user_data.version + 1), \
+         {} select 1",
+        log_ctes(12, 18)
+    );
+    let (keys, values) = data_arrays(data);
+    let query = bind_profile(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user.id), user)
+        .bind(user.updated_at)
+        .bind(user.source_updated_at)
+        .bind(user.version)
+        .bind(log.now)
+        .bind(keys)
+        .bind(values)
+        .bind(keys::NAME_HISTORY)
+        .bind(name_entry.map(Json))
+        .bind(NAME_HISTORY_LIMIT as i32);
+    bind_log(query, log.record, log.actor, log.changes)
+        .execute(tx)
+        .await
+        .map_err(|e| crate::store::unique_violation(e, &user.clerk_id))?;
+    Ok(())
+}
+
+/// Deletes the user and its data, tombstones its `clerk_id` and erases its
+/// personal values from the log and the recorded results.
+pub(super) async fn apply_delete(
+    tx: &mut PgConnection,
+    user_id: Option<Uuid>,
+    clerk_id: &str,
+    log: Log<'_>,
+) -> Result<()> {
+    let sql = format!(
+        "with u as (delete from users where id = $1), \
+         t as (insert into deleted_users (clerk_id, user_id, deleted_at) values ($2, $1, $3) \
+             on conflict (clerk_id) do nothing), \
+         {ERASE_USER}, {} select 1",
+        log_ctes(3, 4)
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(clerk_id).bind(log.now);
+    bind_log(query, log.record, log.actor, log.changes).execute(tx).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use crate::store::{
     DataEntry,
     group::{UserWrite, UserWriter},
     rows::{self, EntryRow, entry},
-    txn::{self, DataTx, Decided, Loaded, Record, UserTx},
+    txn::{self, DataTx, Loaded, Record, UserTx},
 };
 use crate::{
     domain::error::Result,
@@ -25,7 +25,6 @@ use crate::{
 };
 
 use super::{
-    apply::apply_writes,
     create::create_new,
     load::{load_state, load_states},
     signals::Signals,
@@ -109,26 +108,16 @@ impl UserTx for PgTx {
         load_states(&mut self.tx, writes).await
     }
 
-    async fn apply(&mut self, writes: &[Decided]) -> Result<()> {
-        self.recorded_changes |= writes.iter().any(|write| !write.changes.is_empty());
-        // An insert here is rare (a create that found its user gone or
-        // raced) and takes its own statement; the rest share one.
-        let mut rest = Vec::with_capacity(writes.len());
-        for write in writes {
-            match &write.change {
-                Change::Insert { user, data } => {
-                    let log = Log {
-                        changes: &write.changes,
-                        actor: &write.actor,
-                        record: write.record(),
-                        now: write.now,
-                    };
-                    apply_insert(&mut self.tx, user, data, log).await?;
-                }
-                _ => rest.push(write),
-            }
-        }
-        if rest.is_empty() { Ok(()) } else { apply_writes(&mut self.tx, &rest).await }
+    async fn apply(
+        &mut self,
+        change: &Change,
+        changes: &[NewChange],
+        actor: &Actor,
+        record: Option<Record<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.recorded_changes |= !changes.is_empty();
+        apply(&mut self.tx, change, Log { changes, actor, record, now }).await
     }
 
     async fn commit(self) -> Result<()> {

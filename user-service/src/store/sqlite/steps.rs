@@ -14,14 +14,14 @@ use crate::store::{
     ChangeSignal, DataEntry,
     group::{UserWrite, UserWriter},
     rows::{self, EntryRow, entry},
-    txn::{self, DataTx, Decided, Record, UserTx},
+    txn::{self, DataTx, Record, UserTx},
 };
 use crate::{
     domain::error::Result,
     domain::{
         change::{Actor, NewChange},
         user::UserKey,
-        write::{EventContext, Existing, WriteResult},
+        write::{Change, EventContext, Existing, WriteResult},
     },
 };
 
@@ -80,15 +80,19 @@ impl UserTx for SqliteTx {
         Ok((None, load_existing(&mut self.tx, key).await?))
     }
 
-    async fn apply(&mut self, writes: &[Decided]) -> Result<()> {
-        for write in writes {
-            apply(&mut self.tx, &write.change, write.now).await?;
-            if let Some(record) = write.record() {
-                record_event(&mut self.tx, record, write.now).await?;
-            }
-            self.append(&write.changes, &write.actor, write.now).await?;
+    async fn apply(
+        &mut self,
+        change: &Change,
+        changes: &[NewChange],
+        actor: &Actor,
+        record: Option<Record<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        apply(&mut self.tx, change, now).await?;
+        if let Some(record) = record {
+            record_event(&mut self.tx, record, now).await?;
         }
-        Ok(())
+        self.append(changes, actor, now).await
     }
 
     async fn commit(self) -> Result<()> {
