@@ -10,6 +10,7 @@ use user_service::{
     domain::{
         change::{Actor, AuditQuery, ChangeFilter, ChangeKind, Cursor},
         error::Error,
+        keys,
         user::{ClerkId, Profile, Role, SignupSource, Status, UserKey},
         write::{CreateUser, DeleteUser, EventContext, Outcome, UpdateUser, UserPatch, WriteResult},
     },
@@ -181,12 +182,7 @@ async fn a_replayed_event_writes_nothing_and_another_kind_is_refused(db: Db) {
         store.create_user(create("user_s3", Some(event("msg_1", 1_000, "CreateUser")))).await.unwrap();
     assert!(again.replayed);
     assert_eq!(everything(&*store, "user_s3").await.len(), 1);
-    let delete = DeleteUser {
-        key: UserKey::ClerkId("user_s3".into()),
-        expected_version: None,
-        event: Some(event("msg_1", 2_000, "DeleteUser")),
-        actor: actor(),
-    };
+    let delete = deletion("user_s3", event("msg_1", 2_000, "DeleteUser"));
     assert!(matches!(store.delete_user(delete).await, Err(Error::InvalidArgument(_))));
     assert!(store.get_user(&UserKey::ClerkId("user_s3".into())).await.is_ok());
 }
@@ -195,12 +191,7 @@ async fn a_deletion_erases_earlier_values_and_replays_give_no_profile(db: Db) {
     let (store, _db) = open(db).await;
     store.create_user(create("user_s4", Some(event("msg_c", 1_000, "CreateUser")))).await.unwrap();
     set(&*store, "user_s4", "custom.secret", json!("hush")).await.unwrap();
-    let delete = DeleteUser {
-        key: UserKey::ClerkId("user_s4".into()),
-        expected_version: None,
-        event: Some(event("msg_d", 2_000, "DeleteUser")),
-        actor: actor(),
-    };
+    let delete = deletion("user_s4", event("msg_d", 2_000, "DeleteUser"));
     store.delete_user(delete).await.unwrap();
     let log = everything(&*store, "user_s4").await;
     assert_eq!(log.len(), 3);
@@ -229,6 +220,15 @@ fn update_name(clerk_id: &str, first_name: &str, event: EventContext) -> UpdateU
         expected_version: None,
         changed_by: None,
         actor: actor().with_event(Some(&event)),
+        event: Some(event),
+    }
+}
+
+fn deletion(clerk_id: &str, event: EventContext) -> DeleteUser {
+    DeleteUser {
+        key: UserKey::ClerkId(clerk_id.into()),
+        expected_version: None,
+        actor: actor(),
         event: Some(event),
     }
 }
@@ -307,12 +307,7 @@ async fn creates_in_one_group_for_new_known_and_deleted_users_each_keep_their_ow
     let (store, _db) = open(db).await;
     store.create_user(create("user_k1", Some(event("msg_k1", 1_000, "CreateUser")))).await.unwrap();
     store.create_user(create("user_d1", Some(event("msg_d1", 1_000, "CreateUser")))).await.unwrap();
-    let delete = DeleteUser {
-        key: UserKey::ClerkId("user_d1".into()),
-        expected_version: None,
-        actor: actor(),
-        event: Some(event("msg_d1x", 2_000, "DeleteUser")),
-    };
+    let delete = deletion("user_d1", event("msg_d1x", 2_000, "DeleteUser"));
     store.delete_user(delete).await.unwrap();
     let before = store.group_stats();
 
@@ -360,19 +355,9 @@ async fn updates_and_deletes_of_distinct_users_in_one_group_each_get_their_own_o
     for id in ["user_u1", "user_u2", "user_u3", "user_u4"] {
         store.create_user(create(id, Some(event(&format!("msg_{id}"), 2_000, "CreateUser")))).await.unwrap();
     }
-    let gone = DeleteUser {
-        key: UserKey::ClerkId("user_u4".into()),
-        expected_version: None,
-        actor: actor(),
-        event: Some(event("msg_u4d", 3_000, "DeleteUser")),
-    };
+    let gone = deletion("user_u4", event("msg_u4d", 3_000, "DeleteUser"));
     store.delete_user(gone).await.unwrap();
-    let delete = DeleteUser {
-        key: UserKey::ClerkId("user_u3".into()),
-        expected_version: None,
-        actor: actor(),
-        event: Some(event("msg_u3d", 3_000, "DeleteUser")),
-    };
+    let delete = deletion("user_u3", event("msg_u3d", 3_000, "DeleteUser"));
     let before = store.group_stats();
 
     let results = join_all([
@@ -426,12 +411,7 @@ async fn a_group_erases_the_users_it_deletes_and_keeps_the_name_history_of_those
             .await
             .unwrap();
     }
-    let delete = |id: &str| DeleteUser {
-        key: UserKey::ClerkId(id.into()),
-        expected_version: None,
-        actor: actor(),
-        event: Some(event(&format!("msg_{id}_d"), 3_000, "DeleteUser")),
-    };
+    let delete = |id: &str| deletion(id, event(&format!("msg_{id}_d"), 3_000, "DeleteUser"));
     let before = store.group_stats();
 
     let results = join_all([
@@ -456,7 +436,7 @@ async fn a_group_erases_the_users_it_deletes_and_keeps_the_name_history_of_those
     assert!(renamed.iter().all(|c| !c.erased && c.change.after.is_some()));
     let user = store.get_user(&UserKey::ClerkId("user_g1".into())).await.unwrap();
     assert_eq!(user.profile.first_name.as_deref(), Some("Second"));
-    let history = store.read_data(&UserKey::ClerkId("user_g1".into()), &["name_history"]).await.unwrap();
+    let history = store.read_data(&UserKey::ClerkId("user_g1".into()), &[keys::NAME_HISTORY]).await.unwrap();
     let names = history[0].value.as_array().map(|entries| entries.len());
     assert_eq!(names, Some(2), "{history:?}");
     for id in ["user_g2", "user_g3"] {
