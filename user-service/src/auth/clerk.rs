@@ -4,7 +4,11 @@
 //! `iss` equal to the instance's issuer, `azp` (when present) among the
 //! authorized origins, and `sub` a Clerk user id.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
@@ -100,6 +104,10 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     azp: Option<String>,
+    /// Checked by the validation (a required claim); read for how long the
+    /// user stays signed in on a stream opened with the token.
+    #[serde(default)]
+    exp: Option<u64>,
 }
 
 /// The header fields read before choosing a key.
@@ -169,7 +177,17 @@ impl ClerkVerifier {
         }
         let sub = claims.sub.ok_or(SessionRejection::MissingClaim("sub"))?;
         let clerk_id = ClerkId::parse(&sub).map_err(|_| SessionRejection::Subject)?.into_inner();
-        Ok(SignedInUser::new(clerk_id))
+        let user = SignedInUser::new(clerk_id);
+        // Checked arithmetic: an `exp` beyond what the clock can hold is no
+        // end at all, not a panic.
+        let until = claims
+            .exp
+            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+            .and_then(|at| at.checked_add(CLOCK_SKEW));
+        Ok(match until {
+            Some(at) => user.valid_until(at),
+            None => user,
+        })
     }
 }
 

@@ -1,7 +1,10 @@
 //! Who is calling: the one identity type every handler and the change log
 //! read.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use super::{Client, Scope};
 use crate::domain::error::Error;
@@ -23,18 +26,32 @@ pub enum Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedInUser {
     clerk_id: Arc<str>,
+    valid_until: Option<SystemTime>,
 }
 
 impl SignedInUser {
     /// The user with this Clerk id (the session token's `sub`, already
     /// checked to be a well-formed Clerk id).
     pub fn new(clerk_id: impl Into<Arc<str>>) -> Self {
-        Self { clerk_id: clerk_id.into() }
+        Self { clerk_id: clerk_id.into(), valid_until: None }
+    }
+
+    /// The same user, whose session token is accepted until `at` (its `exp`
+    /// plus the tolerated clock skew).
+    pub fn valid_until(self, at: SystemTime) -> Self {
+        Self { valid_until: Some(at), ..self }
     }
 
     /// The user's Clerk id.
     pub fn clerk_id(&self) -> &str {
         &self.clerk_id
+    }
+
+    /// How long the session token stays accepted from now (zero once it is
+    /// past); `None` for a token without an end.
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = self.valid_until?;
+        Some(until.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
     }
 }
 

@@ -56,6 +56,10 @@ pub enum Error {
         /// The oldest cursor a follower may resume from.
         oldest: String,
     },
+    /// The session token a stream was opened with has expired: the stream
+    /// ends, and the client opens it again with a fresh token.
+    #[error("session token has expired (exp); open the stream again with a fresh token")]
+    SessionExpired,
     /// The database cannot be reached right now; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),

@@ -10,9 +10,10 @@ use userdata_proto::v1::{self as pb, change_service_server::ChangeService};
 use super::{
     access,
     convert::changes::{self as convert, change_to_proto, event_to_proto},
+    expiry::until_expiry,
 };
 use crate::{
-    auth::Principal,
+    auth::{Principal, SignedInUser},
     domain::{
         change::{AuditQuery, ChangeFilter},
         error::Result,
@@ -63,7 +64,8 @@ impl ChangeService for ChangesApi {
     ) -> Result<Response<WatchStream>, Status> {
         let principal = Principal::of(&request)?;
         let watch = convert::watch_changes(request.get_ref())?;
-        let clerk_id = match principal.signed_in_user() {
+        let user = principal.signed_in_user();
+        let clerk_id = match user {
             // A signed-in user follows their own changes, whatever the
             // request names (the end-user rule `ForcedOwn`).
             Some(user) => Some(access::own_user(&*self.store, user).await?.clerk_id),
@@ -72,7 +74,10 @@ impl ChangeService for ChangesApi {
         let filter = ChangeFilter { clerk_id, keys: watch.keys };
         let events = self.feed.follow(watch.cursor, filter, STREAM_BUFFER).await?;
         let stream = ReceiverStream::new(events).map(|event| event.map(event_to_proto).map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(match user.and_then(SignedInUser::remaining) {
+            Some(left) => Box::pin(until_expiry(stream, left)),
+            None => Box::pin(stream),
+        }))
     }
 
     #[tracing::instrument(skip_all)]

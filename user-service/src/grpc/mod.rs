@@ -4,6 +4,7 @@ pub mod access;
 mod caller;
 mod changes;
 mod convert;
+mod expiry;
 mod json;
 mod page_token;
 mod status;

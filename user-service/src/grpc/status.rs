@@ -32,6 +32,7 @@ impl From<Error> for Status {
                 details.set_error_info("CURSOR_EXPIRED", ERROR_DOMAIN, metadata);
                 return Status::with_error_details(Code::OutOfRange, message, details);
             }
+            Error::SessionExpired => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             Error::Unavailable(_) => {
                 tracing::warn!(error = %err, "database unavailable");

@@ -180,6 +180,62 @@ async fn a_grpc_web_server_stream_delivers_messages_as_they_come() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_users_change_stream_reaches_the_browser_as_changes_happen() {
+    let clerk = Clerk::start().await;
+    let server = browser_server(&clerk).await;
+    let token = clerk.token("user_web");
+    let request = pb::WatchChangesRequest::default();
+    let mut response = grpc_web(
+        &server,
+        "/userdata.v1.ChangeService/WatchChanges",
+        APP_ORIGIN,
+        Some(&token),
+        frame(&request),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(response.headers(), "access-control-allow-origin"), Some(APP_ORIGIN));
+    assert_eq!(header(response.headers(), "grpc-status"), None, "the stream is open, not refused");
+
+    // An administrator changes the user's data while the browser listens.
+    let (_, mut admin) = session::clients(&server, Some(session::ADMIN_TOKEN.into())).await;
+    admin
+        .set_user_data(pb::SetUserDataRequest {
+            clerk_id: "user_web".into(),
+            key: "custom.note".into(),
+            value: Some(prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("hi".into())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("an administrator writes the user's data");
+
+    let mut buffer = BytesMut::new();
+    let mut frames = Frames::default();
+    let change = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let chunk = response.chunk().await.expect("read the stream").expect("the stream stays open");
+            buffer.extend_from_slice(&chunk);
+            take_frames(&mut buffer, &mut frames);
+            let change = frames.messages.iter().find_map(|m| {
+                match pb::WatchChangesResponse::decode(m.clone()).expect("a watch message").event {
+                    Some(pb::watch_changes_response::Event::Change(change)) => Some(change),
+                    _ => None,
+                }
+            });
+            if let Some(change) = change {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("the change reaches the browser");
+    assert_eq!(change.clerk_id, "user_web");
+    assert_eq!(change.key, "custom.note");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preflight_from_an_allowed_origin_allows_grpc_web() {
     let clerk = Clerk::start().await;
     let server = browser_server(&clerk).await;

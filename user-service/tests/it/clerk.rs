@@ -100,6 +100,56 @@ async fn a_token_not_valid_yet_is_unauthenticated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_checks_tolerate_five_seconds_of_clock_skew_and_no_more() {
+    let clerk = Clerk::start().await;
+    let server = with_alice(&clerk, |_| {}).await;
+    let expired = |ago: i64| {
+        clerk.key.sign(&alice_claims(|c| {
+            c["nbf"] = json!(now() - 120);
+            c["exp"] = json!(now() - ago);
+        }))
+    };
+    let early = |ahead: i64| {
+        clerk.key.sign(&alice_claims(|c| {
+            c["nbf"] = json!(now() + ahead);
+            c["exp"] = json!(now() + 120);
+        }))
+    };
+    assert_eq!(get_alice(&server, expired(2)).await.unwrap().clerk_id, ALICE, "exp 2 s ago");
+    assert_unauthenticated(get_alice(&server, expired(10)).await, "expired (exp)");
+    assert_eq!(get_alice(&server, early(2)).await.unwrap().clerk_id, ALICE, "nbf 2 s ahead");
+    assert_unauthenticated(get_alice(&server, early(10)).await, "not valid yet (nbf)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_with_a_session_token_ends_when_the_token_expires() {
+    use tokio_stream::StreamExt;
+    let clerk = Clerk::start().await;
+    let server = with_alice(&clerk, |_| {}).await;
+    // Accepted within the clock skew, so it runs out a moment after opening.
+    let token = clerk.key.sign(&alice_claims(|c| c["exp"] = json!(now() - 3)));
+    let mut changes = pb::change_service_client::ChangeServiceClient::with_interceptor(
+        server.channel().await,
+        session::Bearer(Some(token)),
+    );
+    let mut stream = changes.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_heartbeat)) => continue,
+                Some(Err(status)) => break status,
+                None => panic!("the stream ended without saying why"),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends when the token does");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("expired (exp)"), "{ended:?}");
+    assert!(stream.next().await.is_none(), "nothing follows the expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_another_issuer_is_unauthenticated() {
     let clerk = Clerk::start().await;
     let server = with_alice(&clerk, |_| {}).await;

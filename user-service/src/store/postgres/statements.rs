@@ -94,6 +94,14 @@ pub(super) fn changes_cte(at: usize, n: usize) -> String {
     )
 }
 
+/// The per-user advisory lock of the user with our id `$1`, by its
+/// `clerk_id`: the key [`super::steps::lock_key`] computes (the first 8 bytes
+/// of the id's SHA-256, big-endian), as the `users_refuse_deleted` trigger
+/// computes it too. A plain read: it gives the transaction no id.
+pub(super) const LOCK_BY_ID: &str = "select pg_advisory_xact_lock(\
+     ('x' || left(encode(sha256(convert_to(clerk_id, 'UTF8')), 'hex'), 16))::bit(64)::bigint) \
+     from users where id = $1";
+
 /// A deletion takes the personal values out of the user's earlier changes
 /// (keeping what happened, when and by whom) and out of the results recorded
 /// for their earlier events, which a redelivery would otherwise give back.

@@ -44,20 +44,42 @@ pub(super) struct PgWriter {
     pub(super) signals: Arc<Signals>,
 }
 
-/// Starts a transaction. For a `clerk_id`, it then takes a
-/// transaction-scoped advisory lock on it, which serialises every write for
-/// that id, including for users that do not exist yet (a row lock cannot cover
-/// a missing row): a concurrent create and delete must not interleave.
+/// Starts a transaction and takes the per-user lock (see [`lock_user_key`]).
 pub(super) async fn begin(pool: &PgPool, key: &UserKey) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await?;
-    if let UserKey::ClerkId(clerk_id) = key {
-        // Its own statement, not part of BEGIN: if the caller gives up while
-        // this waits, dropping the transaction rolls it back and frees the
-        // lock. A lock taken by the BEGIN statement itself would stay with the
-        // pooled connection, idle in a transaction, blocking the user.
-        sqlx::query("select pg_advisory_xact_lock($1)").bind(lock_key(clerk_id)).execute(&mut *tx).await?;
-    }
+    lock_user_key(&mut tx, key).await?;
     Ok(tx)
+}
+
+/// Takes the transaction-scoped advisory lock on the user's `clerk_id`,
+/// which serialises every write for that id, including for users that do not
+/// exist yet (a row lock cannot cover a missing row): a concurrent create and
+/// delete must not interleave. Every write path takes it before it writes
+/// anything, so before its transaction has an id: a later write of the user
+/// then gets a later id than every earlier one, which keeps the change log in
+/// commit order per user (CHANGES.md). A row lock alone would not: a
+/// transaction that already wrote another user could wait on it with an
+/// older id than the writer it waits for.
+///
+/// Its own statement, not part of BEGIN: if the caller gives up while this
+/// waits, dropping the transaction rolls it back and frees the lock. A lock
+/// taken by the BEGIN statement itself would stay with the pooled
+/// connection, idle in a transaction, blocking the user.
+async fn lock_user_key(tx: &mut Transaction<'static, Postgres>, key: &UserKey) -> Result<()> {
+    match key {
+        UserKey::ClerkId(clerk_id) => {
+            sqlx::query("select pg_advisory_xact_lock($1)")
+                .bind(lock_key(clerk_id))
+                .execute(&mut **tx)
+                .await?;
+        }
+        // A user named by our id has a `clerk_id` that never changes; no row
+        // means nothing to write, and the write's own lookup says so.
+        UserKey::Id(id) => {
+            sqlx::query(LOCK_BY_ID).bind(id).execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A stable 64-bit lock key for a `clerk_id`: the first 8 bytes of its
@@ -128,6 +150,7 @@ impl UserTx for PgTx {
 #[async_trait]
 impl DataTx for PgTx {
     async fn lock_user(&mut self, user: &UserKey) -> Result<Option<(Uuid, String)>> {
+        lock_user_key(&mut self.tx, user).await?;
         let (filter, bind) = user_where(user);
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select u.id, u.clerk_id from users u where {filter} for update"
