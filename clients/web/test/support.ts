@@ -128,7 +128,10 @@ export interface ExpiringStreams {
  * Stands in for user-service ending a `WatchChanges` stream with
  * UNAUTHENTICATED when the token it was opened with expires: the real
  * response is passed through frame by frame, and `expire()` closes it with a
- * gRPC-Web trailer frame, as the server would.
+ * gRPC-Web trailer frame, as the server would. Once user-service does this
+ * itself, the same test can run without it: tokens of a few seconds and a
+ * negative `tokenRefreshMarginMs` (e.g. -60 s), so the server's ending comes
+ * before the persister's own reopen.
  */
 export function expiringStreams(): ExpiringStreams {
   const open = new Set<() => void>();
