@@ -6,6 +6,8 @@
  *   tsx dev/cli.ts serve [clerk_id…]    run user-service on 127.0.0.1:50061 trusting the dev key,
  *                                       with CORS for the demo page, and create those users
  *
+ * DEV_WEB_KEYS_DIR puts the key pair elsewhere (default data/dev-web/, as for the demo's dev server).
+ *
  * @module
  */
 import { join } from "node:path";
@@ -14,14 +16,17 @@ import { loadOrCreateDevKeys, mintSessionToken } from "./dev-auth.js";
 import { DevUserService, REPO_ROOT } from "./user-service.js";
 
 const DATA_DIR = join(REPO_ROOT, "data", "dev-web");
+// The key pair's directory; the same variable the demo's dev server reads, so
+// tests can use a temporary pair and leave a developer's keys alone.
+const KEYS_DIR = process.env["DEV_WEB_KEYS_DIR"] ?? DATA_DIR;
 const DEMO_ORIGINS = ["http://localhost:5173", "http://127.0.0.1:5173"];
 
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
-  const keys = loadOrCreateDevKeys(DATA_DIR);
+  const keys = loadOrCreateDevKeys(KEYS_DIR);
   switch (command) {
     case "keys":
-      console.log(`development key pair in ${DATA_DIR} (public key: dev-jwt-public.pem)`);
+      console.log(`development key pair in ${KEYS_DIR} (public key: dev-jwt-public.pem)`);
       return;
     case "token": {
       const sub = rest[0];

@@ -90,6 +90,14 @@ export interface UserDataPersisterOptions extends ClientOptions {
   tokenRefreshMarginMs?: number;
 }
 
+/** What one stream got to; read by the reconnect loop when the stream fails. */
+interface StreamAttempt {
+  /** It got as far as following (the server accepted its token). */
+  healthy: boolean;
+  /** The session token it was opened with. */
+  token: string | undefined;
+}
+
 /** The key a refused profile edit names: the user record, not user data. */
 const USER_KEY = "user";
 
@@ -307,7 +315,8 @@ class UserDataSync {
     let delay = initialDelay;
     this.setStatus("connecting");
     while (!signal.aborted) {
-      const outcome = await this.followOnce(signal).catch((error: unknown) => ({ error }));
+      const attempt: StreamAttempt = { healthy: false, token: undefined };
+      const outcome = await this.followOnce(signal, attempt).catch((error: unknown) => ({ error }));
       if (signal.aborted) break;
       if ("error" in outcome) {
         const error = outcome.error;
@@ -318,6 +327,20 @@ class UserDataSync {
           this.ignored(error);
           continue;
         }
+        if (hasCode(error, Code.Unauthenticated) && attempt.healthy && (await this.hasFreshToken(attempt.token))) {
+          // The server ended a stream it had accepted because its token
+          // expired (our early reopen lost the race, e.g. clock skew). Not an
+          // outage: reopen at once from the cursor with the new token. Only
+          // after a stream that was live, so a token refused at open still
+          // backs off below instead of spinning.
+          this.ignored(error);
+          this.setStatus("connecting");
+          delay = initialDelay;
+          continue;
+        }
+        // A stream that was live and then broke is a new outage: start the
+        // backoff from the beginning.
+        if (attempt.healthy) delay = initialDelay;
         // A first snapshot that failed: let load() finish (the store keeps
         // what it has, e.g. a browser cache); it is published when it comes.
         this.firstSnapshot?.reject(error);
@@ -344,14 +367,25 @@ class UserDataSync {
     }
   }
 
+  /** Whether getToken() now gives a token other than `refused`. */
+  private async hasFreshToken(refused: string | undefined): Promise<boolean> {
+    try {
+      const token = await this.token();
+      return token !== undefined && token !== "" && token !== refused;
+    } catch {
+      return false;
+    }
+  }
+
   /**
    * One stream: opens it (after the last cursor, or from now with a fresh
    * snapshot when there is none), applies what it brings, and returns when it
    * ends. `healthy` says it got as far as following.
    */
-  private async followOnce(signal: AbortSignal): Promise<{ healthy: boolean }> {
+  private async followOnce(signal: AbortSignal, attempt: StreamAttempt): Promise<{ healthy: boolean }> {
     const token = await this.token();
     if (!token) throw new ConnectError("no session token: getToken() returned none", Code.Unauthenticated);
+    attempt.token = token;
     const claims = readSessionClaims(token);
     const clerkId = this.options.clerkId ?? claims.sub;
     this.clerkId ??= clerkId;
@@ -415,6 +449,7 @@ class UserDataSync {
         // Resuming (auto-load restarted): the state held is current as of the cursor.
         if (this.firstSnapshot && this.state) this.publish(this.state);
         healthy = true;
+        attempt.healthy = true;
         this.setStatus("live");
         return;
       }
@@ -424,6 +459,7 @@ class UserDataSync {
       this.cursor = pendingCursor;
       this.publish(state);
       healthy = true;
+      attempt.healthy = true;
       this.setStatus("live");
     };
 

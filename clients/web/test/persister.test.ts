@@ -6,7 +6,8 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { ConnectError } from "@connectrpc/connect";
 import { Code } from "../src/index.js";
 import { OnboardingStep, Theme } from "../src/gen/userdata/v1/user_data_pb.js";
-import { type Harness, client, createUser, destroyClients, live, plain, startHarness, until } from "./support.js";
+import { mintSessionToken } from "../dev/dev-auth.js";
+import { type Harness, client, createUser, destroyClients, expiringStreams, live, plain, startHarness, until } from "./support.js";
 
 let h: Harness;
 before(async () => {
@@ -183,6 +184,50 @@ describe("following", () => {
     }
     assert.ok(c.calls.filter((m) => m === "WatchChanges").length >= streamsBefore + 3);
     assert.equal(c.calls.filter((m) => m === "GetPreferences").length, 1);
+    await c.persister.destroy();
+  });
+});
+
+describe("a stream the server ends because its token expired (UNAUTHENTICATED)", () => {
+  test("is reopened at once with a fresh token, from its cursor, without a reload", async () => {
+    const clerkId = await createUser(h);
+    const streams = expiringStreams();
+    // A backoff this long outlasts every wait below: only an immediate reopen passes.
+    const c = client(h, clerkId, { fetch: streams.fetch, reconnectDelayMs: 60_000, maxReconnectDelayMs: 60_000 });
+    await c.persister.startAutoLoad();
+    await live(c);
+    await h.admin.data.updatePreferences({ clerkId, preferences: { language: "de" }, updateMask: { paths: ["language"] } });
+    await until("language de", () => c.store.getValue("language") === "de");
+
+    streams.expire();
+    await until("a second stream", () => streams.tokens.length >= 2, 5_000);
+    await h.admin.data.updatePreferences({ clerkId, preferences: { language: "fr" }, updateMask: { paths: ["language"] } });
+
+    await until("language fr", () => c.store.getValue("language") === "fr", 5_000);
+    await live(c);
+    assert.notEqual(streams.tokens[1], streams.tokens[0]);
+    assert.equal(c.calls.filter((m) => m === "GetPreferences").length, 1);
+    assert.deepEqual(c.statuses.filter((s) => s === "reconnecting" || s === "signed-out"), []);
+    assert.deepEqual(c.errors, []);
+    await c.persister.destroy();
+  });
+
+  test("with no token left to give, reports signed-out instead of reopening", async () => {
+    const clerkId = await createUser(h);
+    const streams = expiringStreams();
+    let signedIn = true;
+    const c = client(h, clerkId, {
+      fetch: streams.fetch,
+      getToken: async () => (signedIn ? mintSessionToken(h.keys.privateKeyPem, { sub: clerkId }) : null),
+    });
+    await c.persister.startAutoLoad();
+    await live(c);
+
+    signedIn = false;
+    streams.expire();
+
+    await until("signed-out", () => c.statuses.at(-1) === "signed-out");
+    assert.equal(streams.tokens.length, 1);
     await c.persister.destroy();
   });
 });

@@ -75,16 +75,16 @@ export function client(h: Harness, clerkId: string, options: Partial<UserDataPer
       minted += 1;
       return mintSessionToken(h.keys.privateKeyPem, { sub: clerkId, ttlSeconds: options.ttlSeconds ?? 60 });
     },
-    fetch: (input, init) => {
-      const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
-      calls.push(url.slice(url.lastIndexOf("/") + 1));
-      return fetch(input, init);
-    },
     onWriteError: (e) => errors.push(e),
     onStatus: (s) => statuses.push(s),
     reconnectDelayMs: 50,
     maxReconnectDelayMs: 500,
     ...options,
+    // Last, so a test's own fetch is wrapped rather than losing the record.
+    fetch: (input, init) => {
+      calls.push(methodOf(input));
+      return (options.fetch ?? fetch)(input, init);
+    },
   });
   opened.push(persister);
   return { store, persister, errors, statuses, calls, tokensMinted: () => minted };
@@ -108,4 +108,92 @@ export function live(c: Client): Promise<void> {
 /** A TinyBase result as plain JSON (TinyBase's objects have no prototype). */
 export function plain<T>(value: T): T {
   return JSON.parse(JSON.stringify(value)) as T;
+}
+
+function methodOf(input: Parameters<typeof fetch>[0]): string {
+  const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
+  return url.slice(url.lastIndexOf("/") + 1);
+}
+
+/** A fetch whose WatchChanges streams a test can end the way user-service ends one whose token expired. */
+export interface ExpiringStreams {
+  fetch: typeof fetch;
+  /** The authorization header of each WatchChanges call, in order. */
+  tokens: string[];
+  /** Ends every open WatchChanges response with `grpc-status: 16` (UNAUTHENTICATED) after its last whole message. */
+  expire(): void;
+}
+
+/**
+ * Stands in for user-service ending a `WatchChanges` stream with
+ * UNAUTHENTICATED when the token it was opened with expires: the real
+ * response is passed through frame by frame, and `expire()` closes it with a
+ * gRPC-Web trailer frame, as the server would. Once user-service does this
+ * itself, the same test can run without it: tokens of a few seconds and a
+ * negative `tokenRefreshMarginMs` (e.g. -60 s), so the server's ending comes
+ * before the persister's own reopen.
+ */
+export function expiringStreams(): ExpiringStreams {
+  const open = new Set<() => void>();
+  const tokens: string[] = [];
+  const trailer = new TextEncoder().encode("grpc-status: 16\r\ngrpc-message: session token expired\r\n");
+  const wrapped: typeof fetch = async (input, init) => {
+    const response = await fetch(input, init);
+    if (methodOf(input) !== "WatchChanges" || !response.body) return response;
+    tokens.push(new Headers(init?.headers).get("authorization") ?? "");
+    const reader = response.body.getReader();
+    let pending = new Uint8Array(0);
+    let closed = false;
+    let end = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        end = () => {
+          if (closed) return;
+          closed = true;
+          open.delete(end);
+          const frame = new Uint8Array(5 + trailer.length);
+          frame[0] = 0x80; // gRPC-Web trailer flag
+          new DataView(frame.buffer).setUint32(1, trailer.length);
+          frame.set(trailer, 5);
+          controller.enqueue(frame);
+          controller.close();
+          void reader.cancel().catch(() => undefined);
+        };
+        open.add(end);
+      },
+      async pull(controller) {
+        const { done, value } = await reader.read().catch(() => ({ done: true, value: undefined }));
+        if (closed) return;
+        if (done || !value) {
+          closed = true;
+          open.delete(end);
+          controller.close();
+          return;
+        }
+        const joined = new Uint8Array(pending.length + value.length);
+        joined.set(pending);
+        joined.set(value, pending.length);
+        // Whole frames only, so the trailer can never land inside a message.
+        let offset = 0;
+        while (joined.length - offset >= 5) {
+          const length = new DataView(joined.buffer, offset + 1, 4).getUint32(0);
+          if (joined.length - offset < 5 + length) break;
+          controller.enqueue(joined.slice(offset, offset + 5 + length));
+          offset += 5 + length;
+        }
+        pending = joined.slice(offset);
+      },
+      cancel(reason) {
+        closed = true;
+        open.delete(end);
+        return reader.cancel(reason);
+      },
+    });
+    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  };
+  return {
+    fetch: wrapped,
+    tokens,
+    expire: () => [...open].forEach((end) => end()),
+  };
 }

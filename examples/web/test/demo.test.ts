@@ -35,6 +35,67 @@ test("a theme change in one page shows in the other within a second", async () =
   assert.equal(stored.preferences?.theme, 2 /* THEME_DARK */);
 });
 
+test("choosing a language in the select writes it to user-service and shows it in the other page", async () => {
+  const clerkId = freshClerkId();
+  await createUser(stack.service, clerkId);
+  const [a, b] = [await stack.open(clerkId), await stack.open(clerkId)];
+
+  await a.getByTestId("language").selectOption("de");
+
+  await until(async () => (await stack.service.clients().data.getPreferences({ clerkId })).preferences?.language === "de");
+  await b.waitForFunction(() => (document.getElementById("language") as HTMLSelectElement).value === "de", null, { timeout: 5_000 });
+});
+
+test("unticking notifications turns them off on user-service", async () => {
+  const clerkId = freshClerkId();
+  await createUser(stack.service, clerkId);
+  const page = await stack.open(clerkId);
+  assert.equal(await page.getByTestId("notifications").isChecked(), true);
+
+  await page.getByTestId("notifications").uncheck();
+
+  await until(async () => (await stack.service.clients().data.getPreferences({ clerkId })).preferences?.notifications === false);
+});
+
+test("the next-step button advances onboarding on user-service and in the other page", async () => {
+  const clerkId = freshClerkId();
+  await createUser(stack.service, clerkId);
+  const [a, b] = [await stack.open(clerkId), await stack.open(clerkId)];
+  await a.locator('#steps li[data-state="current"]', { hasText: "welcome" }).waitFor({ timeout: 5_000 });
+
+  await a.getByTestId("next-step").click();
+
+  await until(async () => (await stack.service.clients().data.getOnboarding({ clerkId })).status?.step === 2 /* PROFILE */);
+  await b.locator('#steps li[data-state="current"]', { hasText: "profile" }).waitFor({ timeout: 5_000 });
+});
+
+test("a saved note is written to user-service as custom.note", async () => {
+  const clerkId = freshClerkId();
+  await createUser(stack.service, clerkId);
+  const page = await stack.open(clerkId);
+
+  await page.getByTestId("note").fill("remember the milk");
+  await page.getByTestId("note").press("Enter");
+
+  await until(async () => {
+    const stored = await stack.service.clients().data.getUserData({ clerkId, key: "custom.note" }).catch(() => undefined);
+    return stored?.entry?.value?.kind.case === "stringValue" && stored.entry.value.kind.value === "remember the milk";
+  });
+});
+
+test("a flag set by an administrator shows in the page, which offers no control to change it", async () => {
+  const clerkId = freshClerkId();
+  await createUser(stack.service, clerkId);
+  const page = await stack.open(clerkId);
+
+  await stack.service.clients().data.updateFeatureFlags({ clerkId, set: { beta_search: true } });
+
+  const flag = page.locator('#flags li[data-flag="beta_search"]');
+  await flag.getByText("on").waitFor({ timeout: 5_000 });
+  // Flags are read-only for a signed-in user (the server refuses their edits), so the demo only shows them.
+  assert.equal(await page.locator("#flags").locator("input, select, button").count(), 0);
+});
+
 test("a change made with grpcurl shows in both pages", async () => {
   assert.ok(existsSync(GRPCURL), `grpcurl not found at ${GRPCURL}: run scripts/setup`);
   const clerkId = freshClerkId();
