@@ -212,6 +212,26 @@ describe("a stream the server ends because its token expired (UNAUTHENTICATED)",
     await c.persister.destroy();
   });
 
+  test("user-service's own ending at the token's expiry is followed by a reopen with a fresh token", async () => {
+    const clerkId = await createUser(h);
+    // 2 s tokens the persister does not refresh by itself (a margin far
+    // below zero): user-service ends the stream at exp + its 5 s skew.
+    const c = client(h, clerkId, { ttlSeconds: 2, tokenRefreshMarginMs: -60_000, reconnectDelayMs: 60_000, maxReconnectDelayMs: 60_000 });
+    await c.persister.startAutoLoad();
+    await live(c);
+    await h.admin.data.updatePreferences({ clerkId, preferences: { language: "de" }, updateMask: { paths: ["language"] } });
+    await until("language de", () => c.store.getValue("language") === "de");
+
+    await until("a second stream", () => c.calls.filter((m) => m === "WatchChanges").length >= 2, 15_000);
+    await h.admin.data.updatePreferences({ clerkId, preferences: { language: "ja" }, updateMask: { paths: ["language"] } });
+
+    await until("language ja", () => c.store.getValue("language") === "ja", 5_000);
+    assert.equal(c.calls.filter((m) => m === "GetPreferences").length, 1);
+    assert.deepEqual(c.statuses.filter((s) => s === "reconnecting" || s === "signed-out"), []);
+    assert.deepEqual(c.errors, []);
+    await c.persister.destroy();
+  });
+
   test("with no token left to give, reports signed-out instead of reopening", async () => {
     const clerkId = await createUser(h);
     const streams = expiringStreams();
