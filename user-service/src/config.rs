@@ -254,6 +254,7 @@ mod tests {
         assert!(config.auth_tokens.is_none() && !config.insecure && !config.no_reflection);
         assert!(config.clerk_issuer.is_none() && config.cors_origins.is_empty());
         assert_eq!(config.http2_max_concurrent_streams, 100);
+        assert_eq!(config.change_retention, Duration::from_secs(90 * 86_400));
     }
 
     #[test]

@@ -109,7 +109,16 @@ impl Follower {
             return Err(Stop::Failed);
         }
         loop {
-            let batch = match self.feed.store.read_changes(self.cursor, &self.filter, BATCH).await {
+            // Checked again after the read: a prune that committed between
+            // the check above and the read may have taken rows this batch
+            // should have held, and the prune moves the mark in the same
+            // transaction, so the mark shows it.
+            let read = async {
+                let batch = self.feed.store.read_changes(self.cursor, &self.filter, BATCH).await?;
+                check_retained(self.feed.store.as_ref(), self.cursor).await?;
+                Ok(batch)
+            };
+            let batch = match read.await {
                 Ok(batch) => batch,
                 Err(err) => {
                     self.fail(err).await;

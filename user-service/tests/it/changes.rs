@@ -21,6 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 crate::on_both_backends!(
     every_write_path_records_its_changes_with_the_actor,
+    flags_onboarding_activity_role_and_clerk_events_record_their_changes,
     rejected_stale_replayed_and_no_op_writes_record_nothing,
     concurrent_writers_reach_a_follower_exactly_once_and_in_commit_order_per_user,
     a_follower_resuming_from_its_last_cursor_misses_nothing_and_repeats_nothing,
@@ -31,6 +32,8 @@ crate::on_both_backends!(
     a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor,
     deleting_a_user_erases_their_values_and_keeps_the_facts,
     list_changes_pages_and_filters_by_user_actor_kind_and_order,
+    list_changes_by_user_id_actor_and_time_window_pages_oldest_first,
+    watch_changes_by_user_id_passes_only_that_users_changes,
     bad_watch_and_list_requests_name_the_field,
     followers_resume_after_user_service_is_killed,
 );
@@ -202,6 +205,92 @@ async fn every_write_path_records_its_changes_with_the_actor(db: Db) {
     assert!(log[4].after.is_none());
     let cursors: Vec<&String> = log.iter().map(|c| &c.cursor).collect();
     assert!(cursors.windows(2).all(|w| w[0] != w[1]), "{cursors:?}");
+}
+
+async fn flags_onboarding_activity_role_and_clerk_events_record_their_changes(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    let clerk_id = "user_paths";
+    users.create_user(clerk_create(clerk_id, "Ada", "msg_c", 1_000)).await.unwrap();
+    let named = |n: &str| n.to_owned();
+    data.update_feature_flags(pb::UpdateFeatureFlagsRequest {
+        clerk_id: named(clerk_id),
+        set: [("beta".to_owned(), true)].into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    data.advance_onboarding(pb::AdvanceOnboardingRequest {
+        clerk_id: named(clerk_id),
+        step: pb::OnboardingStep::Profile as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    data.reset_onboarding(pb::ResetOnboardingRequest { clerk_id: named(clerk_id), ..Default::default() })
+        .await
+        .unwrap();
+    let mut session = event("msg_s", 2_000);
+    session.as_mut().unwrap().event_type = "session.created".into();
+    data.record_login(pb::RecordLoginRequest {
+        clerk_id: named(clerk_id),
+        login: Some(pb::LoginRecord { success: true, ..Default::default() }),
+        event_context: session,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    data.record_activity(pb::RecordActivityRequest {
+        clerk_id: named(clerk_id),
+        active_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let role = pb::UpdateUserRequest {
+        user: Some(pb::User {
+            clerk_id: named(clerk_id),
+            role: pb::UserRole::Admin as i32,
+            ..Default::default()
+        }),
+        update_mask: Some(mask(&["role"])),
+        ..Default::default()
+    };
+    users.update_user(role).await.unwrap();
+    let mut updated = clerk_update(clerk_id, "Grace", "Hopper", "msg_u", 3_000);
+    updated.event_context.as_mut().unwrap().event_type = "user.updated".into();
+    users.update_user(updated).await.unwrap();
+    let mut deleted = pb::DeleteUserRequest { clerk_id: named(clerk_id), ..Default::default() };
+    deleted.event_context = event("msg_d", 4_000);
+    deleted.event_context.as_mut().unwrap().event_type = "user.deleted".into();
+    users.delete_user(deleted).await.unwrap();
+
+    let log = all_changes(&mut changes, clerk_id).await;
+    let has = |kind_of: pb::ChangeKind, key: &str| log.iter().any(|c| kind(c) == kind_of && c.key == key);
+    assert!(has(pb::ChangeKind::DataSet, "feature_flags"), "{log:?}");
+    assert!(has(pb::ChangeKind::DataSet, "onboarding_status"), "{log:?}");
+    assert!(has(pb::ChangeKind::DataDeleted, "onboarding_status"), "a reset removes the key: {log:?}");
+    for key in ["session_count", "login_history", "last_active"] {
+        assert!(has(pb::ChangeKind::DataSet, key), "{key}: {log:?}");
+    }
+    let login = log.iter().find(|c| c.key == "login_history").unwrap().actor.clone().unwrap();
+    assert_eq!((login.event_id.as_str(), login.event_type.as_str()), ("msg_s", "session.created"));
+    let users_changed: Vec<&pb::Change> = log.iter().filter(|c| c.key.is_empty()).collect();
+    let kinds: Vec<pb::ChangeKind> = users_changed.iter().map(|c| kind(c)).collect();
+    assert_eq!(
+        kinds,
+        [
+            pb::ChangeKind::UserCreated,
+            pb::ChangeKind::UserUpdated,
+            pb::ChangeKind::UserUpdated,
+            pb::ChangeKind::UserDeleted
+        ]
+    );
+    let by_event = users_changed[2].actor.as_ref().unwrap();
+    assert_eq!((by_event.event_id.as_str(), by_event.event_type.as_str()), ("msg_u", "user.updated"));
+    let deletion = users_changed[3].actor.as_ref().unwrap();
+    assert_eq!((deletion.event_id.as_str(), deletion.event_type.as_str()), ("msg_d", "user.deleted"));
 }
 
 async fn rejected_stale_replayed_and_no_op_writes_record_nothing(db: Db) {
@@ -525,6 +614,68 @@ async fn list_changes_pages_and_filters_by_user_actor_kind_and_order(db: Db) {
         .await
         .unwrap_err();
     assert_field_violation(&err, "page_token");
+}
+
+async fn list_changes_by_user_id_actor_and_time_window_pages_oldest_first(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    let a = create(&mut users, "user_a").await;
+    create(&mut users, "user_b").await;
+    for i in 0..3 {
+        data.set_user_data(set_custom("user_a", "custom.n", json!(i))).await.unwrap();
+    }
+    data.set_user_data(set_custom("user_b", "custom.n", json!("b"))).await.unwrap();
+
+    let by_id = pb::ListChangesRequest {
+        user_id: a.id.clone(),
+        order: pb::ChangeOrder::OldestFirst as i32,
+        page_size: 2,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut request = by_id.clone();
+    loop {
+        let page = changes.list_changes(request.clone()).await.unwrap().into_inner();
+        assert!(page.changes.len() <= 2);
+        seen.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert!(seen.iter().all(|c| c.clerk_id == "user_a"), "only user_a's changes: {seen:?}");
+    assert_eq!(kind(&seen[0]), pb::ChangeKind::UserCreated, "oldest first");
+    let values: Vec<serde_json::Value> = seen[1..].iter().map(|c| json_of(c.after.as_ref())).collect();
+    assert_eq!(values, [json!(0), json!(1), json!(2)]);
+
+    // Without authentication every write's actor is "anonymous".
+    let anonymous = pb::ListChangesRequest { actor: "anonymous".into(), ..Default::default() };
+    assert_eq!(changes.list_changes(anonymous).await.unwrap().into_inner().changes.len(), 6);
+    let before_any = pb::ListChangesRequest {
+        end_time: Some(prost_types::Timestamp { seconds: 1_000_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    assert!(changes.list_changes(before_any).await.unwrap().into_inner().changes.is_empty());
+    let until_later = pb::ListChangesRequest {
+        end_time: Some(prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    assert_eq!(changes.list_changes(until_later).await.unwrap().into_inner().changes.len(), 6);
+}
+
+async fn watch_changes_by_user_id_passes_only_that_users_changes(db: Db) {
+    let server = TestServer::start(db).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    let a = create(&mut users, "user_a").await;
+    create(&mut users, "user_b").await;
+    let mut stream =
+        watch(&mut changes, pb::WatchChangesRequest { user_id: a.id, ..Default::default() }).await;
+    data.set_user_data(set_custom("user_b", "custom.n", json!("b"))).await.unwrap();
+    data.set_user_data(set_custom("user_a", "custom.n", json!("a"))).await.unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!((change.clerk_id.as_str(), json_of(change.after.as_ref())), ("user_a", json!("a")));
 }
 
 async fn bad_watch_and_list_requests_name_the_field(db: Db) {
