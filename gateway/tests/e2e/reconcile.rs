@@ -596,3 +596,56 @@ async fn the_command_refuses_deletions_over_the_limit_with_one_line_and_writes_n
         harness.assert_not_found(&user.id, "after a refused run").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_sends_the_user_service_token_and_needs_read_and_write() {
+    use std::io::Write as _;
+    const WRITE_ONLY: &str = "gateway-e2e-write-only-token-0123456789";
+    const READ_WRITE: &str = "reconcile-e2e-read-write-token-0123456789";
+    let users = population("2tok", 4, T0);
+    let api = FakeClerkApi::start(users).await;
+    let mut tokens = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("tokens file: {e}"));
+    writeln!(tokens, "gateway write {WRITE_ONLY}\nreconcile read,write {READ_WRITE}")
+        .unwrap_or_else(|e| panic!("tokens file: {e}"));
+    let path = tokens.path().to_owned();
+    let server = user_service::testing::TestServer::start_with(Db::Sqlite, move |config| {
+        config.auth_tokens = Some(path)
+    })
+    .await;
+    let env = |token: Option<&str>| {
+        let mut env = vec![("CLERK_SECRET_KEY", SECRET_KEY.to_owned()), ("USER_SERVICE_URL", server.url())];
+        env.extend(token.map(|token| ("USER_SERVICE_TOKEN", token.to_owned())));
+        env
+    };
+    let args = || vec!["--clerk-api-url".to_owned(), api.url()];
+
+    let (no_token, _, no_token_err) = run_binary_with_env(args(), env(None)).await;
+    let (write_only, _, write_only_err) = run_binary_with_env(args(), env(Some(WRITE_ONLY))).await;
+    let (first, first_out, first_err) = run_binary_with_env(args(), env(Some(READ_WRITE))).await;
+    let (second, second_out, _) = run_binary_with_env(args(), env(Some(READ_WRITE))).await;
+
+    let last_line = |err: &str| err.lines().last().unwrap_or_default().to_owned();
+    assert_eq!(no_token, Some(2), "{no_token_err}");
+    assert!(last_line(&no_token_err).starts_with("gateway: error:"), "{no_token_err}");
+    assert!(last_line(&no_token_err).contains("UNAUTHENTICATED"), "{no_token_err}");
+    assert_eq!(write_only, Some(2), "{write_only_err}");
+    let refused = last_line(&write_only_err);
+    assert!(
+        refused.contains("PERMISSION_DENIED") && refused.contains("`read` and `write` scopes"),
+        "{refused}"
+    );
+    assert_eq!(first, Some(0), "{first_out}\n{first_err}");
+    assert!(first_out.contains("  created: 4"), "{first_out}");
+    for token in [WRITE_ONLY, READ_WRITE] {
+        assert!(
+            ![&write_only_err, &first_err, &first_out].iter().any(|s| s.contains(token)),
+            "token printed"
+        );
+    }
+    // The second run reads back, with the token, what the first wrote.
+    assert_eq!(second, Some(0), "{second_out}");
+    assert!(
+        second_out.contains("users before the run: 4") && second_out.contains("unchanged: 4"),
+        "{second_out}"
+    );
+}
