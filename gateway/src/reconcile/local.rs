@@ -22,12 +22,24 @@ const PAGE_SIZE: i32 = 1000;
 
 /// Why the local users could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot list user-service's users ({}): {message}", grpc_code::name(*code))]
+#[error("cannot list user-service's users ({}): {message}{}", grpc_code::name(*code), scope_hint(*code))]
 pub struct ListError {
     /// The gRPC code of the last attempt.
     pub code: Code,
     /// Its message.
     pub message: String,
+}
+
+/// What to fix when the token lacks a scope: unlike `serve`, which only
+/// writes, reconcile also lists users, so the gateway's usual write-only
+/// token is not enough.
+fn scope_hint(code: Code) -> &'static str {
+    match code {
+        Code::PermissionDenied => {
+            "; gateway reconcile needs a user-service token whose client has the `read` and `write` scopes"
+        }
+        _ => "",
+    }
 }
 
 /// The Clerk-owned profile of every local user, by Clerk id.

@@ -10,6 +10,14 @@
 //!   run changes nothing.
 //! - A local user Clerk does not list is missing; it is deleted only with
 //!   `--delete-missing`, and only within `--max-deletes`.
+//!
+//! user-service lists neither its tombstones nor the Clerk time of the copy
+//! it holds, so two cases are planned as writes on every run although a run
+//! leaves them alone: a user deleted here is planned as a create, and one
+//! whose local copy is newer but differs as an update. user-service answers
+//! them (with a replay after the first run) and the report counts them as
+//! "kept deleted" and "stale", in sync; a dry run, which writes nothing,
+//! cannot tell them apart and counts them as creates and updates.
 
 use std::collections::HashSet;
 

@@ -83,7 +83,9 @@ pub struct Samples {
 pub enum Verdict {
     /// user-service matches Clerk (as far as the rules allow).
     InSync,
-    /// Dry run: this many writes would be made.
+    /// Dry run: this many writes are planned. An upper bound of what would
+    /// change: only user-service can tell, when written, that a user is
+    /// deleted here or holds a newer copy (see [`crate::reconcile::plan`]).
     WouldChange(u64),
     /// Some writes failed.
     Failed(u64),
@@ -190,7 +192,8 @@ impl Report {
         match &self.verdict {
             Verdict::InSync => None,
             Verdict::WouldChange(changes) => Some(format!(
-                "dry run: {changes} writes would bring user-service in sync with Clerk; nothing was written"
+                "dry run: {changes} writes planned, nothing was written (users deleted here or changed here after \
+                 Clerk's copy are planned too; a real run leaves them alone and exits 0)"
             )),
             Verdict::Failed(failed) => Some(format!(
                 "{failed} users could not be written (e.g. {}); the rest is in sync, run again once fixed",
@@ -233,7 +236,7 @@ impl fmt::Display for Report {
         }
         let status = match &self.verdict {
             Verdict::InSync => "in sync".to_owned(),
-            Verdict::WouldChange(n) => format!("dry run, nothing written: {n} changes pending"),
+            Verdict::WouldChange(n) => format!("dry run, nothing written: {n} writes planned"),
             Verdict::Failed(n) => format!("not in sync: {n} failed"),
             Verdict::DeletesRefused(refused) => {
                 format!(

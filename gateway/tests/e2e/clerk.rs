@@ -233,14 +233,24 @@ pub fn email_created(clerk_id: &str, to: &str, timestamp: i64) -> String {
 /// A `session.created` body for a user's new session, in today's webhook
 /// shape (with the embedded `user`).
 pub fn session_created(user: &ClerkUser, session_id: &str, timestamp: i64) -> String {
+    session_with_user("session.created", user, session_id, timestamp)
+}
+
+/// A `session.*` body in today's webhook shape (with the embedded `user`),
+/// the session last active at `timestamp`.
+pub fn session_with_user(event_type: &str, user: &ClerkUser, session_id: &str, timestamp: i64) -> String {
+    let status = match event_type.trim_start_matches("session.") {
+        "created" => "active",
+        other => other,
+    };
     envelope(
-        "session.created",
+        event_type,
         json!({
             "object": "session",
             "id": session_id,
             "client_id": "client_e2eSessionClient01",
             "user_id": user.id,
-            "status": "active",
+            "status": status,
             "actor": null,
             "last_active_organization_id": null,
             "latest_activity": {

@@ -1,5 +1,7 @@
-//! Whole payloads, byte for byte: our own fixtures in `tests/fixtures/` and,
-//! when present, the real Clerk payloads in `../shared/fixtures/clerk/`.
+//! Whole payloads, byte for byte: our own fixtures in `tests/fixtures/` and
+//! the real Clerk payloads in the shared fixtures directory (see
+//! [`shared_fixture_dir`]), which must exist: a test that cannot find its
+//! payloads fails instead of passing without checking anything.
 
 use std::path::{Path, PathBuf};
 
@@ -88,8 +90,55 @@ fn own_fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Environment variable naming the shared Clerk fixtures directory.
+const SHARED_FIXTURES_ENV: &str = "USERDATA_CLERK_FIXTURES";
+
+/// The catalog session payloads (no `data.user`) that must keep working, by name.
+const CATALOG_SESSION_FIXTURES: [&str; 3] = [
+    "session.created.catalog-example.json",
+    "session.ended.catalog-example.json",
+    "session.removed.catalog-example.json",
+];
+
+/// The shared Clerk fixtures: `$USERDATA_CLERK_FIXTURES`, else
+/// `<workspace>/../shared/fixtures/clerk`, else `/work/shared/fixtures/clerk`.
+/// Panics naming every place looked at when none is a directory.
 fn shared_fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/clerk")
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os(SHARED_FIXTURES_ENV).map(PathBuf::from).into_iter().collect();
+    candidates.push(workspace.join("../shared/fixtures/clerk"));
+    candidates.push(PathBuf::from("/work/shared/fixtures/clerk"));
+    first_dir(&candidates).unwrap_or_else(|reason| panic!("{reason}"))
+}
+
+/// The first of `candidates` that is a directory, or why none is.
+fn first_dir(candidates: &[PathBuf]) -> Result<PathBuf, String> {
+    if let Some(found) = candidates.iter().find(|dir| dir.is_dir()) {
+        return Ok(found.clone());
+    }
+    let looked: Vec<String> = candidates.iter().map(|dir| dir.display().to_string()).collect();
+    Err(format!(
+        "shared Clerk fixtures not found; set {SHARED_FIXTURES_ENV} to their directory (looked in: {})",
+        looked.join(", ")
+    ))
+}
+
+#[test]
+fn missing_shared_fixtures_are_an_error_naming_where_they_were_looked_for() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (absent, present) = (root.path().join("absent"), root.path().join("present"));
+    std::fs::create_dir(&present).unwrap_or_else(|e| panic!("mkdir: {e}"));
+
+    let none = first_dir(std::slice::from_ref(&absent));
+    let second = first_dir(&[absent.clone(), present.clone()]);
+
+    let reason = none.err().unwrap_or_default();
+    assert!(
+        reason.contains(SHARED_FIXTURES_ENV) && reason.contains(&absent.display().to_string()),
+        "{reason}"
+    );
+    assert_eq!(second, Ok(present));
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -222,16 +271,17 @@ async fn seed_user(harness: &Harness, clerk_id: &str, at: i64, context: &str) {
 
 async fn every_shared_clerk_payload_is_accepted_and_read_back(db: Db) {
     let dir = shared_fixture_dir();
-    if !dir.is_dir() {
-        println!("shared Clerk fixtures not found at {}; skipping", dir.display());
-        return;
+    let files = json_files(&dir);
+    let names: Vec<String> = files.iter().map(|path| file_name(path)).collect();
+    for required in CATALOG_SESSION_FIXTURES {
+        assert!(names.iter().any(|name| name == required), "{required} is missing from {}", dir.display());
     }
     // Payloads share Clerk ids (the catalog examples reuse a few users), so
     // each user or session payload gets its own user-service; the ignored
     // types share one.
     let others = Harness::start(db).await;
     let mut checked = 0;
-    for (index, path) in json_files(&dir).iter().enumerate() {
+    for (index, path) in files.iter().enumerate() {
         let name = file_name(path);
         let body = read(path);
         let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));

@@ -34,6 +34,9 @@ crate::on_both_backends!(
     forced_deletes_remove_users_clerk_no_longer_lists_for_good,
     newer_local_state_and_deleted_users_are_left_alone,
     a_run_interrupted_half_way_is_finished_by_the_next,
+    a_dry_run_plans_users_deleted_or_newer_here_that_a_run_leaves_alone,
+    several_server_errors_in_a_row_are_retried_with_growing_waits,
+    a_clerk_api_that_keeps_failing_ends_the_run_with_one_line_and_no_writes,
 );
 
 /// Quick retries: the faults are injected, waiting long proves nothing.
@@ -282,15 +285,10 @@ async fn newer_local_state_and_deleted_users_are_left_alone(db: Db) {
     let in_clerk = population("2keepNew", 2, T0);
     let api = FakeClerkApi::start(in_clerk.clone()).await;
     let harness = Harness::start(db).await;
-    let [renamed_here, deleted_here] = [&in_clerk[0], &in_clerk[1]];
-    // Newer than the copy Clerk's API serves (its webhook came, the API lags).
-    let newer = renamed_here.clone().named("Newer", "Than The Api").at(renamed_here.updated_at + 60_000);
-    harness.post(newer.updated(), "msg_e2e_newer_here").await.assert_outcome("applied", "newer");
-    harness.post(deleted_here.created(), "msg_e2e_deleted_created").await.assert_outcome("applied", "seed");
-    harness
-        .post(deleted(&deleted_here.id, deleted_here.updated_at + 1000), "msg_e2e_deleted_here")
-        .await
-        .assert_outcome("applied", "deleted");
+    // The first is newer here than the copy Clerk's API serves (its webhook
+    // came, the API lags); the second was deleted here.
+    let newer = seed_newer_and_deleted(&harness, &in_clerk).await;
+    let deleted_here = &in_clerk[1];
     let options = options(&api, &harness);
 
     let report = run(&options).await;
@@ -301,6 +299,87 @@ async fn newer_local_state_and_deleted_users_are_left_alone(db: Db) {
     harness.assert_not_found(&deleted_here.id, "after the reconcile").await;
     let again = run(&options).await;
     assert_eq!((again.counts.stale, again.counts.tombstoned, again.counts.failed), (1, 1, 0), "{again}");
+}
+
+/// user-service holds `in_clerk[0]` renamed after Clerk's copy and has
+/// deleted `in_clerk[1]`; returns the newer copy.
+async fn seed_newer_and_deleted(harness: &Harness, in_clerk: &[ClerkUser]) -> ClerkUser {
+    let [renamed_here, deleted_here] = [&in_clerk[0], &in_clerk[1]];
+    let newer = renamed_here.clone().named("Newer", "Than The Api").at(renamed_here.updated_at + 60_000);
+    harness.post(newer.updated(), "msg_e2e_newer_here").await.assert_outcome("applied", "newer");
+    harness.post(deleted_here.created(), "msg_e2e_deleted_created").await.assert_outcome("applied", "seed");
+    harness
+        .post(deleted(&deleted_here.id, deleted_here.updated_at + 1000), "msg_e2e_deleted_here")
+        .await
+        .assert_outcome("applied", "deleted");
+    newer
+}
+
+async fn a_dry_run_plans_users_deleted_or_newer_here_that_a_run_leaves_alone(db: Db) {
+    let in_clerk = population("2dryKept", 3, T0);
+    let api = FakeClerkApi::start(in_clerk.clone()).await;
+    let harness = Harness::start(db).await;
+    seed_newer_and_deleted(&harness, &in_clerk).await;
+    let mut options = options(&api, &harness);
+    let first = run(&options).await;
+    assert_eq!((first.verdict.clone(), first.counts.created), (Verdict::InSync, 1), "{first}");
+    let before = etags(&harness).await;
+    options.dry_run = true;
+
+    let dry = run(&options).await;
+    options.dry_run = false;
+    let wet = run(&options).await;
+
+    // Only user-service can tell these two apart from real changes, and only
+    // when written to: the dry run plans them, the run then leaves them alone.
+    assert_eq!(dry.verdict, Verdict::WouldChange(2), "{dry}");
+    assert_eq!((dry.counts.created, dry.counts.updated, dry.counts.unchanged), (1, 1, 1), "{dry}");
+    let reason = dry.reason().unwrap_or_default();
+    assert!(reason.contains("deleted here or changed here") && !reason.contains('\n'), "{reason}");
+    assert_eq!(wet.verdict, Verdict::InSync, "{wet}");
+    let expected = Counts { listed: 3, local: 2, unchanged: 1, stale: 1, tombstoned: 1, ..Counts::default() };
+    assert_eq!(wet.counts, expected, "{wet}");
+    assert_eq!(etags(&harness).await, before, "a run changed a user it should leave alone");
+}
+
+async fn several_server_errors_in_a_row_are_retried_with_growing_waits(db: Db) {
+    let users = population("2five500", 12, T0);
+    let api = FakeClerkApi::start(users.clone()).await;
+    let failures = usize::try_from(FAST_RETRY.attempts - 1).unwrap_or(0);
+    api.inject(&vec![Fault::ServerError; failures]);
+    let harness = Harness::start(db).await;
+
+    let report = run(&options(&api, &harness)).await;
+
+    assert_eq!((report.verdict.clone(), report.counts.created), (Verdict::InSync, 12), "{report}");
+    assert_holds_exactly(&harness, &users).await;
+    let pages: Vec<_> = api.seen().into_iter().filter(|s| s.path == "/v1/users").collect();
+    let statuses: Vec<u16> = pages.iter().map(|s| s.status).take(failures + 1).collect();
+    assert_eq!(statuses, [vec![500; failures], vec![200]].concat());
+    for (failed, pair) in (1..).zip(pages.windows(2).take(failures)) {
+        let waited = pair[1].at.duration_since(pair[0].at);
+        assert!(waited >= FAST_RETRY.backoff(failed), "waited {waited:?} after failure {failed}");
+    }
+}
+
+async fn a_clerk_api_that_keeps_failing_ends_the_run_with_one_line_and_no_writes(db: Db) {
+    let api = FakeClerkApi::start(population("2all500", 5, T0)).await;
+    let attempts = usize::try_from(FAST_RETRY.attempts).unwrap_or(0);
+    api.inject(&vec![Fault::ServerError; attempts]);
+    let harness = Harness::start(db).await;
+
+    let error = reconcile(&options(&api, &harness), &Progress::new(Display::Log)).await.err();
+
+    // `main` prints an error as one `gateway: error: …` line and exits 2.
+    let message = error.map(|e| format!("{e:#}")).unwrap_or_else(|| panic!("the run succeeded"));
+    assert!(!message.contains('\n'), "{message}");
+    assert!(
+        message.contains("GET /v1/users")
+            && message.contains(&format!("giving up after {attempts} attempts")),
+        "{message}"
+    );
+    assert_eq!(api.faults_left(), 0);
+    assert!(harness.every_user().await.is_empty(), "a failed listing wrote");
 }
 
 async fn a_run_interrupted_half_way_is_finished_by_the_next(db: Db) {
@@ -364,15 +443,26 @@ async fn paged_by_offset(quirk: fn(&FakeClerkApi)) {
 /// Runs `gateway reconcile` with `args`, `CLERK_SECRET_KEY` set to `key` (or
 /// unset), and returns (exit code, stdout, stderr).
 async fn run_binary(args: Vec<String>, key: Option<&'static str>) -> (Option<i32>, String, String) {
+    let env = key.map(|key| ("CLERK_SECRET_KEY", key.to_owned())).into_iter().collect();
+    run_binary_with_env(args, env).await
+}
+
+/// Runs `gateway reconcile` with `args` and only `env` of the variables it
+/// reads (the rest removed), stdout and stderr piped (so not a terminal);
+/// returns (exit code, stdout, stderr).
+async fn run_binary_with_env(
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+) -> (Option<i32>, String, String) {
     tokio::task::spawn_blocking(move || {
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
         command.arg("reconcile").args(args);
-        for variable in ["CLERK_SECRET_KEY", "CLERK_API_URL", "USER_SERVICE_TOKEN", "USER_SERVICE_URL"] {
+        for variable in
+            ["CLERK_SECRET_KEY", "CLERK_API_URL", "USER_SERVICE_TOKEN", "USER_SERVICE_URL", "RUST_LOG"]
+        {
             command.env_remove(variable);
         }
-        if let Some(key) = key {
-            command.env("CLERK_SECRET_KEY", key);
-        }
+        command.envs(env);
         let output = command.output().unwrap_or_else(|e| panic!("cannot run the gateway binary: {e}"));
         (
             output.status.code(),
@@ -435,4 +525,127 @@ async fn the_command_needs_clerk_secret_key_and_never_prints_it() {
     assert!(last.contains("401") && last.contains("CLERK_SECRET_KEY"), "{wrong_err}");
     assert!(!wrong_err.contains("wrongKeyMustNotBePrinted"), "{wrong_err}");
     assert!(harness.every_user().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_progress_is_plain_log_lines_and_a_summary_ends_the_run() {
+    let users = population("2log", 30, T0);
+    let api = FakeClerkApi::start(users.clone()).await;
+    // A 429 asking for 6 s makes the Clerk phase outlast the 5 s between two
+    // progress lines, so the page after it must log one.
+    api.inject(&[Fault::RateLimited { seconds: 6 }]);
+    let harness = Harness::start(Db::Sqlite).await;
+    let args = cli_args(&api, &harness, &["--page-size", "10"]);
+
+    let (code, out, err) = run_binary_with_env(args, vec![("CLERK_SECRET_KEY", SECRET_KEY.to_owned())]).await;
+
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(!err.contains('\u{1b}') && !out.contains('\u{1b}'), "escape codes without a terminal:\n{err}");
+    let logged = |what: &str, phase: &str| err.lines().any(|l| l.contains(what) && l.contains(phase));
+    assert!(logged("reconcile progress", "Clerk users"), "no progress line while paging:\n{err}");
+    for phase in ["user-service users", "Clerk users", "writes"] {
+        assert!(logged("reconcile done", phase), "no line ending the {phase} phase:\n{err}");
+    }
+    assert!(out.contains("Clerk users: 30, user-service users before the run: 0"), "{out}");
+    assert!(out.contains("  created: 30") && out.contains("  failed: 0"), "{out}");
+    assert!(out.lines().last().is_some_and(|l| l.starts_with("in sync (")), "{out}");
+    assert_holds_exactly(&harness, &users).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_service_url_is_read_from_the_environment() {
+    let users = population("2env", 5, T0);
+    let api = FakeClerkApi::start(users.clone()).await;
+    let harness = Harness::start(Db::Sqlite).await;
+    let env = vec![
+        ("CLERK_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("USER_SERVICE_URL", harness.user_service_url().to_string()),
+    ];
+
+    let (code, out, err) = run_binary_with_env(vec!["--clerk-api-url".to_owned(), api.url()], env).await;
+
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_holds_exactly(&harness, &users).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_refuses_deletions_over_the_limit_with_one_line_and_writes_nothing() {
+    let kept = population("2cliKeep", 2, T0);
+    let extra = population("2cliGone", 4, T0);
+    let new = population("2cliNew", 3, T0);
+    let api = FakeClerkApi::start([kept.clone(), new.clone()].concat()).await;
+    let harness = Harness::start(Db::Sqlite).await;
+    seed(&harness, &kept, &[], &extra).await;
+    let before = etags(&harness).await;
+    let args = cli_args(&api, &harness, &["--delete-missing", "--max-deletes", "3"]);
+
+    let (code, out, err) = run_binary(args, Some(SECRET_KEY)).await;
+
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let reasons: Vec<&str> = err.lines().filter(|l| l.starts_with("gateway reconcile:")).collect();
+    let [reason] = reasons.as_slice() else {
+        panic!("expected one reason line:\n{err}");
+    };
+    assert!(
+        reason.contains("refusing to delete 4 local users") && reason.contains("--max-deletes 3"),
+        "{reason}"
+    );
+    assert!(out.contains("refused: 4 deletions exceed --max-deletes 3; nothing written"), "{out}");
+    assert_eq!(etags(&harness).await, before, "a refused run wrote");
+    for user in &new {
+        harness.assert_not_found(&user.id, "after a refused run").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_sends_the_user_service_token_and_needs_read_and_write() {
+    use std::io::Write as _;
+    const WRITE_ONLY: &str = "gateway-e2e-write-only-token-0123456789";
+    const READ_WRITE: &str = "reconcile-e2e-read-write-token-0123456789";
+    let users = population("2tok", 4, T0);
+    let api = FakeClerkApi::start(users).await;
+    let mut tokens = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("tokens file: {e}"));
+    writeln!(tokens, "gateway write {WRITE_ONLY}\nreconcile read,write {READ_WRITE}")
+        .unwrap_or_else(|e| panic!("tokens file: {e}"));
+    let path = tokens.path().to_owned();
+    let server = user_service::testing::TestServer::start_with(Db::Sqlite, move |config| {
+        config.auth_tokens = Some(path)
+    })
+    .await;
+    let env = |token: Option<&str>| {
+        let mut env = vec![("CLERK_SECRET_KEY", SECRET_KEY.to_owned()), ("USER_SERVICE_URL", server.url())];
+        env.extend(token.map(|token| ("USER_SERVICE_TOKEN", token.to_owned())));
+        env
+    };
+    let args = || vec!["--clerk-api-url".to_owned(), api.url()];
+
+    let (no_token, _, no_token_err) = run_binary_with_env(args(), env(None)).await;
+    let (write_only, _, write_only_err) = run_binary_with_env(args(), env(Some(WRITE_ONLY))).await;
+    let (first, first_out, first_err) = run_binary_with_env(args(), env(Some(READ_WRITE))).await;
+    let (second, second_out, _) = run_binary_with_env(args(), env(Some(READ_WRITE))).await;
+
+    let last_line = |err: &str| err.lines().last().unwrap_or_default().to_owned();
+    assert_eq!(no_token, Some(2), "{no_token_err}");
+    assert!(last_line(&no_token_err).starts_with("gateway: error:"), "{no_token_err}");
+    assert!(last_line(&no_token_err).contains("UNAUTHENTICATED"), "{no_token_err}");
+    assert_eq!(write_only, Some(2), "{write_only_err}");
+    let refused = last_line(&write_only_err);
+    assert!(
+        refused.contains("PERMISSION_DENIED") && refused.contains("`read` and `write` scopes"),
+        "{refused}"
+    );
+    assert_eq!(first, Some(0), "{first_out}\n{first_err}");
+    assert!(first_out.contains("  created: 4"), "{first_out}");
+    for token in [WRITE_ONLY, READ_WRITE] {
+        assert!(
+            ![&write_only_err, &first_err, &first_out].iter().any(|s| s.contains(token)),
+            "token printed"
+        );
+    }
+    // The second run reads back, with the token, what the first wrote.
+    assert_eq!(second, Some(0), "{second_out}");
+    assert!(
+        second_out.contains("users before the run: 4") && second_out.contains("unchanged: 4"),
+        "{second_out}"
+    );
 }

@@ -5,7 +5,7 @@
 use http::StatusCode;
 
 use crate::{
-    clerk::{ClerkUser, T0, deleted, envelope, session_created, session_without_user},
+    clerk::{ClerkUser, T0, deleted, envelope, session_created, session_with_user, session_without_user},
     support::{Db, Harness, millis, unix_now},
 };
 
@@ -18,7 +18,18 @@ crate::on_both_backends!(
     a_session_carrying_a_newer_user_object_updates_the_profile,
     a_session_carrying_a_deleted_user_does_not_bring_it_back,
     an_old_session_revoked_for_an_unknown_user_is_acknowledged_as_unknown_user,
+    a_session_whose_user_object_is_refused_is_still_recorded_for_a_known_user,
+    an_old_session_whose_user_object_is_refused_is_unknown_user_for_an_unknown_user,
+    a_session_whose_user_write_fails_transiently_is_retried_and_counts_one_login,
+    a_session_revoked_carrying_an_unknown_user_creates_it_without_a_login,
+    a_session_ended_carrying_an_unknown_user_creates_it_without_a_login,
 );
+
+/// Longer than any name user-service accepts (256 characters), so it refuses
+/// the write with `INVALID_ARGUMENT`.
+fn refused_name() -> String {
+    "N".repeat(300)
+}
 
 /// When the session in [`session_created`] bodies starts.
 const SIGNED_IN_AT: i64 = T0 + 60_000;
@@ -176,4 +187,86 @@ async fn an_old_session_revoked_for_an_unknown_user_is_acknowledged_as_unknown_u
 
     delivery.assert_outcome("unknown_user", "old session.revoked for an unknown user");
     harness.assert_not_found("user_e2eNeverSeen", "after the session").await;
+}
+
+async fn a_session_whose_user_object_is_refused_is_still_recorded_for_a_known_user(db: Db) {
+    let harness = Harness::start(db).await;
+    let user = ClerkUser::new("user_e2eRefusedUserObject").at(T0);
+    harness.post(user.created(), "msg_e2e_refused_seed").await.assert_outcome("applied", "seed");
+    let before = harness.existing_user(&user.id).await;
+    let invalid = user.clone().named(&refused_name(), "Lovelace").at(T0 + 30_000);
+
+    let delivery = harness
+        .post(session_created(&invalid, "sess_e2eRefusedUser0001", SIGNED_IN_AT), "msg_e2e_refused")
+        .await;
+
+    delivery.assert_outcome("applied", "the session of a known user");
+    assert_eq!(harness.existing_user(&user.id).await, before, "the refused user object changed the profile");
+    assert_eq!(harness.activity(&user.id).await.session_count, 1);
+}
+
+async fn an_old_session_whose_user_object_is_refused_is_unknown_user_for_an_unknown_user(db: Db) {
+    let harness = Harness::start(db).await;
+    let invalid = ClerkUser::new("user_e2eRefusedUnknown").named(&refused_name(), "Lovelace").at(T0);
+
+    // Signed in at T0 + 60 s, long past the one-hour retry window.
+    let delivery = harness
+        .post(session_created(&invalid, "sess_e2eRefusedUnknown01", SIGNED_IN_AT), "msg_e2e_refused_unknown")
+        .await;
+
+    delivery.assert_outcome("unknown_user", "a refused user object creates nobody");
+    harness.assert_not_found(&invalid.id, "after the session").await;
+}
+
+async fn a_session_whose_user_write_fails_transiently_is_retried_and_counts_one_login(db: Db) {
+    let mut harness = Harness::start(db).await;
+    let user = ClerkUser::new("user_e2eTransientUserWrite").named("Tess", "Retry").at(T0);
+    let body = session_created(&user, "sess_e2eTransientUser01", SIGNED_IN_AT);
+    harness.stop_user_service().await;
+
+    let failed = harness.post(&body, "msg_e2e_transient_user").await;
+    harness.restart_user_service().await;
+    let retried = harness.post(&body, "msg_e2e_transient_user").await;
+    let again = harness.post(&body, "msg_e2e_transient_user").await;
+
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{failed:?}");
+    assert!(failed.headers.contains_key(http::header::RETRY_AFTER), "{failed:?}");
+    retried.assert_outcome("applied", "Svix's retry");
+    again.assert_outcome("duplicate", "a further redelivery");
+    let stored = harness.existing_user(&user.id).await;
+    assert_eq!((stored.first_name.as_deref(), stored.last_name.as_deref()), (Some("Tess"), Some("Retry")));
+    assert_eq!(harness.clerk_sync_count(&user.id).await, 1, "one profile write");
+    let activity = harness.activity(&user.id).await;
+    assert_eq!((activity.session_count, activity.login_history.len()), (1, 1), "{activity:?}");
+}
+
+/// A `session.*` event other than `session.created` carrying a user nobody
+/// created: the user is created and the session moves `last_active`, with
+/// no login counted.
+async fn an_ending_session_creates_its_user(db: Db, event_type: &str, user: ClerkUser) {
+    let harness = Harness::start(db).await;
+    let body = session_with_user(event_type, &user, "sess_e2eEndingWithUser01", SIGNED_IN_AT);
+
+    let delivery = harness.post(&body, "msg_e2e_ending_with_user").await;
+
+    delivery.assert_outcome("applied", event_type);
+    let stored = harness.existing_user(&user.id).await;
+    assert_eq!(
+        (stored.email.as_deref(), stored.first_name.as_deref(), stored.last_name.as_deref()),
+        (user.primary_email(), user.first_name.as_deref(), user.last_name.as_deref()),
+        "{event_type}"
+    );
+    let activity = harness.activity(&user.id).await;
+    assert_eq!(activity.session_count, 0, "{event_type}: {activity:?}");
+    assert_eq!(millis(activity.last_active.as_ref()), Some(SIGNED_IN_AT), "{event_type}: {activity:?}");
+}
+
+async fn a_session_revoked_carrying_an_unknown_user_creates_it_without_a_login(db: Db) {
+    let user = ClerkUser::new("user_e2eRevokedCarriesUser").named("Rev", "Oked").at(T0);
+    an_ending_session_creates_its_user(db, "session.revoked", user).await;
+}
+
+async fn a_session_ended_carrying_an_unknown_user_creates_it_without_a_login(db: Db) {
+    let user = ClerkUser::new("user_e2eEndedCarriesUser").named("End", "Ed").at(T0);
+    an_ending_session_creates_its_user(db, "session.ended", user).await;
 }

@@ -95,3 +95,35 @@ async fn a_bare_gateway_serves_and_a_malformed_secret_fails_without_printing_it(
     assert!(stderr.contains("CLERK_WEBHOOK_SIGNING_SECRET"), "{stderr}");
     assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
 }
+
+/// `gateway reconcile <args>` as clap parses it (the environment included).
+fn reconcile_args(args: &[&str]) -> Result<gateway::reconcile::ReconcileArgs, clap::Error> {
+    use clap::Parser;
+    let argv = ["gateway", "reconcile"].iter().chain(args);
+    match gateway::Cli::try_parse_from(argv)?.into_command()? {
+        gateway::Command::Reconcile(args) => Ok(args),
+        other => panic!("expected reconcile, got {other:?}"),
+    }
+}
+
+#[test]
+fn reconcile_by_default_reads_clerks_own_api_and_deletes_nothing() {
+    let args = reconcile_args(&[]).unwrap_or_else(|e| panic!("bare reconcile: {e}"));
+
+    assert_eq!(args.clerk_api_url, "https://api.clerk.com");
+    assert!(!args.delete_missing, "--delete-missing must be off by default");
+    assert!(!args.force);
+    assert!(!args.dry_run);
+    assert_eq!(args.max_deletes, 10);
+    assert_eq!(args.page_size, 500);
+}
+
+#[test]
+fn reconcile_refuses_force_without_delete_missing() {
+    let refused = reconcile_args(&["--force"]).map(|_| ()).unwrap_err();
+    let accepted = reconcile_args(&["--delete-missing", "--force"]);
+
+    assert_eq!(refused.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{refused}");
+    assert!(refused.to_string().contains("--delete-missing"), "{refused}");
+    assert!(accepted.is_ok_and(|args| args.delete_missing && args.force));
+}

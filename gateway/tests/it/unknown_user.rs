@@ -73,3 +73,75 @@ fn the_window_defaults_to_one_hour_and_is_set_by_a_flag() {
     assert_eq!(parse(&["gateway", "serve"]), Duration::from_secs(3600));
     assert_eq!(parse(&["gateway", "serve", "--unknown-user-retry-window", "90m"]), Duration::from_secs(5400));
 }
+
+/// The `gateway serve` binary, killed when dropped.
+struct ServeProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gateway serve` on 127.0.0.1:0 in front of `server`, with `env`
+/// added, and waits for the line saying where it listens.
+fn serve_binary(server: &TestServer, env: &[(&str, &str)]) -> ServeProcess {
+    use std::io::{BufRead, BufReader};
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--user-service-url"])
+        .arg(url_of(server.addr).to_string())
+        .env_remove("GATEWAY_UNKNOWN_USER_RETRY_WINDOW")
+        .env("CLERK_WEBHOOK_SIGNING_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start the gateway binary: {e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let (found, address) = std::sync::mpsc::channel();
+    // Keeps reading after the address line, so the pipe never fills up.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.contains("gateway listening").then(|| listen_field(&line)).flatten() {
+                let _ = found.send(addr);
+            }
+        }
+    });
+    let addr = address
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the gateway did not say where it listens: {e}"));
+    ServeProcess { child, addr }
+}
+
+/// `listen=<addr>` of a human log line.
+fn listen_field(line: &str) -> Option<std::net::SocketAddr> {
+    line.split_whitespace().find_map(|field| field.strip_prefix("listen=")?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_is_read_from_gateway_unknown_user_retry_window() {
+    let server = TestServer::start(Db::Sqlite).await;
+    let process =
+        tokio::task::block_in_place(|| serve_binary(&server, &[("GATEWAY_UNKNOWN_USER_RETRY_WINDOW", "1m")]));
+    let body = revoked_session(Duration::from_secs(120));
+    let headers = crate::support::signed(SECRET, "msg_env_window", now(), &body);
+
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/clerk", process.addr))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST: {e}"));
+
+    // Two minutes old: past a one-minute window, within the default hour.
+    assert_eq!(answer.status(), 200);
+    let bytes = answer.bytes().await.unwrap_or_else(|e| panic!("reading the answer: {e}"));
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    assert_eq!(json["outcome"], "unknown_user", "{json}");
+}
