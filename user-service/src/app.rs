@@ -88,8 +88,9 @@ mod http2 {
     pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
     /// A ping unanswered this long closes the connection.
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-    /// After `--max-connection-age`, calls in flight (long streams included)
-    /// get this long before the connection is closed; clients reconnect.
+    /// After `--max-connection-age`, calls in flight get this long: a change
+    /// stream ends this long after the age (its follower resumes from its
+    /// cursor), which lets the connection close.
     pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(300);
 }
 
@@ -221,7 +222,9 @@ impl App {
             fanout_capacity: config.change_fanout_capacity.get(),
         };
         let feed = Feed::start(store.clone(), feed_config, metrics.as_ref().map(|(m, _)| m.clone()));
-        let (routes, health) = grpc::routes(store.clone(), feed.clone(), !config.no_reflection)?;
+        let max_stream_age = config.max_connection_age.saturating_add(http2::MAX_CONNECTION_AGE_GRACE);
+        let (routes, health) =
+            grpc::routes(store.clone(), feed.clone(), !config.no_reflection, max_stream_age)?;
         let health_task =
             tokio::spawn(grpc::watch_database(store.clone(), health, config.health_check_interval));
         let prune_task =
@@ -264,8 +267,11 @@ impl App {
             .http2_max_header_list_size(http2::MAX_HEADER_LIST_SIZE)
             .http2_keepalive_interval(Some(http2::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(http2::KEEPALIVE_TIMEOUT))
+            // GOAWAY at the age; the streams still open end by themselves
+            // within the grace (`max_stream_age` above). Not tonic's
+            // `max_connection_age_grace`: with it set, tonic 0.14 sends no
+            // GOAWAY at all and cuts the connection at age + grace.
             .max_connection_age(config.max_connection_age)
-            .max_connection_age_grace(http2::MAX_CONNECTION_AGE_GRACE)
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {

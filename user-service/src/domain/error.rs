@@ -60,6 +60,10 @@ pub enum Error {
     /// ends, and the client opens it again with a fresh token.
     #[error("session token has expired (exp); open the stream again with a fresh token")]
     SessionExpired,
+    /// A stream reached its maximum age (that of its connection): the caller
+    /// resumes from its last cursor, on this replica or another.
+    #[error("the stream reached its maximum age; resume from your last cursor")]
+    StreamAged,
     /// The database cannot be reached right now; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),

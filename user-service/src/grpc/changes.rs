@@ -1,6 +1,6 @@
 //! `userdata.v1.ChangeService`: the change log, followed live or listed.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
@@ -10,13 +10,13 @@ use userdata_proto::v1::{self as pb, change_service_server::ChangeService};
 use super::{
     access,
     convert::changes::{self as convert, change_to_proto, event_to_proto},
-    expiry::until_expiry,
+    expiry::end_after,
 };
 use crate::{
     auth::{Principal, SignedInUser},
     domain::{
         change::{AuditQuery, ChangeFilter},
-        error::Result,
+        error::{Error, Result},
         user::UserKey,
     },
     feed::Feed,
@@ -31,12 +31,14 @@ const STREAM_BUFFER: usize = 64;
 pub struct ChangesApi {
     store: Arc<dyn Store>,
     feed: Arc<Feed>,
+    max_stream_age: Duration,
 }
 
 impl ChangesApi {
-    /// Serves the change log of `store`, live through `feed`.
-    pub fn new(store: Arc<dyn Store>, feed: Arc<Feed>) -> Self {
-        Self { store, feed }
+    /// Serves the change log of `store`, live through `feed`; a stream ends
+    /// after `max_stream_age` (the follower resumes from its cursor).
+    pub fn new(store: Arc<dyn Store>, feed: Arc<Feed>, max_stream_age: Duration) -> Self {
+        Self { store, feed, max_stream_age }
     }
 
     /// The Clerk id of the user a request names by id or Clerk id, if any.
@@ -74,10 +76,11 @@ impl ChangeService for ChangesApi {
         let filter = ChangeFilter { clerk_id, keys: watch.keys };
         let events = self.feed.follow(watch.cursor, filter, STREAM_BUFFER).await?;
         let stream = ReceiverStream::new(events).map(|event| event.map(event_to_proto).map_err(Status::from));
-        Ok(Response::new(match user.and_then(SignedInUser::remaining) {
-            Some(left) => Box::pin(until_expiry(stream, left)),
-            None => Box::pin(stream),
-        }))
+        let end = match user.and_then(SignedInUser::remaining) {
+            Some(left) if left < self.max_stream_age => end_after(stream, left, || Error::SessionExpired),
+            _ => end_after(stream, self.max_stream_age, || Error::StreamAged),
+        };
+        Ok(Response::new(Box::pin(end)))
     }
 
     #[tracing::instrument(skip_all)]

@@ -28,12 +28,14 @@ use crate::{feed::Feed, store::Store};
 pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
 /// Builds every gRPC service this server exposes (reflection only when
-/// `reflection` is true), and returns the health reporter so the caller can
-/// keep it in step with the database.
+/// `reflection` is true; change streams end after `max_stream_age`), and
+/// returns the health reporter so the caller can keep it in step with the
+/// database.
 pub fn routes(
     store: Arc<dyn Store>,
     feed: Arc<Feed>,
     reflection: bool,
+    max_stream_age: Duration,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let descriptor_sets = [
@@ -53,7 +55,7 @@ pub fn routes(
     let data = UserDataServiceServer::new(UserDataApi::new(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let changes = ChangeServiceServer::new(ChangesApi::new(store, feed))
+    let changes = ChangeServiceServer::new(ChangesApi::new(store, feed, max_stream_age))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let mut routes = Routes::new(health).add_service(users).add_service(data).add_service(changes);

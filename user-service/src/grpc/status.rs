@@ -33,6 +33,7 @@ impl From<Error> for Status {
                 return Status::with_error_details(Code::OutOfRange, message, details);
             }
             Error::SessionExpired => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::StreamAged => (Code::Unavailable, "STREAM_MAX_AGE"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             Error::Unavailable(_) => {
                 tracing::warn!(error = %err, "database unavailable");

@@ -10,6 +10,7 @@ mod events;
 mod hardening;
 mod helpers;
 mod hostile;
+mod http2;
 mod observability;
 mod operations;
 mod properties;
