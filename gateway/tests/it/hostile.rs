@@ -481,6 +481,8 @@ async fn a_host_holding_slow_bodies_leaves_room_for_a_signed_delivery_from_anoth
     assert_eq!(response.status(), 200);
     assert!(elapsed < Duration::from_secs(1), "the delivery took {elapsed:?}");
     assert_eq!(upstream.calls().len(), 1);
+    // Figures for RELIABILITY.md (shown with --nocapture).
+    eprintln!("with one address at its in-flight share, another's delivery answered in {elapsed:?}");
 }
 
 // The guard is held across awaits on purpose, see above.
