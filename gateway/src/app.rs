@@ -151,7 +151,12 @@ impl App {
                 trusted_proxy_hops: config.trusted_proxy_hops,
                 metrics: recorder.clone(),
             }),
-            in_flight: Some(InFlight::new(config.connections.max_in_flight, recorder.clone())),
+            in_flight: Some(InFlight::new(
+                config.connections.max_in_flight,
+                config.connections.in_flight_per_ip(),
+                config.trusted_proxy_hops,
+                recorder.clone(),
+            )),
             metrics: recorder,
         };
         Ok(Self {
@@ -218,6 +223,7 @@ impl App {
             max_connections = self.limits.max_connections,
             max_connections_per_ip = self.limits.max_connections_per_ip,
             max_in_flight = self.limits.max_in_flight,
+            max_in_flight_per_ip = self.limits.in_flight_per_ip(),
             signing_secrets = summary.signing_secrets,
             "gateway listening"
         );

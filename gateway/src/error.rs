@@ -57,6 +57,10 @@ pub enum RequestError {
     /// before reading the body.
     #[error("the gateway is busy; retry later")]
     Overloaded,
+    /// Too many requests from this client are in progress already
+    /// (`--max-in-flight-per-ip`); refused before reading the body.
+    #[error("too many requests from this client are in progress; retry later")]
+    ClientOverloaded,
 }
 
 /// Which side of the tolerance window a signature timestamp fell on.

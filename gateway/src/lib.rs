@@ -24,6 +24,8 @@
 //! - [`reconcile`]: `gateway reconcile`, which brings user-service to the
 //!   state of Clerk's Backend API, for an existing Clerk application and after
 //!   lost webhooks;
+//! - [`descriptors`]: the open-files limit, raised at startup and checked
+//!   against `--max-connections`;
 //! - [`metrics`]: the Prometheus registry, served on its own listener
 //!   (`METRICS.md`).
 //!
@@ -33,6 +35,7 @@
 pub mod app;
 pub mod clerk;
 pub mod config;
+pub mod descriptors;
 pub mod error;
 pub mod http;
 pub mod metrics;
@@ -51,7 +54,12 @@ pub use config::{Cli, Command, Config, SigningSecret, SigningSecrets};
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            let config = Config::from_args(args)?;
+            let mut config = Config::from_args(args)?;
+            // Process-wide, so here rather than in `App::build`, which
+            // library users and tests call in processes of their own.
+            let limit = descriptors::raise_to_hard_limit();
+            config.connections.max_connections =
+                descriptors::fit_connections(limit, config.connections.max_connections);
             let app = App::build(config).await?;
             app.run_until(userdata_kit::shutdown::signal()).await?;
             tracing::info!("gateway stopped");

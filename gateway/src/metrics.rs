@@ -85,7 +85,7 @@ impl Metrics {
             (RATE_LIMITED_TOTAL, "Requests refused with 429 by the per-client rate limit."),
             (CONNECTIONS_EVICTED_TOTAL, "Idle connections closed to make room under a connection cap."),
             (CONNECTIONS_REFUSED_TOTAL, "Connections closed at once: a cap was reached and all were busy."),
-            (REQUESTS_SHED_TOTAL, "Requests answered 503 by the global in-flight limit."),
+            (REQUESTS_SHED_TOTAL, "Requests answered 503 by an in-flight limit (reason: global or per_ip)."),
         ];
         for (name, help) in counters {
             recorder.describe_counter(name.into(), None, help.into());
@@ -181,9 +181,11 @@ impl Metrics {
         self.recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA).increment(delta);
     }
 
-    /// Counts one request shed by the in-flight limit.
-    pub fn record_shed(&self) {
-        self.recorder.register_counter(&Key::from_name(REQUESTS_SHED_TOTAL), &METADATA).increment(1);
+    /// Counts one request shed by an in-flight limit (`reason`: `global`,
+    /// `per_ip`).
+    pub fn record_shed(&self, reason: &'static str) {
+        let key = Key::from_parts(REQUESTS_SHED_TOTAL, vec![Label::from_static_parts("reason", reason)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
     }
 
     /// The Prometheus text exposition of every metric.

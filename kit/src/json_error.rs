@@ -8,8 +8,11 @@
 /// through unchanged.
 pub fn reason(error: &serde_json::Error) -> String {
     let message = error.to_string();
-    let expected =
-        |rest: &str| rest.split_once(", expected ").map_or(String::new(), |(_, e)| format!(", expected {e}"));
+    // The last `, expected `: serde puts its expectation after the quoted
+    // value, and the value itself may contain that text.
+    let expected = |rest: &str| {
+        rest.rsplit_once(", expected ").map_or(String::new(), |(_, e)| format!(", expected {e}"))
+    };
     for kind in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(kind) {
             // The kind of value (`string`, `integer`, `map`, ...), not the value.
@@ -48,6 +51,16 @@ mod tests {
         let value = serde_json::from_value::<u8>(serde_json::json!(300)).unwrap_err();
         let text = reason(&value);
         assert!(text.starts_with("invalid value (integer)") && !text.contains("300"), "{text}");
+    }
+
+    #[test]
+    fn a_value_that_contains_the_word_expected_does_not_leak_its_tail() {
+        let value = serde_json::json!("ada, expected lovelace@example.com");
+        let error = serde_json::from_value::<Vec<String>>(value).unwrap_err();
+
+        let text = reason(&error);
+
+        assert_eq!(text, "invalid type (string), expected a sequence");
     }
 
     #[test]

@@ -25,6 +25,14 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 16;
 /// Default `--max-in-flight`: requests in progress, all clients together.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// Without `--max-in-flight-per-ip`, one client may hold `1 /` this share of
+/// `--max-in-flight` (256 of the default 512): a single host (8 HTTP/2
+/// connections × 64 streams that never send their body) can then no longer
+/// fill every place and turn Svix away, while one address can still have a
+/// few hundred requests in progress (a burst of Svix retries, or our own
+/// checks that hold ~200 slow requests and then deliver from the same
+/// address).
+pub const IN_FLIGHT_PER_IP_SHARE: usize = 2;
 
 /// HTTP/2: streams one connection may have open at once.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
@@ -100,6 +108,14 @@ pub struct ConnectionArgs {
     /// answered 503 with `Retry-After` before their body is read.
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+
+    /// Requests in progress from one client IP (an IPv6 client is its /64;
+    /// behind `--trusted-proxy-hops`, the forwarded client); further
+    /// requests get 503 with `Retry-After` before their body is read.
+    /// Default: half of `--max-in-flight`, so one host cannot take every
+    /// place.
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT_PER_IP")]
+    pub max_in_flight_per_ip: Option<usize>,
 }
 
 /// The validated connection limits.
@@ -119,6 +135,9 @@ pub struct ConnectionLimits {
     pub max_handshakes_per_ip: usize,
     /// See [`ConnectionArgs::max_in_flight`].
     pub max_in_flight: usize,
+    /// See [`ConnectionArgs::max_in_flight_per_ip`]; `None` for the default
+    /// share of `max_in_flight` ([`ConnectionLimits::in_flight_per_ip`]).
+    pub max_in_flight_per_ip: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -131,6 +150,7 @@ impl Default for ConnectionLimits {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_per_ip: None,
         }
     }
 }
@@ -145,11 +165,18 @@ impl From<ConnectionArgs> for ConnectionLimits {
             max_connections_per_ip: args.max_connections_per_ip,
             max_handshakes_per_ip: args.max_handshakes_per_ip,
             max_in_flight: args.max_in_flight,
+            max_in_flight_per_ip: args.max_in_flight_per_ip,
         }
     }
 }
 
 impl ConnectionLimits {
+    /// Requests one client may have in progress: `--max-in-flight-per-ip`,
+    /// or by default `max_in_flight / IN_FLIGHT_PER_IP_SHARE` (at least 1).
+    pub fn in_flight_per_ip(&self) -> usize {
+        self.max_in_flight_per_ip.unwrap_or((self.max_in_flight / IN_FLIGHT_PER_IP_SHARE).max(1))
+    }
+
     /// Every timeout must be positive and every cap at least 1: a zero would
     /// refuse all traffic. Timeouts are at most a minute, so a typo such as
     /// `10m` cannot quietly undo the protection.
@@ -169,6 +196,7 @@ impl ConnectionLimits {
             ("--max-connections-per-ip", self.max_connections_per_ip),
             ("--max-handshakes-per-ip", self.max_handshakes_per_ip),
             ("--max-in-flight", self.max_in_flight),
+            ("--max-in-flight-per-ip", self.in_flight_per_ip()),
         ];
         for (flag, value) in caps {
             if value == 0 {
@@ -201,5 +229,16 @@ mod tests {
     fn zero_caps_are_refused_by_flag() {
         let limits = ConnectionLimits { max_in_flight: 0, ..Default::default() };
         assert_eq!(limits.validate(), Err(ConfigError::ZeroCap { flag: "--max-in-flight" }));
+        let limits = ConnectionLimits { max_in_flight_per_ip: Some(0), ..Default::default() };
+        assert_eq!(limits.validate(), Err(ConfigError::ZeroCap { flag: "--max-in-flight-per-ip" }));
+    }
+
+    #[test]
+    fn one_client_may_hold_half_the_in_flight_places_unless_told_otherwise() {
+        assert_eq!(ConnectionLimits::default().in_flight_per_ip(), 256);
+        let limits = ConnectionLimits { max_in_flight: 1, ..Default::default() };
+        assert_eq!(limits.in_flight_per_ip(), 1);
+        let limits = ConnectionLimits { max_in_flight_per_ip: Some(500), ..Default::default() };
+        assert_eq!(limits.in_flight_per_ip(), 500);
     }
 }

@@ -60,6 +60,9 @@ pub struct ConnectionState {
     /// Set when the connection must close to make room.
     evicted: AtomicBool,
     wake: Notify,
+    /// Set once the connection's socket is closed (its ticket dropped).
+    closed: AtomicBool,
+    gone: Notify,
 }
 
 impl ConnectionState {
@@ -76,6 +79,8 @@ impl ConnectionState {
             handshaking: AtomicBool::new(handshaking),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            gone: Notify::new(),
         }
     }
 
@@ -105,6 +110,18 @@ impl ConnectionState {
         loop {
             let notified = self.wake.notified();
             if self.evicted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Completes once the connection's socket is closed, so its file
+    /// descriptor is free again.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.gone.notified();
+            if self.closed.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -156,8 +173,13 @@ impl Table {
     }
 
     /// Closes the oldest connection that `evictable` accepts: among
-    /// `client`'s, or among all when `client` is `None`. False when none is.
-    fn evict_oldest(&mut self, client: Option<IpAddr>, evictable: impl Fn(&ConnectionState) -> bool) -> bool {
+    /// `client`'s, or among all when `client` is `None`. Returns it, or
+    /// `None` when none is evictable.
+    fn evict_oldest(
+        &mut self,
+        client: Option<IpAddr>,
+        evictable: impl Fn(&ConnectionState) -> bool,
+    ) -> Option<Arc<ConnectionState>> {
         // Ids grow with time, so iteration order is age order.
         let victim = match client {
             Some(client) => self
@@ -166,13 +188,9 @@ impl Table {
                 .and_then(|ids| ids.iter().find(|(_, state)| evictable(state)).map(|(id, _)| *id)),
             None => self.open.iter().find(|(_, entry)| evictable(&entry.state)).map(|(id, _)| *id),
         };
-        match victim.and_then(|id| self.remove(id)) {
-            Some(entry) => {
-                entry.state.evict();
-                true
-            }
-            None => false,
-        }
+        let entry = victim.and_then(|id| self.remove(id))?;
+        entry.state.evict();
+        Some(entry.state)
     }
 }
 
@@ -201,11 +219,11 @@ impl Connections {
             (ids.len(), ids.values().filter(|s| s.handshaking.load(Ordering::Acquire)).count())
         });
         if tls && handshakes >= self.limits.max_handshakes_per_ip {
-            if table.evict_oldest(Some(client), |s| s.handshaking.load(Ordering::Acquire)) {
+            if table.evict_oldest(Some(client), |s| s.handshaking.load(Ordering::Acquire)).is_some() {
                 evicted += 1;
             }
         } else if mine >= self.limits.max_connections_per_ip {
-            if !table.evict_oldest(Some(client), |s| !s.is_busy()) {
+            if table.evict_oldest(Some(client), |s| !s.is_busy()).is_none() {
                 drop(table);
                 self.record_refused(Refused::ClientFull);
                 return Err(Refused::ClientFull);
@@ -213,7 +231,7 @@ impl Connections {
             evicted += 1;
         }
         if table.open.len() >= self.limits.max_connections {
-            if !table.evict_oldest(None, |s| !s.is_busy()) {
+            if table.evict_oldest(None, |s| !s.is_busy()).is_none() {
                 drop(table);
                 self.record_refused(Refused::ServerFull);
                 return Err(Refused::ServerFull);
@@ -232,6 +250,21 @@ impl Connections {
         }
         drop(table);
         Ok(Ticket { id, state, table: self.clone() })
+    }
+
+    /// Closes the oldest connection of anyone without a request in progress,
+    /// to free its file descriptor when `accept` has run out of them.
+    /// Returns it (to wait for [`ConnectionState::closed`]), or `None` when
+    /// every connection is busy.
+    pub fn evict_oldest_idle(&self) -> Option<Arc<ConnectionState>> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let victim = table.evict_oldest(None, |s| !s.is_busy());
+        drop(table);
+        if let (Some(_), Some(metrics)) = (&victim, &self.metrics) {
+            metrics.record_connections_evicted(1);
+            metrics.add_connections_open(-1.0);
+        }
+        victim
     }
 
     /// Connections currently open.
@@ -282,6 +315,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.table.release(self.id);
+        // The connection's task drops its socket before its ticket.
+        self.state.closed.store(true, Ordering::Release);
+        self.state.gone.notify_waiters();
     }
 }
 
@@ -361,6 +397,21 @@ mod tests {
 
         assert!(evicted(&first));
         assert!(!evicted(&second) && !evicted(&third));
+    }
+
+    #[test]
+    fn out_of_descriptors_the_oldest_idle_connection_of_anyone_gives_way() {
+        let table = table(10, 10, 10);
+        let busy = table.admit(A, false).unwrap();
+        let _guard = busy.state().request_started();
+        let idle = table.admit(B, false).unwrap();
+        let newer = table.admit(A, false).unwrap();
+
+        let victim = table.evict_oldest_idle().expect("an idle connection");
+
+        assert!(Arc::ptr_eq(&victim, idle.state()));
+        assert!(!evicted(&busy) && !evicted(&newer));
+        assert_eq!(table.open(), 2);
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl RequestError {
             | Self::NonUtf8Body
             | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::SignatureExpired(_) => StatusCode::UNAUTHORIZED,
-            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::ClientOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -63,7 +63,8 @@ impl RequestError {
             | Self::NonUtf8Body
             | Self::Misconfigured
             | Self::RateLimited { .. }
-            | Self::Overloaded => None,
+            | Self::Overloaded
+            | Self::ClientOverloaded => None,
         }
     }
 
@@ -72,7 +73,7 @@ impl RequestError {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
             // Shedding lasts as long as a burst does: come back soon.
-            Self::Overloaded => Some(1),
+            Self::Overloaded | Self::ClientOverloaded => Some(1),
             _ => None,
         }
     }
@@ -88,7 +89,7 @@ impl RequestError {
             Self::Misconfigured => tracing::error!(status, error = %self, "webhook refused"),
             // Counted in the metrics; a log line per refused request would let
             // a flood fill the logs.
-            Self::RateLimited { .. } | Self::Overloaded => {}
+            Self::RateLimited { .. } | Self::Overloaded | Self::ClientOverloaded => {}
             Self::UnsupportedMediaType
             | Self::PayloadTooLarge { .. }
             | Self::UnreadableBody
@@ -217,9 +218,11 @@ mod tests {
 
     #[test]
     fn overload_is_503_with_a_one_second_retry_after() {
-        let response = RequestError::Overloaded.into_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers().get(header::RETRY_AFTER), Some(&HeaderValue::from(1_u32)));
+        for error in [RequestError::Overloaded, RequestError::ClientOverloaded] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers().get(header::RETRY_AFTER), Some(&HeaderValue::from(1_u32)));
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! The loop never stops accepting: a connection over a cap replaces an idle
 //! one or is closed at once, and handshakes run in the connections' own
 //! tasks, so no number of silent clients can keep a new one (Svix) waiting in
-//! the kernel's backlog.
+//! the kernel's backlog. Out of file descriptors, it closes the oldest idle
+//! connection to free one, rather than pausing while silent clients hold
+//! them all.
 //!
 //! Graceful shutdown: the listener is closed, every connection is asked to
 //! finish (HTTP/1.1 closes after the answer in progress, HTTP/2 sends
@@ -43,6 +45,19 @@ use crate::{
 /// How long a connection asked to close, with no request in progress, may
 /// take to say goodbye (HTTP/2 GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Out of file descriptors: how long to wait for an evicted connection to
+/// close (it has no request in progress, so it closes at once; the bound
+/// only keeps the loop moving if it does not).
+const EVICTION_WAIT: Duration = Duration::from_millis(50);
+
+/// Out of file descriptors with every connection busy: how long to wait
+/// before trying again (a request ends within `REQUEST_TIMEOUT`).
+const ALL_BUSY_PAUSE: Duration = Duration::from_millis(100);
+
+/// At most one log line per this period about running out of file
+/// descriptors: a flood would otherwise flood the log too.
+const DESCRIPTOR_WARNING_PERIOD: Duration = Duration::from_secs(10);
 
 /// How long a connection asked to close (e.g. at shutdown) may take to finish
 /// a request in progress: the longest a request may take, plus a margin to
@@ -94,6 +109,7 @@ impl Server {
         let builder = Arc::new(http_builder(&limits));
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let mut out_of_descriptors = DescriptorWarning::default();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -119,7 +135,7 @@ impl Server {
                         };
                         tasks.spawn(connection.run(stream, tls.clone()));
                     }
-                    Err(error) => accept_failed(error).await,
+                    Err(error) => accept_failed(error, &connections, &mut out_of_descriptors).await,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -282,15 +298,71 @@ fn idle_check_at(limits: &ConnectionLimits, state: &ConnectionState) -> Instant 
     }
 }
 
-/// Errors from `accept` that concern one connection are skipped; others
-/// (e.g. out of file descriptors) get a pause so the loop does not spin.
-async fn accept_failed(error: io::Error) {
+/// Errors from `accept` that concern one connection are skipped. Out of file
+/// descriptors, the oldest idle connection is closed to free one (silent
+/// clients must not be able to hold them all while new connections wait in
+/// the backlog). Other errors get a pause so the loop does not spin.
+async fn accept_failed(error: io::Error, connections: &Connections, warning: &mut DescriptorWarning) {
     let per_connection = matches!(
         error.kind(),
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     );
-    if !per_connection {
+    if per_connection {
+        return;
+    }
+    if !is_out_of_descriptors(&error) {
         tracing::error!(%error, "cannot accept connections; retrying in 1s");
         tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    }
+    let victim = connections.evict_oldest_idle();
+    warning.record(&error, victim.is_some());
+    match victim {
+        Some(victim) => {
+            let _ = tokio::time::timeout(EVICTION_WAIT, victim.closed()).await;
+        }
+        None => tokio::time::sleep(ALL_BUSY_PAUSE).await,
+    }
+}
+
+/// `EMFILE` (this process) or `ENFILE` (the whole system).
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::errno::Errno;
+        error
+            .raw_os_error()
+            .is_some_and(|code| matches!(Errno::from_raw(code), Errno::EMFILE | Errno::ENFILE))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
+/// Logs running out of file descriptors at most once per
+/// [`DESCRIPTOR_WARNING_PERIOD`], with how often it happened meanwhile.
+#[derive(Debug, Default)]
+struct DescriptorWarning {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl DescriptorWarning {
+    fn record(&mut self, error: &io::Error, evicted: bool) {
+        self.since += 1;
+        if self.last.is_some_and(|last| last.elapsed() < DESCRIPTOR_WARNING_PERIOD) {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            times = self.since,
+            evicted,
+            "out of file descriptors: closing the oldest idle connection to accept a new one; \
+             raise the open-files limit (RLIMIT_NOFILE) or lower --max-connections"
+        );
+        self.last = Some(Instant::now());
+        self.since = 0;
     }
 }

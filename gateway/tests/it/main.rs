@@ -2,7 +2,9 @@
 //! user-service over gRPC, or a real one (`user_service::testing`) where the
 //! behaviour depends on it, all on 127.0.0.1 with OS-chosen ports.
 
+mod child;
 mod cli;
+mod descriptors;
 mod forged;
 mod forged_storm;
 mod fuzz;

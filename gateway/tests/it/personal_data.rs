@@ -3,7 +3,10 @@
 
 use user_service::testing::{Db, TestServer};
 
-use crate::support::{FakeUpstream, Gateway, SECRET, config, url_of, user_event};
+use crate::{
+    child::ChildGateway,
+    support::{FakeUpstream, Gateway, SECRET, config, now, signed, url_of, user_event},
+};
 
 /// A `user.created` body whose field `field` holds `value`.
 fn user_event_with(field: &str, value: serde_json::Value) -> String {
@@ -41,4 +44,33 @@ async fn an_email_user_service_refuses_is_400_without_the_email() {
     let text = answer.json.to_string();
     assert!(text.contains("email"), "the field is named: {text}");
     assert!(!text.contains("lovelace"), "the value is echoed: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_the_gateway_parser_refuses_is_in_no_log_line_nor_the_answer() {
+    const EMAIL: &str = "ada.lovelace@example.test";
+    let upstream = FakeUpstream::start().await;
+    // The binary, with its own JSON logs at every level we ship.
+    let mut gateway = ChildGateway::start(&upstream, None, "debug").await;
+    let body = user_event_with("email_addresses", EMAIL.into());
+
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/clerk", gateway.addr))
+        .headers(signed(SECRET, "msg_pii_logged", now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer = response.text().await.unwrap();
+    let refused = gateway.wait_for_message("verified webhook is not a valid event").await;
+    let logs = gateway.stop().await;
+
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(refused["field"], "data", "the field is named: {refused}");
+    assert!(!answer.contains("lovelace"), "the answer echoes the value: {answer}");
+    for line in logs.lines() {
+        assert!(!line.contains("lovelace"), "a log line holds the value: {line}");
+    }
+    upstream.assert_not_called();
 }
