@@ -378,3 +378,24 @@ async fn calls_waiting_for_a_database_connection_are_shown() {
     let text = scrape(server.metrics_addr.expect("metrics on")).await;
     assert_eq!(sample(&text, "db_pool_connections", &[("state", "waiting")]), Some(0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_change_followers_connected_and_their_lag() {
+    use userdata_proto::v1::change_service_client::ChangeServiceClient;
+    let server = TestServer::start_with(Db::Sqlite, with_metrics).await;
+    let addr = server.metrics_addr.expect("metrics on");
+    let followers = |text: &str| sample(text, "change_stream_followers", &[]);
+    let mut changes = ChangeServiceClient::new(server.channel().await);
+    let first = changes.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let second = changes.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let text = scrape(addr).await;
+    assert_eq!(followers(&text), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "change_stream_max_lag_seconds", &[]), Some(0.0), "nobody is behind: {text}");
+
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while followers(&scrape(addr).await) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the followers gauge went back to 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -94,13 +94,12 @@ pub(super) fn changes_cte(at: usize, n: usize) -> String {
     )
 }
 
-/// The per-user advisory lock of the user with our id `$1`, by its
-/// `clerk_id`: the key [`super::steps::lock_key`] computes (the first 8 bytes
-/// of the id's SHA-256, big-endian), as the `users_refuse_deleted` trigger
-/// computes it too. A plain read: it gives the transaction no id.
-pub(super) const LOCK_BY_ID: &str = "select pg_advisory_xact_lock(\
-     ('x' || left(encode(sha256(convert_to(clerk_id, 'UTF8')), 'hex'), 16))::bit(64)::bigint) \
-     from users where id = $1";
+/// The per-user advisory lock key of a `users` row's `clerk_id`, in SQL:
+/// the key [`super::steps::lock_key`] computes (the first 8 bytes of the
+/// id's SHA-256, big-endian), as the `users_refuse_deleted` trigger computes
+/// it too.
+pub(super) const LOCK_KEY_OF_CLERK_ID: &str =
+    "('x' || left(encode(sha256(convert_to(clerk_id, 'UTF8')), 'hex'), 16))::bit(64)::bigint";
 
 /// A deletion takes the personal values out of the user's earlier changes
 /// (keeping what happened, when and by whom) and out of the results recorded
@@ -334,23 +333,48 @@ pub(super) async fn write_changes(
     mut entries: BTreeMap<String, DataEntry>,
     now: DateTime<Utc>,
 ) -> Result<BTreeMap<String, DataEntry>> {
+    // One statement for every key set and one for every key removed, however
+    // many keys an edit touches (a login sets three).
+    let (mut set_keys, mut values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     for (key, change) in changes {
         match change {
             Some(value) => {
-                let row: EntryRow = sqlx::query_as(rows::UPSERT_ENTRY)
-                    .bind(user_id)
-                    .bind(&key)
-                    .bind(Json(&value))
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                entries.insert(key, entry(row));
+                set_keys.push(key);
+                values.push(Json(value));
             }
-            None => {
-                sqlx::query(rows::DELETE_ENTRY).bind(user_id).bind(&key).execute(&mut *tx).await?;
-                entries.remove(&key);
-            }
+            None => removed.push(key),
+        }
+    }
+    if !set_keys.is_empty() {
+        let rows: Vec<EntryRow> = sqlx::query_as(UPSERT_ENTRIES)
+            .bind(user_id)
+            .bind(&set_keys)
+            .bind(&values)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            let entry = entry(row);
+            entries.insert(entry.key.clone(), entry);
+        }
+    }
+    if !removed.is_empty() {
+        sqlx::query("delete from user_data where user_id = $1 and key = any($2)")
+            .bind(user_id)
+            .bind(&removed)
+            .execute(&mut *tx)
+            .await?;
+        for key in &removed {
+            entries.remove(key);
         }
     }
     Ok(entries)
 }
+
+/// Sets user `$1`'s keys `$2` to the values `$3` (arrays of one length), at
+/// `$4`: [`rows::UPSERT_ENTRY`] for many keys at once.
+const UPSERT_ENTRIES: &str = "insert into user_data (user_id, key, value, created_at, updated_at) \
+     select $1, k, v, $4, $4 from unnest($2::text[], $3::jsonb[]) as t(k, v) \
+     on conflict (user_id, key) do update \
+     set value = excluded.value, updated_at = excluded.updated_at, version = user_data.version + 1 \
+     returning key, value, version, updated_at";

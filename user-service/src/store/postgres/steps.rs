@@ -75,8 +75,11 @@ async fn lock_user_key(tx: &mut Transaction<'static, Postgres>, key: &UserKey) -
         }
         // A user named by our id has a `clerk_id` that never changes; no row
         // means nothing to write, and the write's own lookup says so.
+        // A plain read: it gives the transaction no id.
         UserKey::Id(id) => {
-            sqlx::query(LOCK_BY_ID).bind(id).execute(&mut **tx).await?;
+            let sql =
+                format!("select pg_advisory_xact_lock({LOCK_KEY_OF_CLERK_ID}) from users where id = $1");
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).execute(&mut **tx).await?;
         }
     }
     Ok(())
@@ -150,10 +153,15 @@ impl UserTx for PgTx {
 #[async_trait]
 impl DataTx for PgTx {
     async fn lock_user(&mut self, user: &UserKey) -> Result<Option<(Uuid, String)>> {
-        lock_user_key(&mut self.tx, user).await?;
+        // The advisory lock (see `lock_user_key`) and the row lock in one
+        // round trip: the uncorrelated `exists` is an init plan, run before
+        // the scan, so the advisory lock comes first and the row lock (which
+        // gives the transaction its id) after it.
         let (filter, bind) = user_where(user);
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select u.id, u.clerk_id from users u where {filter} for update"
+            "with locked as materialized (select pg_advisory_xact_lock({LOCK_KEY_OF_CLERK_ID}) from users u \
+             where {filter}) \
+             select u.id, u.clerk_id from users u where {filter} and exists (select from locked) for update of u"
         )))
         .bind(bind)
         .fetch_optional(&mut *self.tx)
