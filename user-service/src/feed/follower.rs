@@ -73,33 +73,73 @@ impl Follower {
             tokio::select! {
                 received = fanout.recv() => match received {
                     Ok(change) => {
-                        if change.cursor <= self.cursor {
-                            continue;
-                        }
-                        self.cursor = change.cursor;
-                        if self.filter.matches(&change.change) {
-                            self.send_change(change).await?;
+                        if self.take(change).await? {
                             heartbeat.reset();
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "change follower fell behind; reading the log");
-                        if let Some(metrics) = &self.feed.metrics {
-                            metrics.count_change_fallback();
-                        }
-                        self.replay().await?;
-                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => self.fall_back(missed).await?,
                     Err(broadcast::error::RecvError::Closed) => {
                         self.fail(Error::Unavailable("the change feed stopped".into())).await;
                         return Err(Stop::Failed);
                     }
                 },
                 _ = heartbeat.tick() => {
+                    self.catch_up_to_head(fanout).await?;
                     self.send(FeedEvent::Heartbeat(self.cursor)).await?;
                 }
                 () = self.tx.closed() => return Err(Stop::Gone),
             }
         }
+    }
+
+    /// Moves past a change the fan-out brought, sending it if it matches the
+    /// filter; says whether it was sent.
+    async fn take(&mut self, change: Arc<LoggedChange>) -> Result<bool, Stop> {
+        if change.cursor <= self.cursor {
+            return Ok(false);
+        }
+        self.cursor = change.cursor;
+        if !self.filter.matches(&change.change) {
+            return Ok(false);
+        }
+        self.send_change(change).await?;
+        Ok(true)
+    }
+
+    /// Reads the log instead of the fan-out, which dropped `missed` changes
+    /// this follower had not taken yet.
+    async fn fall_back(&mut self, missed: u64) -> Result<(), Stop> {
+        tracing::debug!(missed, "change follower fell behind; reading the log");
+        if let Some(metrics) = &self.feed.metrics {
+            metrics.count_change_fallback();
+        }
+        self.replay().await
+    }
+
+    /// Moves the cursor up to the feed's head, first sending whatever
+    /// matching change up to it is still queued. A follower filtered to one
+    /// user only hears that user's changes, yet its heartbeats then move past
+    /// everyone else's too, so a cursor saved from them stays within
+    /// retention however long the user goes without a change.
+    async fn catch_up_to_head(
+        &mut self,
+        fanout: &mut broadcast::Receiver<Arc<LoggedChange>>,
+    ) -> Result<(), Stop> {
+        // Read under the reader's lock, which it holds while it publishes:
+        // every change up to the head is already in this follower's channel.
+        let Some(head) = *self.feed.head.lock().await else { return Ok(()) };
+        loop {
+            match fanout.try_recv() {
+                Ok(change) => {
+                    self.take(change).await?;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => self.fall_back(missed).await?,
+                // Closed: the main loop sees it next and says so.
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+            }
+        }
+        self.cursor = self.cursor.max(head);
+        Ok(())
     }
 
     /// Sends everything final after the cursor from the log.

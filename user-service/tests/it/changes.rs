@@ -28,6 +28,7 @@ crate::on_both_backends!(
     a_follower_starting_now_sees_only_later_changes,
     a_key_filter_passes_those_keys_and_the_users_own_changes,
     an_idle_stream_gets_heartbeats_with_its_cursor,
+    a_filtered_followers_heartbeats_move_past_other_users_changes,
     a_follower_too_slow_for_the_fan_out_reads_the_log_and_misses_nothing,
     a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor,
     deleting_a_user_erases_their_values_and_keeps_the_facts,
@@ -481,6 +482,36 @@ async fn an_idle_stream_gets_heartbeats_with_its_cursor(db: Db) {
     let message = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
     let Some(Event::Heartbeat(beat)) = message.event else { panic!("expected a heartbeat, got {message:?}") };
     assert_eq!(beat.cursor, change.cursor);
+}
+
+async fn a_filtered_followers_heartbeats_move_past_other_users_changes(db: Db) {
+    let server =
+        TestServer::start_with(db, |c| c.change_heartbeat_interval = Duration::from_millis(100)).await;
+    let (mut users, mut data, mut changes) =
+        (server.users().await, DataClient::new(server.channel().await), changes_client(&server).await);
+    create(&mut users, "user_quiet").await;
+    create(&mut users, "user_busy").await;
+    let quiet = pb::WatchChangesRequest { clerk_id: "user_quiet".into(), ..Default::default() };
+    let mut stream = watch(&mut changes, quiet).await;
+    data.set_user_data(set_custom("user_busy", "custom.n", json!("busy"))).await.unwrap();
+    let busy = all_changes(&mut changes, "user_busy").await.pop().expect("the busy user's change");
+
+    // Heartbeats until one has moved past the busy user's change: resuming
+    // the whole log from it must not bring that change again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let message = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
+        let Some(Event::Heartbeat(beat)) = message.event else { panic!("only heartbeats: {message:?}") };
+        let mut everything =
+            watch(&mut changes, pb::WatchChangesRequest { cursor: beat.cursor, ..Default::default() }).await;
+        data.set_user_data(set_custom("user_busy", "custom.probe", json!("probe"))).await.unwrap();
+        let next = next_change(&mut everything).await;
+        if next.cursor != busy.cursor {
+            assert_eq!(next.key, "custom.probe", "{next:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no heartbeat moved past the busy user's change");
+    }
 }
 
 async fn a_cursor_older_than_retention_is_out_of_range_naming_the_oldest_cursor(db: Db) {
