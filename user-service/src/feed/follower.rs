@@ -125,9 +125,11 @@ impl Follower {
         &mut self,
         fanout: &mut broadcast::Receiver<Arc<LoggedChange>>,
     ) -> Result<(), Stop> {
-        // Read under the reader's lock, which it holds while it publishes:
-        // every change up to the head is already in this follower's channel.
-        let Some(head) = *self.feed.head.lock().await else { return Ok(()) };
+        // Every change up to what the reader has published is already in
+        // this follower's channel, or was read by its replay.
+        let Some(head) = self.feed.published.lock().ok().and_then(|published| *published) else {
+            return Ok(());
+        };
         loop {
             match fanout.try_recv() {
                 Ok(change) => {

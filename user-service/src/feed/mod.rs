@@ -88,6 +88,10 @@ pub struct Feed {
     /// Where the fan-out has read to; `None` while nobody follows (then the
     /// log is not read at all).
     head: Mutex<Option<Cursor>>,
+    /// How far the reader has handed changes to the channels: every change
+    /// up to it is in the channel of each follower that was subscribed then.
+    /// Read by heartbeats without waiting for a read in progress.
+    published: SyncMutex<Option<Cursor>>,
     followers: SyncMutex<HashMap<u64, Arc<Progress>>>,
     next_follower: AtomicU64,
     metrics: Option<Arc<Metrics>>,
@@ -122,6 +126,7 @@ impl Feed {
             fanout: broadcast::Sender::new(config.fanout_capacity.max(1)),
             users: SyncMutex::new(HashMap::new()),
             head: Mutex::new(None),
+            published: SyncMutex::new(None),
             followers: SyncMutex::new(HashMap::new()),
             next_follower: AtomicU64::new(0),
             metrics,
@@ -300,6 +305,9 @@ async fn read_once(feed: &Feed) -> Result<bool> {
         }
         cursor = cursor.max(batch.head);
         *head = Some(cursor);
+        if let Ok(mut published) = feed.published.lock() {
+            *published = Some(cursor);
+        }
         if !batch.more {
             return Ok(batch.held_back);
         }
