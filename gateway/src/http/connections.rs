@@ -107,30 +107,31 @@ impl ConnectionState {
 
     /// Completes once the connection has been chosen to make room.
     pub async fn evicted(&self) {
-        loop {
-            let notified = self.wake.notified();
-            if self.evicted.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        until_set(&self.evicted, &self.wake).await;
     }
 
     /// Completes once the connection's socket is closed, so its file
     /// descriptor is free again.
     pub async fn closed(&self) {
-        loop {
-            let notified = self.gone.notified();
-            if self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        until_set(&self.closed, &self.gone).await;
     }
 
     fn evict(&self) {
         self.evicted.store(true, Ordering::Release);
         self.wake.notify_waiters();
+    }
+}
+
+/// Completes once `flag` is set; whoever sets it then wakes `notify`'s
+/// waiters. Registered before the flag is read, so a wake-up between the
+/// read and the wait is not lost.
+async fn until_set(flag: &AtomicBool, notify: &Notify) {
+    loop {
+        let notified = notify.notified();
+        if flag.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 

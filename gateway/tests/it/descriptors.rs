@@ -10,7 +10,7 @@ use crate::{
     child::ChildGateway,
     hostile::make_room_for_descriptors,
     metrics::sample,
-    support::{FakeUpstream, SECRET, now, signed, user_event},
+    support::{FakeUpstream, post_signed_with, user_event},
 };
 
 /// The open-files limit the child runs with in the tests that lower it:
@@ -70,14 +70,8 @@ async fn silent_connections_beyond_the_open_files_limit_give_way_and_a_signed_de
     let body = user_event("user.created", "user_out_of_descriptors");
 
     let started = Instant::now();
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/clerk", gateway.addr))
-        .headers(signed(SECRET, "msg_out_of_descriptors", now(), &body))
-        .body(body)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let response = post_signed_with(&client, gateway.addr, "msg_out_of_descriptors", body).await;
     let elapsed = started.elapsed();
 
     assert_eq!(response.status(), 200);

@@ -18,7 +18,9 @@ use tokio::{
 
 use crate::{
     metrics::sample,
-    support::{FOREIGN_SECRET, FakeUpstream, Gateway, SECRET, config, now, signed, user_event},
+    support::{
+        FOREIGN_SECRET, FakeUpstream, Gateway, SECRET, config, now, post_signed_with, signed, user_event,
+    },
 };
 
 /// Silent connections held open in the starvation test.
@@ -472,13 +474,7 @@ async fn a_host_holding_slow_bodies_leaves_room_for_a_signed_delivery_from_anoth
     let body = user_event("user.created", "user_other_address");
 
     let started = Instant::now();
-    let response = other
-        .post(gateway.url("/webhooks/clerk"))
-        .headers(signed(SECRET, "msg_other_address", now(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_signed_with(&other, gateway.addr, "msg_other_address", body).await;
     let elapsed = started.elapsed();
 
     assert_eq!(response.status(), 200);

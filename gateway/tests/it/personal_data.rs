@@ -5,7 +5,7 @@ use user_service::testing::{Db, TestServer};
 
 use crate::{
     child::ChildGateway,
-    support::{FakeUpstream, Gateway, SECRET, config, now, signed, url_of, user_event},
+    support::{FakeUpstream, Gateway, SECRET, config, post_signed_with, url_of, user_event},
 };
 
 /// A `user.created` body whose field `field` holds `value`.
@@ -54,13 +54,7 @@ async fn an_email_the_gateway_parser_refuses_is_in_no_log_line_nor_the_answer() 
     let mut gateway = ChildGateway::start(&upstream, None, "debug").await;
     let body = user_event_with("email_addresses", EMAIL.into());
 
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/clerk", gateway.addr))
-        .headers(signed(SECRET, "msg_pii_logged", now(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_signed_with(&reqwest::Client::new(), gateway.addr, "msg_pii_logged", body).await;
     let status = response.status();
     let answer = response.text().await.unwrap();
     let refused = gateway.wait_for_message("verified webhook is not a valid event").await;

@@ -383,6 +383,24 @@ pub fn signed(secret: &str, msg_id: &str, timestamp: i64, body: &str) -> http::H
     sign_headers(secrets.first(), msg_id, timestamp, body.as_bytes()).unwrap()
 }
 
+/// POSTs `body` signed now with [`SECRET`] as message `msg_id` to the
+/// webhook path of the gateway at `addr`, through `client`: for a gateway run
+/// as a child process, or a client bound to another local address.
+pub async fn post_signed_with(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    msg_id: &str,
+    body: String,
+) -> reqwest::Response {
+    client
+        .post(format!("http://{addr}/webhooks/clerk"))
+        .headers(signed(SECRET, msg_id, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A `user.created`/`user.updated` body, written for these tests in Clerk's
 /// shape: two addresses where the primary is the *second*, plus fields the
 /// gateway does not use.
