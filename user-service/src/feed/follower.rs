@@ -146,15 +146,11 @@ impl Follower {
 
     /// Sends everything final after the cursor from the log.
     async fn replay(&mut self) -> Result<(), Stop> {
-        if let Err(err) = check_retained(self.feed.store.as_ref(), self.cursor).await {
-            self.fail(err).await;
-            return Err(Stop::Failed);
-        }
         loop {
-            // Checked again after the read: a prune that committed between
-            // the check above and the read may have taken rows this batch
-            // should have held, and the prune moves the mark in the same
-            // transaction, so the mark shows it.
+            // Retention is checked after the read, not before: a prune that
+            // committed before the read may have taken rows this batch should
+            // have held, and the prune moves the mark in the same
+            // transaction, so the mark read afterwards shows it.
             let read = async {
                 let batch = self.feed.store.read_changes(self.cursor, &self.filter, BATCH).await?;
                 check_retained(self.feed.store.as_ref(), self.cursor).await?;
