@@ -246,6 +246,9 @@ impl UserWriter for PgWriter {
         // locked elsewhere for long (a slow transaction) must not hold up the
         // group: past the lock timeout the group rolls back and its writes
         // run alone. One round trip: the keys are our own integers, inlined.
+        // Not in the BEGIN statement (`begin_with`): sqlx rolls back only a
+        // transaction whose BEGIN succeeded, so a lock timeout there would
+        // return the connection to the pool inside its failed transaction.
         // Generic plans: the group's statements take arrays, for which the
         // planner would otherwise plan afresh at every execution (its
         // generic estimate of an array's length is far off). So every lookup
