@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "userdata/v1/user_service.proto",
         "userdata/v1/user_data_service.proto",
         "userdata/v1/change_service.proto",
+        "userdata/v1/event_service.proto",
     ];
     println!("cargo:rerun-if-changed=userdata");
 

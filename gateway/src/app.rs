@@ -136,6 +136,7 @@ impl App {
             verifier: Verifier::new(config.signing_secrets.clone()),
             users: UserSync::new(upstream.channel.clone(), config.upstream_timeout)
                 .with_metrics(recorder.clone())
+                .with_batching(config.upstream_batch)
                 .with_failover(upstream.failover.clone())
                 .with_unknown_user_retry_window(config.unknown_user_retry_window),
             replicas: upstream.replicas.clone(),

@@ -20,6 +20,10 @@ pub const WEBHOOK_REQUEST_DURATION: &str = "webhook_request_duration_seconds";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "upstream_requests_total";
 /// Time of each gRPC call to user-service, by method.
 pub const UPSTREAM_REQUEST_DURATION: &str = "upstream_request_duration_seconds";
+/// Writes per `ApplyEvents` call to user-service.
+pub const UPSTREAM_BATCH_WRITES: &str = "upstream_batch_writes";
+/// Writes waiting for a batch (all `ApplyEvents` slots busy).
+pub const UPSTREAM_WRITES_QUEUED: &str = "upstream_writes_queued";
 /// 1 while a user-service replica receives calls, 0 while it is left out.
 pub const UPSTREAM_REPLICA_UP: &str = "upstream_replica_up";
 /// Requests (any path) refused by the per-client rate limit.
@@ -42,6 +46,8 @@ const WEBHOOK_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 /// gRPC latency buckets, in seconds, up to the 10 s longest deadline.
 const UPSTREAM_BUCKETS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Batch size buckets, in writes, up to the most `ApplyEvents` takes.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
@@ -77,6 +83,9 @@ impl Metrics {
                     &UPSTREAM_BUCKETS,
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(UPSTREAM_BATCH_WRITES.to_owned()), &BATCH_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let counters = [
@@ -99,6 +108,16 @@ impl Metrics {
             UPSTREAM_REQUEST_DURATION.into(),
             Some(Unit::Seconds),
             "Time of each gRPC call to user-service, by method.".into(),
+        );
+        recorder.describe_histogram(
+            UPSTREAM_BATCH_WRITES.into(),
+            Some(Unit::Count),
+            "Writes per ApplyEvents call to user-service.".into(),
+        );
+        recorder.describe_gauge(
+            UPSTREAM_WRITES_QUEUED.into(),
+            None,
+            "Writes waiting for a batch while every ApplyEvents slot is busy.".into(),
         );
         recorder.describe_gauge(
             UPSTREAM_REPLICA_UP.into(),
@@ -142,6 +161,18 @@ impl Metrics {
         let key =
             Key::from_parts(UPSTREAM_REQUEST_DURATION, vec![Label::from_static_parts("method", method)]);
         self.recorder.register_histogram(&key, &METADATA).record(elapsed.as_secs_f64());
+    }
+
+    /// Counts one `ApplyEvents` call of `writes` writes.
+    pub fn record_upstream_batch(&self, writes: usize) {
+        self.recorder
+            .register_histogram(&Key::from_name(UPSTREAM_BATCH_WRITES), &METADATA)
+            .record(writes as f64);
+    }
+
+    /// Adds `delta` (+ queued, - taken into a batch) to the queued writes.
+    pub fn add_upstream_writes_queued(&self, delta: f64) {
+        self.recorder.register_gauge(&Key::from_name(UPSTREAM_WRITES_QUEUED), &METADATA).increment(delta);
     }
 
     /// Sets whether the replica `replica` (its URL) receives calls.

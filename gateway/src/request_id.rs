@@ -37,6 +37,11 @@ impl RequestId {
             .unwrap_or_else(Self::generate)
     }
 
+    /// An id already known to be sane (see [`is_sane`]).
+    pub(crate) fn from_sane(sane: String) -> Self {
+        Self(sane)
+    }
+
     /// A new random, time-ordered id.
     pub fn generate() -> Self {
         Self(uuid::Uuid::now_v7().to_string())

@@ -107,6 +107,29 @@ pub struct ServeArgs {
     )]
     pub unknown_user_retry_window: Duration,
 
+    /// Most event writes sent to user-service in one `ApplyEvents` call
+    /// (1 to 512). Writes queue only while `--upstream-batches-in-flight`
+    /// calls are out, so an idle gateway sends each event at once. `1`
+    /// sends each write as its own call (for a user-service without
+    /// `EventService`).
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM_BATCH_MAX",
+        default_value_t = DEFAULT_UPSTREAM_BATCH_MAX,
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_UPSTREAM_BATCH))
+    )]
+    pub upstream_batch_max: u16,
+
+    /// `ApplyEvents` calls to user-service in flight at once (1 to 256);
+    /// raise it with more user-service replicas.
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM_BATCHES_IN_FLIGHT",
+        default_value_t = DEFAULT_UPSTREAM_BATCHES_IN_FLIGHT,
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_UPSTREAM_BATCHES_IN_FLIGHT))
+    )]
+    pub upstream_batches_in_flight: u16,
+
     /// How long `/readyz` waits for user-service's health check.
     #[arg(
         long,

@@ -49,6 +49,17 @@ pub const DEFAULT_USER_SERVICE_URL: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_USER_SERVICE_CHECK_INTERVAL: DurationDefault = DurationDefault::new("2s");
 /// `--upstream-timeout`.
 pub const DEFAULT_UPSTREAM_TIMEOUT: DurationDefault = DurationDefault::new("5s");
+/// `--upstream-batch-max`: a whole group commit of user-service's (its
+/// `--group-commit-max` default) in one call.
+pub const DEFAULT_UPSTREAM_BATCH_MAX: u16 = 64;
+/// Most writes `EventService.ApplyEvents` takes in one call.
+pub const MAX_UPSTREAM_BATCH: u16 = 512;
+/// `--upstream-batches-in-flight`: user-service's group-commit workers on
+/// PostgreSQL (half its default pool of 8), so each batch in flight can be
+/// one group being committed while the next ones fill.
+pub const DEFAULT_UPSTREAM_BATCHES_IN_FLIGHT: u16 = 4;
+/// Most accepted `--upstream-batches-in-flight`.
+pub const MAX_UPSTREAM_BATCHES_IN_FLIGHT: u16 = 256;
 /// `--readiness-timeout`.
 pub const DEFAULT_READINESS_TIMEOUT: DurationDefault = DurationDefault::new("1s");
 /// `--readiness-cache`: long enough to absorb a flood of probes, short next

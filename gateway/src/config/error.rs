@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use super::{MIN_SECRET_BYTES, SIGNING_SECRET_ENV, USER_SERVICE_TOKEN_ENV};
+use super::{
+    MAX_UPSTREAM_BATCH, MAX_UPSTREAM_BATCHES_IN_FLIGHT, MIN_SECRET_BYTES, SIGNING_SECRET_ENV,
+    USER_SERVICE_TOKEN_ENV,
+};
 
 /// Why the configuration was refused. Each message is one line that names the
 /// setting and never contains a secret.
@@ -73,6 +76,12 @@ pub enum ConfigError {
          in front terminates TLS"
     )]
     PlainHttpOnPublicAddress(SocketAddr),
+    /// A batch size or in-flight count out of range.
+    #[error(
+        "--upstream-batch-max must be 1 to {MAX_UPSTREAM_BATCH} and --upstream-batches-in-flight 1 to \
+         {MAX_UPSTREAM_BATCHES_IN_FLIGHT}"
+    )]
+    UpstreamBatch,
     /// The rate limit is on with a burst of zero, which would refuse everything.
     #[error("--rate-limit-burst must be at least 1 while --rate-limit is on (0 turns the limit off)")]
     RateLimitBurst,

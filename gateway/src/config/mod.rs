@@ -69,6 +69,27 @@ pub struct Config {
     /// How long a session event for an unknown user is answered 503 (see
     /// `--unknown-user-retry-window`).
     pub unknown_user_retry_window: Duration,
+    /// How event writes are batched into `ApplyEvents` calls.
+    pub upstream_batch: UpstreamBatch,
+}
+
+/// How event writes are batched into `EventService.ApplyEvents` calls
+/// (`--upstream-batch-max`, `--upstream-batches-in-flight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamBatch {
+    /// Most writes in one call; 1 sends each write as its own call.
+    pub max: usize,
+    /// Calls in flight at once; writes queue behind them.
+    pub in_flight: usize,
+}
+
+impl Default for UpstreamBatch {
+    fn default() -> Self {
+        Self {
+            max: usize::from(DEFAULT_UPSTREAM_BATCH_MAX),
+            in_flight: usize::from(DEFAULT_UPSTREAM_BATCHES_IN_FLIGHT),
+        }
+    }
 }
 
 /// How to reach user-service, validated: what `serve` and `reconcile` share.
@@ -228,6 +249,7 @@ impl Config {
             connections: ConnectionLimits::default(),
             metrics_listen: MetricsListen::Off,
             unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW.value,
+            upstream_batch: UpstreamBatch::default(),
         }
     }
 
@@ -259,6 +281,10 @@ impl Config {
             connections: args.connections.into(),
             metrics_listen: args.metrics_listen,
             unknown_user_retry_window: args.unknown_user_retry_window,
+            upstream_batch: UpstreamBatch {
+                max: usize::from(args.upstream_batch_max),
+                in_flight: usize::from(args.upstream_batches_in_flight),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -309,6 +335,12 @@ impl Config {
         }
         if self.readiness_cache > MAX_READINESS_CACHE {
             return Err(ConfigError::ReadinessCache);
+        }
+        let batch = self.upstream_batch;
+        if !(1..=usize::from(MAX_UPSTREAM_BATCH)).contains(&batch.max)
+            || !(1..=usize::from(MAX_UPSTREAM_BATCHES_IN_FLIGHT)).contains(&batch.in_flight)
+        {
+            return Err(ConfigError::UpstreamBatch);
         }
         self.connections.validate()
     }

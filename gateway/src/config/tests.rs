@@ -254,3 +254,29 @@ fn send_takes_url_file_msg_id_and_timestamp() {
         other => panic!("expected send, got {other:?}"),
     }
 }
+
+#[test]
+fn batching_defaults_to_64_writes_and_4_calls_in_flight() {
+    let args = serve_args(&[]);
+    assert_eq!((args.upstream_batch_max, args.upstream_batches_in_flight), (64, 4));
+    assert_eq!(test_config().upstream_batch, UpstreamBatch { max: 64, in_flight: 4 });
+    let args = serve_args(&["--upstream-batch-max", "1", "--upstream-batches-in-flight", "16"]);
+    assert_eq!((args.upstream_batch_max, args.upstream_batches_in_flight), (1, 16));
+}
+
+#[test]
+fn batch_sizes_outside_what_apply_events_takes_are_refused() {
+    for bad in [
+        ["--upstream-batch-max", "0"],
+        ["--upstream-batch-max", "513"],
+        ["--upstream-batches-in-flight", "0"],
+    ] {
+        let argv = ["gateway", "serve"].into_iter().chain(bad);
+        assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+    }
+    let mut config = test_config();
+    config.upstream_batch.max = 513;
+    assert_eq!(config.validate(), Err(ConfigError::UpstreamBatch));
+    config.upstream_batch = UpstreamBatch { max: 512, in_flight: 0 };
+    assert_eq!(config.validate(), Err(ConfigError::UpstreamBatch));
+}

@@ -61,6 +61,8 @@ pub async fn receive(
         event_type = %event.event_type,
         clerk_id = clerk_id(&event).unwrap_or("-"),
         instance_id = event.instance_id.as_deref().unwrap_or("-"),
+        // The `ApplyEvents` call the event's write went in (`upstream/batch.rs`).
+        upstream_request_id = tracing::field::Empty,
     );
     let result = state.users.apply(&event, msg_id, &request_id).instrument(span.clone()).await;
     let _entered = span.enter();

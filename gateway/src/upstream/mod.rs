@@ -1,7 +1,8 @@
 //! user-service, as the gateway calls it: the channel ([`channel`]: TLS, the
 //! token, balancing over replicas), the requests built from Clerk objects
-//! ([`requests`]), what replies and failures mean ([`outcome`]), and the
-//! client that sends them ([`sync`]). Their results become HTTP answers:
+//! ([`requests`]), what replies and failures mean ([`outcome`]), the client
+//! that sends them ([`sync`]) and the batches it sends them in ([`batch`]).
+//! Their results become HTTP answers:
 //!
 //! | Event / result | HTTP | Body `outcome` | Why |
 //! |---|---|---|---|
@@ -23,6 +24,7 @@
 //! Request-level failures (bad signature, headers, body) are in
 //! [`crate::error::RequestError`] and `gateway/STATUS_CODES.md`.
 
+pub mod batch;
 pub mod channel;
 pub mod outcome;
 pub mod replicas;

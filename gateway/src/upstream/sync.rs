@@ -1,6 +1,7 @@
-//! The client that applies verified Clerk events to user-service: one
-//! `Write` per gRPC call, sent within the event's deadline, counted in the
-//! metrics and retried once on another replica when one is unavailable.
+//! The client that applies verified Clerk events to user-service: each
+//! `Write` sent within the event's deadline (in an `ApplyEvents` batch, or
+//! as its own call when batching is off), counted in the metrics and retried
+//! once on another replica when one is unavailable.
 
 use std::{
     sync::Arc,
@@ -10,13 +11,15 @@ use std::{
 use prost_types::Timestamp;
 use tonic::{Code, Status, metadata::MetadataValue};
 use userdata_proto::v1::{
-    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, RecordActivityRequest,
-    RecordActivityResponse, RecordLoginRequest, RecordLoginResponse, UpdateUserRequest, UpdateUserResponse,
+    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, EventWrite,
+    RecordActivityRequest, RecordActivityResponse, RecordLoginRequest, RecordLoginResponse,
+    UpdateUserRequest, UpdateUserResponse, event_write, event_write_result,
     user_data_service_client::UserDataServiceClient, user_service_client::UserServiceClient,
 };
 
 use super::{
     Failover, UpstreamChannel,
+    batch::Batcher,
     outcome::{Call, Outcome, classify_status},
     requests::{
         WriteKey, activity_request, create_request, delete_request, event_age, login_request,
@@ -25,7 +28,7 @@ use super::{
 };
 use crate::{
     clerk::{Event, Payload, SessionJson},
-    config::DEFAULT_UNKNOWN_USER_RETRY_WINDOW,
+    config::{DEFAULT_UNKNOWN_USER_RETRY_WINDOW, UpstreamBatch},
     error::UpstreamError,
     metrics::Metrics,
     request_id::{REQUEST_ID, RequestId},
@@ -90,13 +93,35 @@ impl Write {
         }
     }
 
-    /// Sends the write with `timeout` left and `request_id` attached.
+    /// The write as one write of an `ApplyEvents` call.
+    fn into_event(self, request_id: &RequestId) -> EventWrite {
+        let write = match self {
+            Self::Create(m) => event_write::Write::CreateUser(m),
+            Self::Update(m) => event_write::Write::UpdateUser(m),
+            Self::Delete(m) => event_write::Write::DeleteUser(m),
+            Self::Login(m) => event_write::Write::RecordLogin(m),
+            Self::Activity(m) => event_write::Write::RecordActivity(m),
+        };
+        EventWrite { request_id: request_id.as_str().to_owned(), write: Some(write) }
+    }
+
+    /// Sends the write, in a batch when batching is on, before `deadline`
+    /// and with `request_id` attached.
     async fn send(
         self,
         sync: &UserSync,
         request_id: &RequestId,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Outcome, Status> {
+        if let Some(batcher) = &sync.batcher {
+            let answer = batcher.apply(self.into_event(request_id), deadline).await;
+            if let Some(call) = &answer.call {
+                // On the event's span, so its log lines name the call.
+                tracing::Span::current().record("upstream_request_id", call.as_str());
+            }
+            return answer.result.map(|result| result.outcome());
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let (mut users, mut data) = (sync.client.clone(), sync.data.clone());
         match self {
             Self::Create(m) => users.create_user(with_metadata(m, request_id, timeout)).await.map(outcome_of),
@@ -134,6 +159,20 @@ replies!(
     RecordActivityResponse
 );
 
+impl Reply for event_write_result::Result {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::CreateUser(reply) => Reply::outcome(reply),
+            Self::UpdateUser(reply) => Reply::outcome(reply),
+            Self::DeleteUser(reply) => Reply::outcome(reply),
+            Self::RecordLogin(reply) => Reply::outcome(reply),
+            Self::RecordActivity(reply) => Reply::outcome(reply),
+            // The batcher answers an error as an error, never as a result.
+            Self::Error(_) => Outcome::Unspecified,
+        }
+    }
+}
+
 fn outcome_of<R: Reply>(response: tonic::Response<R>) -> Outcome {
     response.get_ref().outcome()
 }
@@ -153,12 +192,14 @@ fn with_metadata<T>(message: T, request_id: &RequestId, timeout: Duration) -> to
 /// Applies events to user-service.
 #[derive(Debug, Clone)]
 pub struct UserSync {
+    channel: UpstreamChannel,
     client: UserServiceClient<UpstreamChannel>,
     data: UserDataServiceClient<UpstreamChannel>,
     timeout: Duration,
     metrics: Option<Arc<Metrics>>,
     failover: Option<Failover>,
     unknown_user_retry_window: Duration,
+    batcher: Option<Batcher>,
 }
 
 impl UserSync {
@@ -167,12 +208,24 @@ impl UserSync {
     pub fn new(channel: UpstreamChannel, timeout: Duration) -> Self {
         Self {
             client: UserServiceClient::new(channel.clone()),
-            data: UserDataServiceClient::new(channel),
+            data: UserDataServiceClient::new(channel.clone()),
+            channel,
             timeout,
             metrics: None,
             failover: None,
             unknown_user_retry_window: DEFAULT_UNKNOWN_USER_RETRY_WINDOW.value,
+            batcher: None,
         }
+    }
+
+    /// Sends writes in `ApplyEvents` batches as `options` says (one call per
+    /// write when `options.max` is 1), counting each batch's size in the
+    /// metrics given to [`Self::with_metrics`] before. Needs a Tokio runtime.
+    #[must_use]
+    pub fn with_batching(mut self, options: UpstreamBatch) -> Self {
+        self.batcher =
+            (options.max > 1).then(|| Batcher::start(self.channel.clone(), options, self.metrics.clone()));
+        self
     }
 
     /// Session events for a user user-service does not know are answered
@@ -275,9 +328,8 @@ impl UserSync {
         let (call, method) = (write.call(), write.method());
         let mut may_retry = self.failover.is_some();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
             let started = Instant::now();
-            let reply = write.clone().send(self, request_id, left);
+            let reply = write.clone().send(self, request_id, deadline);
             // tonic's own timeout starts when the request is dispatched; this
             // one also covers waiting for a (lazy) connection, so Svix always
             // gets an answer within the deadline.

@@ -20,6 +20,7 @@ use crate::{
     metrics::sample,
     support::{
         FOREIGN_SECRET, FakeUpstream, Gateway, SECRET, config, now, post_signed_with, signed, user_event,
+        wait_for_metric,
     },
 };
 
@@ -47,25 +48,6 @@ fn hostile_config(upstream: &FakeUpstream, timeout: Duration) -> gateway::Config
     config.connections.header_read_timeout = timeout;
     config.connections.idle_timeout = timeout;
     config
-}
-
-/// Polls `/metrics` until `metric` (no labels) satisfies `done`; fails after
-/// `within`.
-async fn wait_for_metric(
-    gateway: &Gateway,
-    metric: &str,
-    within: Duration,
-    done: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let value = sample(&gateway.metrics().await, metric, &[]);
-        if done(value) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{metric} stayed at {value} for {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A TCP connection to `addr` from the loopback address `from`.

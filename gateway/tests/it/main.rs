@@ -2,6 +2,7 @@
 //! user-service over gRPC, or a real one (`user_service::testing`) where the
 //! behaviour depends on it, all on 127.0.0.1 with OS-chosen ports.
 
+mod batching;
 mod child;
 mod cli;
 mod descriptors;

@@ -40,15 +40,19 @@ fn balancing_config(replicas: &[&TestServer]) -> Config {
     config
 }
 
-/// How many `CreateUser` calls a replica answered OK, from its `/metrics`.
+/// How many write calls (`ApplyEvents`, or `CreateUser` with batching off)
+/// a replica answered OK, from its `/metrics`. The tests deliver one event at
+/// a time, so each call carries one create.
 async fn creates_served(replica: &TestServer) -> u64 {
     let addr = replica.metrics_addr.expect("replica metrics are on");
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-    let series = r#"grpc_server_requests_total{method="userdata.v1.UserService/CreateUser",code="OK"}"#;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    ["userdata.v1.EventService/ApplyEvents", "userdata.v1.UserService/CreateUser"]
+        .iter()
+        .map(|method| format!(r#"grpc_server_requests_total{{method="{method}",code="OK"}}"#))
+        .filter_map(|series| {
+            text.lines().find_map(|line| line.strip_prefix(series.as_str()))?.trim().parse::<u64>().ok()
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

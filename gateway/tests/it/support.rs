@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use gateway::{App, Config, SigningSecrets, svix::sign_headers};
@@ -18,9 +18,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use userdata_proto::v1::{
-    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, EventOutcome,
-    GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
-    UpdateUserResponse,
+    ApplyEventsRequest, ApplyEventsResponse, CreateUserRequest, CreateUserResponse, DeleteUserRequest,
+    DeleteUserResponse, EventOutcome, EventWriteError, EventWriteResult, GetUserRequest, GetUserResponse,
+    ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse,
+    event_service_server::{EventService, EventServiceServer},
+    event_write::Write,
+    event_write_result::Result as WriteResult,
     user_service_server::{UserService, UserServiceServer},
 };
 
@@ -57,6 +60,13 @@ pub struct Received<T> {
     pub grpc_timeout: Option<String>,
 }
 
+impl Received<()> {
+    /// The same metadata with `message`.
+    fn with<T>(&self, message: T) -> Received<T> {
+        Received { message, request_id: self.request_id.clone(), grpc_timeout: self.grpc_timeout.clone() }
+    }
+}
+
 /// Any call received by the fake user-service.
 #[derive(Debug, Clone)]
 pub enum Call {
@@ -68,9 +78,24 @@ pub enum Call {
     Delete(Received<DeleteUserRequest>),
 }
 
+impl Call {
+    /// The request id the call (or its write in a batch) carried.
+    pub fn request_id(&self) -> Option<String> {
+        match self {
+            Self::Create(received) => received.request_id.clone(),
+            Self::Update(received) => received.request_id.clone(),
+            Self::Delete(received) => received.request_id.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct FakeUserService {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// The number of writes of each `ApplyEvents` call, in arrival order.
+    batches: Arc<Mutex<Vec<usize>>>,
+    /// Replies wait while this is false (see [`FakeUpstream::hold`]).
+    open: Arc<watch::Sender<bool>>,
     /// How many calls have arrived, for tests that wait for one.
     arrived: Arc<watch::Sender<usize>>,
     reply: Arc<Mutex<Reply>>,
@@ -92,8 +117,10 @@ impl FakeUserService {
         self.arrived.send_modify(|count| *count += 1);
     }
 
-    /// The configured reply as (outcome, replayed), after any delay.
+    /// The configured reply as (outcome, replayed), after any delay and
+    /// once replies are not held.
     async fn reply(&self) -> Result<(i32, bool), Status> {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
         let reply = self.reply.lock().unwrap().clone();
         match reply {
             Reply::Outcome(outcome, replayed) => Ok((outcome as i32, replayed)),
@@ -147,7 +174,57 @@ impl UserService for FakeUserService {
     }
 }
 
-/// A running fake user-service (UserService + grpc.health.v1).
+/// `ApplyEvents` as user-service serves it: each write recorded as the single
+/// call it stands for (with the write's request id and the call's deadline)
+/// and answered with the configured reply, an error as that write's result.
+#[tonic::async_trait]
+impl EventService for FakeUserService {
+    async fn apply_events(
+        &self,
+        request: Request<ApplyEventsRequest>,
+    ) -> Result<Response<ApplyEventsResponse>, Status> {
+        let grpc_timeout = metadata(request.metadata(), "grpc-timeout");
+        let call_id = metadata(request.metadata(), "x-request-id");
+        self.batches.lock().unwrap().push(request.get_ref().writes.len());
+        let mut results = Vec::new();
+        for write in request.into_inner().writes {
+            let request_id = Some(write.request_id).filter(|id| !id.is_empty()).or_else(|| call_id.clone());
+            let meta = Received { message: (), request_id, grpc_timeout: grpc_timeout.clone() };
+            type Answer = fn(i32, bool) -> WriteResult;
+            let (call, answer): (Call, Answer) = match write.write {
+                Some(Write::CreateUser(m)) => (Call::Create(meta.with(m)), |outcome, replayed| {
+                    WriteResult::CreateUser(CreateUserResponse { user: None, outcome, replayed })
+                }),
+                Some(Write::UpdateUser(m)) => (Call::Update(meta.with(m)), |outcome, replayed| {
+                    WriteResult::UpdateUser(UpdateUserResponse { user: None, outcome, replayed })
+                }),
+                Some(Write::DeleteUser(m)) => (Call::Delete(meta.with(m)), |outcome, replayed| {
+                    WriteResult::DeleteUser(DeleteUserResponse { outcome, replayed })
+                }),
+                // This fake serves no UserDataService, as a single call would find.
+                _ => {
+                    let error =
+                        EventWriteError { code: Code::Unimplemented as i32, message: "not served".into() };
+                    results.push(EventWriteResult { result: Some(WriteResult::Error(error)) });
+                    continue;
+                }
+            };
+            self.record(call);
+            let result = match self.reply().await {
+                Ok((outcome, replayed)) => answer(outcome, replayed),
+                Err(status) => WriteResult::Error(EventWriteError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            };
+            results.push(EventWriteResult { result: Some(result) });
+        }
+        Ok(Response::new(ApplyEventsResponse { results }))
+    }
+}
+
+/// A running fake user-service (UserService, EventService and
+/// grpc.health.v1).
 pub struct FakeUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -169,6 +246,8 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let service = FakeUserService {
             calls: Arc::default(),
+            batches: Arc::default(),
+            open: Arc::new(watch::Sender::new(true)),
             arrived: Arc::new(watch::Sender::new(0)),
             reply: Arc::new(Mutex::new(Reply::Outcome(EventOutcome::Applied, false))),
         };
@@ -176,7 +255,8 @@ impl FakeUpstream {
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(UserServiceServer::new(service.clone()));
+            .add_service(UserServiceServer::new(service.clone()))
+            .add_service(EventServiceServer::new(service.clone()));
         let task = tokio::spawn(async move {
             let _ = server
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
@@ -200,6 +280,22 @@ impl FakeUpstream {
     /// Sets the overall (`""`) health status.
     pub async fn set_health(&self, status: ServingStatus) {
         self.health.set_service_status("", status).await;
+    }
+
+    /// Holds every reply (calls are still recorded as they arrive) until
+    /// [`Self::release`].
+    pub fn hold(&self) {
+        self.service.open.send_replace(false);
+    }
+
+    /// Lets held and later replies go.
+    pub fn release(&self) {
+        self.service.open.send_replace(true);
+    }
+
+    /// The number of writes in each `ApplyEvents` call so far.
+    pub fn batches(&self) -> Vec<usize> {
+        self.service.batches.lock().unwrap().clone()
     }
 
     /// Every call received so far.
@@ -234,6 +330,25 @@ impl FakeUpstream {
             let _ = shutdown.send(());
         }
         let _ = (&mut self.task).await;
+    }
+}
+
+/// Polls `/metrics` until `metric` (no labels) satisfies `done`; fails after
+/// `within`.
+pub async fn wait_for_metric(
+    gateway: &Gateway,
+    metric: &str,
+    within: Duration,
+    done: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = crate::metrics::sample(&gateway.metrics().await, metric, &[]);
+        if done(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{metric} stayed at {value} for {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

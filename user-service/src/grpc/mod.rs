@@ -4,6 +4,7 @@ pub mod access;
 mod caller;
 mod changes;
 mod convert;
+mod events;
 mod expiry;
 mod json;
 mod page_token;
@@ -17,11 +18,18 @@ use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use userdata_proto::v1::{
     change_service_server::{ChangeServiceServer, SERVICE_NAME as CHANGE_SERVICE},
+    event_service_server::{EventServiceServer, SERVICE_NAME as EVENT_SERVICE},
     user_data_service_server::{SERVICE_NAME as USER_DATA_SERVICE, UserDataServiceServer},
     user_service_server::{SERVICE_NAME as USER_SERVICE, UserServiceServer},
 };
 
-pub use self::{changes::ChangesApi, status::ERROR_DOMAIN, user_data::UserDataApi, users::UsersApi};
+pub use self::{
+    changes::ChangesApi,
+    events::{EventsApi, MAX_EVENT_WRITES},
+    status::ERROR_DOMAIN,
+    user_data::UserDataApi,
+    users::UsersApi,
+};
 use crate::{feed::Feed, store::Store};
 
 /// Largest request or response message accepted, in bytes.
@@ -49,16 +57,21 @@ pub fn routes(
         v1 = v1.register_encoded_file_descriptor_set(set);
         v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
     }
-    let users = UserServiceServer::new(UsersApi::new(store.clone()))
+    let (users_api, data_api) = (UsersApi::new(store.clone()), UserDataApi::new(store.clone()));
+    let events = EventServiceServer::new(EventsApi::new(users_api.clone(), data_api.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let data = UserDataServiceServer::new(UserDataApi::new(store.clone()))
+    let users = UserServiceServer::new(users_api)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let data = UserDataServiceServer::new(data_api)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let changes = ChangeServiceServer::new(ChangesApi::new(store, feed, max_stream_age))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let mut routes = Routes::new(health).add_service(users).add_service(data).add_service(changes);
+    let mut routes =
+        Routes::new(health).add_service(users).add_service(data).add_service(changes).add_service(events);
     if reflection {
         routes = routes.add_service(v1.build_v1()?).add_service(v1alpha.build_v1alpha()?);
     }
@@ -81,7 +94,7 @@ pub async fn watch_database(store: Arc<dyn Store>, reporter: HealthReporter, eve
         };
         if last != Some(status) {
             tracing::info!(?status, "health status changed");
-            for service in ["", USER_SERVICE, USER_DATA_SERVICE, CHANGE_SERVICE] {
+            for service in ["", USER_SERVICE, USER_DATA_SERVICE, CHANGE_SERVICE, EVENT_SERVICE] {
                 reporter.set_service_status(service, status).await;
             }
             last = Some(status);

@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 use userdata_proto::v1::{self as pb, user_data_service_server::UserDataService};
 
 use super::{
-    access, caller,
+    access,
+    caller::{self, Caller},
     convert::{
         data::{self as convert, etag_of},
         entries, only_user, outcome_to_proto,
@@ -86,6 +87,34 @@ impl UserDataApi {
     /// Edits one key of `user` in one transaction (no event context).
     async fn edit_one(&self, user: &UserKey, key: &str, actor: &Actor, edit: DataEdit) -> Result<DataWrite> {
         self.store.edit_data(user, &[key], None, actor, edit).await
+    }
+
+    /// `RecordLogin` for `caller`; also one write of `ApplyEvents`.
+    pub(super) async fn login(
+        &self,
+        caller: &Caller,
+        message: &pb::RecordLoginRequest,
+    ) -> Result<pb::RecordLoginResponse> {
+        let actor = caller.actor();
+        let (user, entry, event) = convert::record_login(message, &actor)?;
+        self.authorize(&caller.principal, &user).await?;
+        let (activity, replayed, outcome) =
+            self.activity_edit(user, event, actor, move |a| a.record_login(entry)).await?;
+        Ok(pb::RecordLoginResponse { activity, replayed, outcome })
+    }
+
+    /// `RecordActivity` for `caller`; also one write of `ApplyEvents`.
+    pub(super) async fn activity(
+        &self,
+        caller: &Caller,
+        message: &pb::RecordActivityRequest,
+    ) -> Result<pb::RecordActivityResponse> {
+        let actor = caller.actor();
+        let (user, at, event) = convert::record_activity(message, &actor)?;
+        self.authorize(&caller.principal, &user).await?;
+        let (activity, replayed, outcome) =
+            self.activity_edit(user, event, actor, move |a| a.touch(at)).await?;
+        Ok(pb::RecordActivityResponse { activity, replayed, outcome })
     }
 
     async fn activity_edit(
@@ -276,12 +305,8 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::RecordLoginRequest>,
     ) -> Result<Response<pb::RecordLoginResponse>, Status> {
-        let actor = caller::actor(&request)?;
-        let (user, entry, event) = convert::record_login(request.get_ref(), &actor)?;
-        self.authorize(Principal::of(&request)?, &user).await?;
-        let (activity, replayed, outcome) =
-            self.activity_edit(user, event, actor, move |a| a.record_login(entry)).await?;
-        Ok(Response::new(pb::RecordLoginResponse { activity, replayed, outcome }))
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(self.login(&caller, request.get_ref()).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -289,12 +314,8 @@ impl UserDataService for UserDataApi {
         &self,
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
-        let actor = caller::actor(&request)?;
-        let (user, at, event) = convert::record_activity(request.get_ref(), &actor)?;
-        self.authorize(Principal::of(&request)?, &user).await?;
-        let (activity, replayed, outcome) =
-            self.activity_edit(user, event, actor, move |a| a.touch(at)).await?;
-        Ok(Response::new(pb::RecordActivityResponse { activity, replayed, outcome }))
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(self.activity(&caller, request.get_ref()).await?))
     }
 
     #[tracing::instrument(skip_all)]

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use userdata_proto::v1::{self as pb, user_service_server::UserService};
 
-use super::{access, convert::users as convert};
+use super::{access, caller::Caller, convert::users as convert};
 use crate::{
     auth::{Principal, Scope},
+    domain,
     store::Store,
 };
 
@@ -23,6 +24,47 @@ impl UsersApi {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
     }
+
+    /// `CreateUser` for `caller`; also one write of `ApplyEvents`.
+    pub(super) async fn create(
+        &self,
+        caller: &Caller,
+        message: pb::CreateUserRequest,
+    ) -> domain::error::Result<pb::CreateUserResponse> {
+        if message.user.as_ref().is_some_and(|u| u.role != 0 || u.status != 0) {
+            access::require_scope(&caller.principal, Scope::Admin, "setting role or status")?;
+        }
+        let cmd = convert::create_user(message, caller.actor())?;
+        let result = self.store.create_user(cmd).await?;
+        Ok(convert::create_response(result))
+    }
+
+    /// `UpdateUser` for `caller`; also one write of `ApplyEvents`.
+    pub(super) async fn update(
+        &self,
+        caller: &Caller,
+        message: pb::UpdateUserRequest,
+    ) -> domain::error::Result<pb::UpdateUserResponse> {
+        let cmd = convert::update_user(message, caller.actor())?;
+        if cmd.patch.role.is_some() || cmd.patch.status.is_some() {
+            access::require_scope(&caller.principal, Scope::Admin, "changing role or status")?;
+        }
+        access::authorize(&*self.store, &caller.principal, &cmd.key).await?;
+        let result = self.store.update_user(cmd).await?;
+        Ok(convert::update_response(result))
+    }
+
+    /// `DeleteUser` for `caller`; also one write of `ApplyEvents`.
+    pub(super) async fn delete(
+        &self,
+        caller: &Caller,
+        message: &pb::DeleteUserRequest,
+    ) -> domain::error::Result<pb::DeleteUserResponse> {
+        let cmd = convert::delete_user(message, caller.actor())?;
+        access::authorize(&*self.store, &caller.principal, &cmd.key).await?;
+        let result = self.store.delete_user(cmd).await?;
+        Ok(convert::delete_response(result))
+    }
 }
 
 #[tonic::async_trait]
@@ -32,15 +74,8 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        let user = request.get_ref().user.as_ref();
-        if user.is_some_and(|u| u.role != 0 || u.status != 0) {
-            access::require_scope(principal, Scope::Admin, "setting role or status")?;
-        }
-        let actor = super::caller::actor(&request)?;
-        let cmd = convert::create_user(request.into_inner(), actor)?;
-        let result = self.store.create_user(cmd).await?;
-        Ok(Response::new(convert::create_response(result)))
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(self.create(&caller, request.into_inner()).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -80,14 +115,8 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let principal = Principal::of(&request)?.clone();
-        let cmd = convert::update_user(request.get_ref().clone(), super::caller::actor(&request)?)?;
-        if cmd.patch.role.is_some() || cmd.patch.status.is_some() {
-            access::require_scope(&principal, Scope::Admin, "changing role or status")?;
-        }
-        access::authorize(&*self.store, &principal, &cmd.key).await?;
-        let result = self.store.update_user(cmd).await?;
-        Ok(Response::new(convert::update_response(result)))
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(self.update(&caller, request.into_inner()).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -95,9 +124,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let cmd = convert::delete_user(request.get_ref(), super::caller::actor(&request)?)?;
-        access::authorize(&*self.store, Principal::of(&request)?, &cmd.key).await?;
-        let result = self.store.delete_user(cmd).await?;
-        Ok(Response::new(convert::delete_response(result)))
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(self.delete(&caller, &request.into_inner()).await?))
     }
 }

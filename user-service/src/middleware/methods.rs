@@ -21,7 +21,7 @@ const PUBLIC_SERVICES: [&str; 3] = [
 ];
 
 /// Our RPCs, as `(HTTP path, scope)`.
-const RPCS: [(&str, Scope); 25] = {
+const RPCS: [(&str, Scope); 26] = {
     use Scope::{Admin, Audit, Read, Write};
     [
         ("/userdata.v1.UserService/CreateUser", Write),
@@ -49,6 +49,7 @@ const RPCS: [(&str, Scope); 25] = {
         ("/userdata.v1.UserDataService/DeleteUserData", Write),
         ("/userdata.v1.ChangeService/WatchChanges", Audit),
         ("/userdata.v1.ChangeService/ListChanges", Audit),
+        ("/userdata.v1.EventService/ApplyEvents", Write),
     ]
 };
 
@@ -71,7 +72,7 @@ pub enum UserRule {
 const NOT_FOR_USERS: &str = "this method is not open to signed-in users";
 
 /// What a signed-in user may do, per RPC: their own data, nothing else.
-const USER_RULES: [(&str, UserRule); 25] = {
+const USER_RULES: [(&str, UserRule); 26] = {
     use UserRule::{Denied, ForcedOwn, Own, OwnCustomKeys};
     [
         ("/userdata.v1.UserService/CreateUser", Denied("users are created from Clerk's webhooks")),
@@ -114,6 +115,7 @@ const USER_RULES: [(&str, UserRule); 25] = {
             "/userdata.v1.ChangeService/ListChanges",
             Denied("the audit list is for services with the `audit` scope"),
         ),
+        ("/userdata.v1.EventService/ApplyEvents", Denied("events come from Clerk's webhooks")),
     ]
 };
 
@@ -210,6 +212,7 @@ mod tests {
             "/userdata.v1.UserDataService/UpdateFeatureFlags",
             "/userdata.v1.UserDataService/ResetOnboarding",
             "/userdata.v1.ChangeService/ListChanges",
+            "/userdata.v1.EventService/ApplyEvents",
             "/userdata.v1.UserService/DropAllUsers",
         ] {
             assert!(matches!(user_rule(denied), UserRule::Denied(_)), "{denied}");

@@ -29,11 +29,16 @@ impl RequestId {
     /// `-_.:` (anything else could forge log lines or blow up their size).
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         let value = headers.get(&REQUEST_ID_HEADER)?;
-        let bytes = value.as_bytes();
-        let fine = !bytes.is_empty()
-            && bytes.len() <= MAX_LEN
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        fine.then(|| Self(value.clone()))
+        acceptable(value.as_bytes()).then(|| Self(value.clone()))
+    }
+
+    /// `text` as a request id, by the same rule as [`Self::from_headers`]
+    /// (for a write of a batch, which carries its own).
+    pub fn parse(text: &str) -> Option<Self> {
+        if !acceptable(text.as_bytes()) {
+            return None;
+        }
+        HeaderValue::from_str(text).ok().map(Self)
     }
 
     /// A new id: a UUID v7 (time-ordered).
@@ -48,6 +53,13 @@ impl RequestId {
         // Only ASCII was accepted or generated.
         self.0.to_str().unwrap_or_default()
     }
+}
+
+/// Whether `bytes` may be a request id: 1 to 128 letters, digits and `-_.:`.
+fn acceptable(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.len() <= MAX_LEN
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 impl fmt::Display for RequestId {
@@ -130,6 +142,17 @@ mod tests {
         assert!(RequestId::from_headers(&with_id("x\"}{")).is_none());
         assert!(RequestId::from_headers(&with_id(&"a".repeat(129))).is_none());
         assert!(RequestId::from_headers(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_request_id_from_text_follows_the_same_rule() {
+        assert_eq!(
+            RequestId::parse("req-42_a.b:c").map(|id| id.to_string()).as_deref(),
+            Some("req-42_a.b:c")
+        );
+        for odd in ["", "a b", "a\nb", &"a".repeat(129)] {
+            assert!(RequestId::parse(odd).is_none(), "{odd:?}");
+        }
     }
 
     #[test]

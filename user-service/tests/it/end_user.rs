@@ -73,7 +73,7 @@ const OPEN: [&str; 15] = [
 ];
 
 /// RPCs a signed-in user may never call, whoever they name.
-const CLOSED: [&str; 10] = [
+const CLOSED: [&str; 11] = [
     "UserService/CreateUser",
     "UserService/ListUsers",
     "UserService/UpdateUser",
@@ -84,6 +84,7 @@ const CLOSED: [&str; 10] = [
     "UserDataService/RecordLogin",
     "UserDataService/RecordActivity",
     "ChangeService/ListChanges",
+    "EventService/ApplyEvents",
 ];
 
 /// Calls `rpc` naming `target` (the calls of [`OPEN`]).
@@ -238,6 +239,23 @@ async fn call_closed(rpc: &str, server: &TestServer, token: &str, target: &Targe
                 session::Bearer(Some(token.to_owned())),
             );
             changes.list_changes(pb::ListChangesRequest { user_id, ..Default::default() }).await.map(drop)
+        }
+        "EventService/ApplyEvents" => {
+            let mut events = pb::event_service_client::EventServiceClient::with_interceptor(
+                server.channel().await,
+                session::Bearer(Some(token.to_owned())),
+            );
+            let login = pb::RecordLoginRequest {
+                user_id,
+                clerk_id,
+                login: Some(pb::LoginRecord { success: true, ..Default::default() }),
+                event_context: None,
+            };
+            let write = pb::EventWrite {
+                request_id: String::new(),
+                write: Some(pb::event_write::Write::RecordLogin(login)),
+            };
+            events.apply_events(pb::ApplyEventsRequest { writes: vec![write] }).await.map(drop)
         }
         other => panic!("no call for {other}"),
     }

@@ -1,6 +1,7 @@
 //! Integration tests: the real user-service over gRPC on a random port, each
 //! test on a fresh PostgreSQL database and again on a fresh SQLite file.
 
+mod apply_events;
 mod browser;
 mod changes;
 mod clerk;

@@ -106,6 +106,35 @@ fn assert_reason(status: &Status, code: Code, reason: &str) {
 crate::on_both_backends!(a_read_token_can_read_but_not_write, a_write_token_can_create_and_read_users);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_events_needs_the_write_scope_and_each_write_keeps_its_own_checks() {
+    use pb::{
+        event_service_client::EventServiceClient, event_write::Write, event_write_result::Result as Answer,
+    };
+    let (server, _file) = server_with_tokens(Db::Sqlite).await;
+    let batch = |user: pb::User| pb::ApplyEventsRequest {
+        writes: vec![pb::EventWrite {
+            write: Some(Write::CreateUser(pb::CreateUserRequest {
+                user: Some(user),
+                event_context: event("msg_sec", 1_000),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+    };
+    let mut reader = EventServiceClient::with_interceptor(server.channel().await, Bearer(Some(READ_TOKEN)));
+    let err = reader.apply_events(batch(new_user("user_sec"))).await.unwrap_err();
+    assert_reason(&err, Code::PermissionDenied, "MISSING_SCOPE");
+
+    let mut writer = EventServiceClient::with_interceptor(server.channel().await, Bearer(Some(WRITE_TOKEN)));
+    let admin_only = pb::User { role: pb::UserRole::Admin as i32, ..new_user("user_sec") };
+    let results = writer.apply_events(batch(admin_only)).await.unwrap().into_inner().results;
+    let Some(Answer::Error(error)) = results.first().and_then(|r| r.result.clone()) else {
+        panic!("setting a role needs admin in a batch too: {results:?}");
+    };
+    assert_eq!(error.code, Code::PermissionDenied as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_a_token_is_unauthenticated() {
     let (server, _file) = server_with_tokens(Db::Sqlite).await;
     let err = get_user(&mut users_as(&server, None).await, "user_a").await.unwrap_err();

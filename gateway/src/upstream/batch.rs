@@ -1,0 +1,201 @@
+//! Event writes to user-service in batches: one `EventService.ApplyEvents`
+//! call carries the writes of many webhooks, so the HTTP/2 stream, the token
+//! check and each call's bookkeeping on both sides are paid once per batch.
+//!
+//! A write waits only while `in_flight` calls are already out: an idle
+//! gateway sends each write at once, a busy one sends whatever queued behind
+//! the calls in flight (up to `max` writes and [`MAX_BATCH_BYTES`]) as the
+//! next call. Each write gets its own result back; a failure of the whole
+//! call is every write's failure, and the caller's retry (`sync.rs`) sends
+//! the write again like a single call.
+
+use std::{sync::Arc, time::Instant};
+
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tonic::{Code, Status, metadata::MetadataValue};
+use userdata_proto::v1::{
+    ApplyEventsRequest, EventWrite, event_service_client::EventServiceClient,
+    event_write_result::Result as WriteResult,
+};
+
+use super::UpstreamChannel;
+use crate::{
+    config::UpstreamBatch,
+    metrics::Metrics,
+    request_id::{REQUEST_ID, RequestId, is_sane},
+};
+
+/// Encoded writes one call carries at most (a single larger write still goes,
+/// alone): half of user-service's 1 MiB message limit, so a batch of large
+/// user objects is never refused as a whole.
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+
+/// A write waiting for a batch, with where its answer goes.
+struct Pending {
+    write: EventWrite,
+    deadline: Instant,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// What became of one write.
+#[derive(Debug)]
+pub struct Answer {
+    /// The request id of the `ApplyEvents` call the write went in (the
+    /// write's own when it went alone), for the logs; `None` when it was not
+    /// sent.
+    pub call: Option<RequestId>,
+    /// The write's own result, or the failure of its call.
+    pub result: Result<WriteResult, Status>,
+}
+
+/// The queue of writes for user-service. The task that sends them ends when
+/// the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    // Unbounded, yet bounded by the callers: each queued write is one webhook
+    // waiting for its answer, and the HTTP server caps requests in flight.
+    queue: mpsc::UnboundedSender<Pending>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Batcher {
+    /// Starts the task that sends batches over `channel`, counting each
+    /// batch's size in `metrics`.
+    pub fn start(channel: UpstreamChannel, options: UpstreamBatch, metrics: Option<Arc<Metrics>>) -> Self {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(EventServiceClient::new(channel), receiver, options, metrics.clone()));
+        Self { queue, metrics }
+    }
+
+    /// Sends `write` in the next batch and waits for its result: the write's
+    /// own, or the whole call's failure. `deadline` bounds the call it goes
+    /// in; a write whose deadline has passed before its batch leaves is not
+    /// sent.
+    pub async fn apply(&self, write: EventWrite, deadline: Instant) -> Answer {
+        let closed =
+            || Answer { call: None, result: Err(Status::unavailable("the gateway is shutting down")) };
+        let (reply, answer) = oneshot::channel();
+        // Counted before it is queued, so the gauge never dips below zero.
+        self.count_queued(1.0);
+        if self.queue.send(Pending { write, deadline, reply }).is_err() {
+            self.count_queued(-1.0);
+            return closed();
+        }
+        answer.await.unwrap_or_else(|_| closed())
+    }
+
+    fn count_queued(&self, delta: f64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.add_upstream_writes_queued(delta);
+        }
+    }
+}
+
+/// Takes writes off the queue in batches, one call per batch, at most
+/// `options.in_flight` calls at once.
+async fn run(
+    client: EventServiceClient<UpstreamChannel>,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    options: UpstreamBatch,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let slots = Arc::new(Semaphore::new(options.in_flight.max(1)));
+    // The write that did not fit in the last batch; it leads the next.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        let mut bytes = first.write.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < options.max {
+            let Ok(next) = queue.try_recv() else { break };
+            let len = next.write.encoded_len();
+            if bytes + len > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += len;
+            batch.push(next);
+        }
+        if let Some(metrics) = &metrics {
+            metrics.add_upstream_writes_queued(-(batch.len() as f64));
+        }
+        tokio::spawn(send(client.clone(), batch, slot, metrics.clone()));
+    }
+}
+
+/// Sends one batch and answers each of its writes; the slot is free again
+/// when this returns.
+async fn send(
+    mut client: EventServiceClient<UpstreamChannel>,
+    batch: Vec<Pending>,
+    _slot: OwnedSemaphorePermit,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let now = Instant::now();
+    // A caller that gave up (its own deadline, or Svix hung up) no longer
+    // waits: Svix sends the event again, so its write need not go.
+    let (live, late): (Vec<_>, Vec<_>) =
+        batch.into_iter().filter(|p| !p.reply.is_closed()).partition(|p| p.deadline > now);
+    for pending in late {
+        let result = Err(Status::deadline_exceeded(
+            "the event's deadline passed before its write was sent to user-service",
+        ));
+        let _ = pending.reply.send(Answer { call: None, result });
+    }
+    let Some(deadline) = live.iter().map(|p| p.deadline).max() else { return };
+    let (writes, replies): (Vec<_>, Vec<_>) = live.into_iter().map(|p| (p.write, p.reply)).unzip();
+    if let Some(metrics) = &metrics {
+        metrics.record_upstream_batch(writes.len());
+    }
+    // A write that goes alone keeps its webhook's id end to end; a batch
+    // gets its own, which each webhook's log line names.
+    let call = match writes.as_slice() {
+        [only] if is_sane(&only.request_id) => RequestId::from_sane(only.request_id.clone()),
+        _ => RequestId::generate(),
+    };
+    let mut request = tonic::Request::new(ApplyEventsRequest { writes });
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    if let Ok(value) = MetadataValue::try_from(call.as_str()) {
+        request.metadata_mut().insert(REQUEST_ID, value);
+    }
+    let results = match tokio::time::timeout_at(deadline.into(), client.apply_events(request)).await {
+        Ok(Ok(response)) => response.into_inner().results,
+        Ok(Err(status)) => return answer_all(replies, &call, &status),
+        Err(_) => {
+            let status = Status::deadline_exceeded("user-service did not answer within the deadline");
+            return answer_all(replies, &call, &status);
+        }
+    };
+    if results.len() != replies.len() {
+        let status = Status::internal(format!(
+            "user-service answered {} results for {} writes",
+            results.len(),
+            replies.len()
+        ));
+        return answer_all(replies, &call, &status);
+    }
+    for (reply, result) in replies.into_iter().zip(results) {
+        let result = match result.result {
+            Some(WriteResult::Error(error)) => Err(Status::new(Code::from(error.code), error.message)),
+            Some(result) => Ok(result),
+            None => Err(Status::internal("user-service answered a write without a result")),
+        };
+        let _ = reply.send(Answer { call: Some(call.clone()), result });
+    }
+}
+
+/// Answers every write with the failure of their call.
+fn answer_all(replies: Vec<oneshot::Sender<Answer>>, call: &RequestId, status: &Status) {
+    for reply in replies {
+        let result = Err(Status::new(status.code(), status.message()));
+        let _ = reply.send(Answer { call: Some(call.clone()), result });
+    }
+}

@@ -1,0 +1,190 @@
+//! `userdata.v1.EventService`: many event writes in one call. Each write runs
+//! exactly as its single-write RPC would (the same parsing, checks and store
+//! path, so the writes of one call and of concurrent calls still commit
+//! together in groups) and is answered at its own position. Writes naming the
+//! same user run one after another in the order given, all others at once.
+
+use std::collections::HashMap;
+
+use futures::future::join_all;
+use tonic::{Request, Response, Status};
+use userdata_proto::v1::{
+    self as pb, event_service_server::EventService, event_write::Write, event_write_result::Result as Outcome,
+};
+
+use super::{UserDataApi, UsersApi, caller::Caller};
+use crate::domain::error::{Error, Result};
+
+/// Most writes one `ApplyEvents` call may carry.
+pub const MAX_EVENT_WRITES: usize = 512;
+
+/// The `EventService` implementation: the user and user-data RPCs it batches.
+#[derive(Clone)]
+pub struct EventsApi {
+    users: UsersApi,
+    data: UserDataApi,
+}
+
+impl EventsApi {
+    /// Applies writes through `users` and `data`.
+    pub fn new(users: UsersApi, data: UserDataApi) -> Self {
+        Self { users, data }
+    }
+
+    /// One write, as its single call would run it; an error becomes the
+    /// write's own result.
+    async fn apply(&self, caller: &Caller, write: pb::EventWrite) -> pb::EventWriteResult {
+        let caller = caller.for_write(&write.request_id);
+        let result = match write.write {
+            None => Err(Error::invalid(
+                "write",
+                "is required: one of create_user, update_user, delete_user, record_login, record_activity",
+            )),
+            Some(write) => self.run(&caller, write).await,
+        };
+        let result = result.unwrap_or_else(|err| {
+            let status = Status::from(err);
+            Outcome::Error(pb::EventWriteError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })
+        });
+        pb::EventWriteResult { result: Some(result) }
+    }
+
+    async fn run(&self, caller: &Caller, write: Write) -> Result<Outcome> {
+        if event_context(&write).is_none() {
+            return Err(Error::invalid("event_context", "is required: ApplyEvents takes event writes only"));
+        }
+        Ok(match write {
+            Write::CreateUser(m) => Outcome::CreateUser(self.users.create(caller, m).await?),
+            Write::UpdateUser(m) => Outcome::UpdateUser(self.users.update(caller, m).await?),
+            Write::DeleteUser(m) => Outcome::DeleteUser(self.users.delete(caller, &m).await?),
+            Write::RecordLogin(m) => Outcome::RecordLogin(self.data.login(caller, &m).await?),
+            Write::RecordActivity(m) => Outcome::RecordActivity(self.data.activity(caller, &m).await?),
+        })
+    }
+}
+
+/// The event context a write carries, if any.
+fn event_context(write: &Write) -> Option<&pb::EventContext> {
+    match write {
+        Write::CreateUser(m) => m.event_context.as_ref(),
+        Write::UpdateUser(m) => m.event_context.as_ref(),
+        Write::DeleteUser(m) => m.event_context.as_ref(),
+        Write::RecordLogin(m) => m.event_context.as_ref(),
+        Write::RecordActivity(m) => m.event_context.as_ref(),
+    }
+}
+
+/// The user a write names, as it names it (`None` when it names none, which
+/// its parsing then refuses): writes with the same name are ordered.
+fn user_named(write: &pb::EventWrite) -> Option<(&'static str, &str)> {
+    let (id, clerk_id) = match write.write.as_ref()? {
+        Write::CreateUser(m) => ("", m.user.as_ref().map_or("", |u| u.clerk_id.as_str())),
+        Write::UpdateUser(m) => m.user.as_ref().map_or(("", ""), |u| (u.id.as_str(), u.clerk_id.as_str())),
+        Write::DeleteUser(m) => (m.id.as_str(), m.clerk_id.as_str()),
+        Write::RecordLogin(m) => (m.user_id.as_str(), m.clerk_id.as_str()),
+        Write::RecordActivity(m) => (m.user_id.as_str(), m.clerk_id.as_str()),
+    };
+    match (id, clerk_id) {
+        (_, clerk_id) if !clerk_id.is_empty() => Some(("clerk_id", clerk_id)),
+        (id, _) if !id.is_empty() => Some(("id", id)),
+        _ => None,
+    }
+}
+
+/// The writes split into chains, one per user named, each in request order;
+/// every item keeps its position in the request.
+fn chains(writes: Vec<pb::EventWrite>) -> Vec<Vec<(usize, pb::EventWrite)>> {
+    let mut chains: Vec<Vec<(usize, pb::EventWrite)>> = Vec::new();
+    let mut by_user: HashMap<(&'static str, String), usize> = HashMap::new();
+    for (index, write) in writes.into_iter().enumerate() {
+        let chain = match user_named(&write) {
+            Some((kind, name)) => *by_user.entry((kind, name.to_owned())).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            }),
+            None => {
+                chains.push(Vec::new());
+                chains.len() - 1
+            }
+        };
+        chains[chain].push((index, write));
+    }
+    chains
+}
+
+#[tonic::async_trait]
+impl EventService for EventsApi {
+    #[tracing::instrument(skip_all, fields(writes = request.get_ref().writes.len()))]
+    async fn apply_events(
+        &self,
+        request: Request<pb::ApplyEventsRequest>,
+    ) -> Result<Response<pb::ApplyEventsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let writes = request.into_inner().writes;
+        let count = writes.len();
+        if count > MAX_EVENT_WRITES {
+            return Err(Error::invalid(
+                "writes",
+                format!("at most {MAX_EVENT_WRITES} per call, got {count}"),
+            )
+            .into());
+        }
+        let caller = &caller;
+        let done = join_all(chains(writes).into_iter().map(|chain| async move {
+            let mut answered = Vec::with_capacity(chain.len());
+            for (index, write) in chain {
+                answered.push((index, self.apply(caller, write).await));
+            }
+            answered
+        }))
+        .await;
+        let mut results = vec![pb::EventWriteResult::default(); count];
+        for (index, result) in done.into_iter().flatten() {
+            results[index] = result;
+        }
+        Ok(Response::new(pb::ApplyEventsResponse { results }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delete(clerk_id: &str) -> pb::EventWrite {
+        pb::EventWrite {
+            write: Some(Write::DeleteUser(pb::DeleteUserRequest {
+                clerk_id: clerk_id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn login_by_id(id: &str) -> pb::EventWrite {
+        pb::EventWrite {
+            write: Some(Write::RecordLogin(pb::RecordLoginRequest {
+                user_id: id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn writes_of_one_user_form_one_chain_in_request_order() {
+        let writes = vec![delete("user_a"), delete("user_b"), delete("user_a"), login_by_id("user_a")];
+        let positions: Vec<Vec<usize>> =
+            chains(writes).iter().map(|chain| chain.iter().map(|(i, _)| *i).collect()).collect();
+        // An id and a Clerk id are different names, even when equal as text.
+        assert_eq!(positions, [vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[test]
+    fn writes_that_name_no_user_each_stand_alone() {
+        let writes = vec![pb::EventWrite::default(), delete(""), pb::EventWrite::default()];
+        assert_eq!(chains(writes).len(), 3);
+    }
+}
