@@ -5,9 +5,11 @@
 //! A write waits only while `in_flight` calls are already out: an idle
 //! gateway sends each write at once, a busy one sends whatever queued behind
 //! the calls in flight (up to `max` writes and [`MAX_BATCH_BYTES`]) as the
-//! next call. Each write gets its own result back; a failure of the whole
-//! call is every write's failure, and the caller's retry (`sync.rs`) sends
-//! the write again like a single call.
+//! next call. A call holds its slot until its first results arrive, so a
+//! straggler does not keep the next batch waiting. Each write gets its own
+//! result as soon as user-service streams it; a failure of the whole call is
+//! the failure of every write not answered yet, and the caller's retry
+//! (`sync.rs`) sends the write again like a single call.
 
 use std::{sync::Arc, time::Instant};
 
@@ -131,12 +133,12 @@ async fn run(
     }
 }
 
-/// Sends one batch and answers each of its writes; the slot is free again
-/// when this returns.
+/// Sends one batch and answers each of its writes as its result arrives; the
+/// slot is free again at the first results, or when this returns.
 async fn send(
     mut client: EventServiceClient<UpstreamChannel>,
     batch: Vec<Pending>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
     metrics: Option<Arc<Metrics>>,
 ) {
     let now = Instant::now();
@@ -166,34 +168,44 @@ async fn send(
     if let Ok(value) = MetadataValue::try_from(call.as_str()) {
         request.metadata_mut().insert(REQUEST_ID, value);
     }
-    let results = match tokio::time::timeout_at(deadline.into(), client.apply_events(request)).await {
-        Ok(Ok(response)) => response.into_inner().results,
-        Ok(Err(status)) => return answer_all(replies, &call, &status),
-        Err(_) => {
-            let status = Status::deadline_exceeded("user-service did not answer within the deadline");
-            return answer_all(replies, &call, &status);
+    let mut replies: Vec<Option<oneshot::Sender<Answer>>> = replies.into_iter().map(Some).collect();
+    let mut slot = Some(slot);
+    let streamed = tokio::time::timeout_at(deadline.into(), async {
+        let mut results = client.apply_events(request).await?.into_inner();
+        while let Some(message) = results.message().await? {
+            // The bulk of the batch has committed: the next batch may go
+            // while a straggler (a lock held elsewhere) is still out.
+            drop(slot.take());
+            for result in message.results {
+                let reply = usize::try_from(result.index).ok().and_then(|i| replies.get_mut(i)?.take());
+                if let Some(reply) = reply {
+                    let _ =
+                        reply.send(Answer { call: Some(call.clone()), result: write_result(result.result) });
+                }
+            }
         }
+        Ok::<_, Status>(())
+    })
+    .await;
+    let unanswered = match streamed {
+        Ok(Ok(())) => Status::internal("user-service ended the call without a result for the write"),
+        Ok(Err(status)) => status,
+        Err(_) => Status::deadline_exceeded("user-service did not answer within the deadline"),
     };
-    if results.len() != replies.len() {
-        let status = Status::internal(format!(
-            "user-service answered {} results for {} writes",
-            results.len(),
-            replies.len()
-        ));
-        return answer_all(replies, &call, &status);
-    }
-    for (reply, result) in replies.into_iter().zip(results) {
-        let result = match result.result {
-            Some(WriteResult::Error(error)) => Err(Status::new(Code::from(error.code), error.message)),
-            Some(result) => Ok(result),
-            None => Err(Status::internal("user-service answered a write without a result")),
-        };
-        let _ = reply.send(Answer { call: Some(call.clone()), result });
+    answer_all(replies.into_iter().flatten(), &call, &unanswered);
+}
+
+/// One write's result as the caller takes it.
+fn write_result(result: Option<WriteResult>) -> Result<WriteResult, Status> {
+    match result {
+        Some(WriteResult::Error(error)) => Err(Status::new(Code::from(error.code), error.message)),
+        Some(result) => Ok(result),
+        None => Err(Status::internal("user-service answered a write without a result")),
     }
 }
 
 /// Answers every write with the failure of their call.
-fn answer_all(replies: Vec<oneshot::Sender<Answer>>, call: &RequestId, status: &Status) {
+fn answer_all(replies: impl IntoIterator<Item = oneshot::Sender<Answer>>, call: &RequestId, status: &Status) {
     for reply in replies {
         let result = Err(Status::new(status.code(), status.message()));
         let _ = reply.send(Answer { call: Some(call.clone()), result });

@@ -179,15 +179,18 @@ impl UserService for FakeUserService {
 /// and answered with the configured reply, an error as that write's result.
 #[tonic::async_trait]
 impl EventService for FakeUserService {
+    type ApplyEventsStream = futures::stream::Iter<std::vec::IntoIter<Result<ApplyEventsResponse, Status>>>;
+
+    /// Answers every write in one message, at the end.
     async fn apply_events(
         &self,
         request: Request<ApplyEventsRequest>,
-    ) -> Result<Response<ApplyEventsResponse>, Status> {
+    ) -> Result<Response<Self::ApplyEventsStream>, Status> {
         let grpc_timeout = metadata(request.metadata(), "grpc-timeout");
         let call_id = metadata(request.metadata(), "x-request-id");
         self.batches.lock().unwrap().push(request.get_ref().writes.len());
         let mut results = Vec::new();
-        for write in request.into_inner().writes {
+        for (index, write) in (0_u32..).zip(request.into_inner().writes) {
             let request_id = Some(write.request_id).filter(|id| !id.is_empty()).or_else(|| call_id.clone());
             let meta = Received { message: (), request_id, grpc_timeout: grpc_timeout.clone() };
             type Answer = fn(i32, bool) -> WriteResult;
@@ -205,7 +208,7 @@ impl EventService for FakeUserService {
                 _ => {
                     let error =
                         EventWriteError { code: Code::Unimplemented as i32, message: "not served".into() };
-                    results.push(EventWriteResult { result: Some(WriteResult::Error(error)) });
+                    results.push(EventWriteResult { index, result: Some(WriteResult::Error(error)) });
                     continue;
                 }
             };
@@ -217,9 +220,9 @@ impl EventService for FakeUserService {
                     message: status.message().to_owned(),
                 }),
             };
-            results.push(EventWriteResult { result: Some(result) });
+            results.push(EventWriteResult { index, result: Some(result) });
         }
-        Ok(Response::new(ApplyEventsResponse { results }))
+        Ok(Response::new(futures::stream::iter(vec![Ok(ApplyEventsResponse { results })])))
     }
 }
 

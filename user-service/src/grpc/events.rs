@@ -1,13 +1,16 @@
 //! `userdata.v1.EventService`: many event writes in one call. Each write runs
 //! exactly as its single-write RPC would (the same parsing, checks and store
 //! path, so the writes of one call and of concurrent calls still commit
-//! together in groups) and is answered at its own position. Writes naming the
-//! same user run one after another in the order given, all others at once.
+//! together in groups) and its result is streamed back, tagged with its
+//! position, as soon as it is durable: results that are ready together share
+//! a message, and a write held up elsewhere delays only its own. Writes naming
+//! the same user run one after another in the order given, all others at once.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, pin::Pin, sync::Arc};
 
-use futures::future::join_all;
+use futures::{Stream, StreamExt, stream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use userdata_proto::v1::{
     self as pb, event_service_server::EventService, event_write::Write, event_write_result::Result as Outcome,
 };
@@ -31,9 +34,9 @@ impl EventsApi {
         Self { users, data }
     }
 
-    /// One write, as its single call would run it; an error becomes the
-    /// write's own result.
-    async fn apply(&self, caller: &Caller, write: pb::EventWrite) -> pb::EventWriteResult {
+    /// The write at `index`, as its single call would run it; an error
+    /// becomes the write's own result.
+    async fn apply(&self, caller: &Caller, index: usize, write: pb::EventWrite) -> pb::EventWriteResult {
         let caller = caller.for_write(&write.request_id);
         let result = match write.write {
             None => Err(Error::invalid(
@@ -49,7 +52,8 @@ impl EventsApi {
                 message: status.message().to_owned(),
             })
         });
-        pb::EventWriteResult { result: Some(result) }
+        // At most MAX_EVENT_WRITES, so the position always fits.
+        pb::EventWriteResult { index: u32::try_from(index).unwrap_or(u32::MAX), result: Some(result) }
     }
 
     async fn run(&self, caller: &Caller, write: Write) -> Result<Outcome> {
@@ -115,14 +119,19 @@ fn chains(writes: Vec<pb::EventWrite>) -> Vec<Vec<(usize, pb::EventWrite)>> {
     chains
 }
 
+/// The stream of `ApplyEvents` answers.
+type Results = Pin<Box<dyn Stream<Item = Result<pb::ApplyEventsResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl EventService for EventsApi {
+    type ApplyEventsStream = Results;
+
     #[tracing::instrument(skip_all, fields(writes = request.get_ref().writes.len()))]
     async fn apply_events(
         &self,
         request: Request<pb::ApplyEventsRequest>,
-    ) -> Result<Response<pb::ApplyEventsResponse>, Status> {
-        let caller = Caller::of(&request)?;
+    ) -> Result<Response<Self::ApplyEventsStream>, Status> {
+        let caller = Arc::new(Caller::of(&request)?);
         let writes = request.into_inner().writes;
         let count = writes.len();
         if count > MAX_EVENT_WRITES {
@@ -132,20 +141,23 @@ impl EventService for EventsApi {
             )
             .into());
         }
-        let caller = &caller;
-        let done = join_all(chains(writes).into_iter().map(|chain| async move {
-            let mut answered = Vec::with_capacity(chain.len());
-            for (index, write) in chain {
-                answered.push((index, self.apply(caller, write).await));
-            }
-            answered
-        }))
-        .await;
-        let mut results = vec![pb::EventWriteResult::default(); count];
-        for (index, result) in done.into_iter().flatten() {
-            results[index] = result;
-        }
-        Ok(Response::new(pb::ApplyEventsResponse { results }))
+        let api = Arc::new(self.clone());
+        // The stream runs after this handler returned, outside the call's
+        // span: each write carries it, so its log lines keep the request id.
+        let span = tracing::Span::current();
+        let chains = chains(writes).into_iter().map(|chain| {
+            let (api, caller, span) = (api.clone(), caller.clone(), span.clone());
+            stream::iter(chain)
+                .then(move |(index, write)| {
+                    let (api, caller) = (api.clone(), caller.clone());
+                    async move { api.apply(&caller, index, write).await }.instrument(span.clone())
+                })
+                .boxed()
+        });
+        let results = stream::select_all(chains)
+            .ready_chunks(count.max(1))
+            .map(|results| Ok(pb::ApplyEventsResponse { results }));
+        Ok(Response::new(Box::pin(results)))
     }
 }
 

@@ -40,9 +40,25 @@ fn clerk_login(clerk_id: &str, key: &str, ms: i64) -> pb::RecordLoginRequest {
     }
 }
 
+/// Sends `writes` and returns their results in request order, checking that
+/// the stream answered each write exactly once.
 async fn apply(client: &mut Events, writes: Vec<pb::EventWrite>) -> Vec<WriteResult> {
-    let response = client.apply_events(pb::ApplyEventsRequest { writes }).await.expect("ApplyEvents");
-    response.into_inner().results.into_iter().map(|r| r.result.expect("a result per write")).collect()
+    let count = writes.len();
+    let mut stream =
+        client.apply_events(pb::ApplyEventsRequest { writes }).await.expect("ApplyEvents").into_inner();
+    let mut results: Vec<Option<WriteResult>> = vec![None; count];
+    while let Some(message) = stream.message().await.expect("the stream of results") {
+        for result in message.results {
+            let slot = &mut results[result.index as usize];
+            assert!(slot.is_none(), "write {} answered twice", result.index);
+            *slot = Some(result.result.expect("a result"));
+        }
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|| panic!("write {i} never answered")))
+        .collect()
 }
 
 /// Each result as (what it is, outcome, replayed), or the error's code and
@@ -187,7 +203,8 @@ async fn each_change_records_the_request_id_of_its_write(db: Db) {
     });
     request.metadata_mut().insert("x-request-id", "req-call-9".parse().unwrap());
 
-    client.apply_events(request).await.unwrap();
+    let mut stream = client.apply_events(request).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
 
     let mut changes = ChangeServiceClient::new(server.channel().await);
     for (clerk_id, request_id) in
@@ -230,4 +247,37 @@ async fn more_than_512_writes_are_refused_as_a_whole() {
 async fn an_empty_call_answers_no_results() {
     let server = TestServer::start(Db::Sqlite).await;
     assert!(apply(&mut events(&server).await, Vec::new()).await.is_empty());
+}
+
+/// PostgreSQL only (SQLite has no row locks): a write whose user is locked by
+/// another transaction delays its own result, not its neighbours', which
+/// are streamed as soon as they commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_held_up_elsewhere_delays_only_its_own_result_postgres() {
+    use sqlx::{Connection, PgConnection};
+
+    let server = TestServer::start(Db::Postgres).await;
+    let mut client = events(&server).await;
+    apply(&mut client, vec![write(Write::CreateUser(clerk_create("user_held", "Ann", "msg_h1", 1_000)))])
+        .await;
+    let mut holder = PgConnection::connect(&server.database.url).await.unwrap();
+    sqlx::raw_sql("begin; select 1 from users where clerk_id = 'user_held' for update")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let writes = vec![
+        write(Write::UpdateUser(clerk_update("user_held", "Bea", "L", "msg_h2", 2_000))),
+        write(Write::CreateUser(clerk_create("user_free", "Fay", "msg_f1", 1_000))),
+    ];
+    let mut stream = client.apply_events(pb::ApplyEventsRequest { writes }).await.unwrap().into_inner();
+
+    let first = stream.message().await.unwrap().expect("a first message");
+    let answered: Vec<u32> = first.results.iter().map(|r| r.index).collect();
+    assert_eq!(answered, [1], "only the free user's write is done while the other is locked");
+    sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
+    let second = stream.message().await.unwrap().expect("the held write's result");
+    assert_eq!(second.results.iter().map(|r| r.index).collect::<Vec<_>>(), [0]);
+    assert_eq!(summary(second.results[0].result.as_ref().unwrap()), ("update", APPLIED, false));
+    assert!(stream.message().await.unwrap().is_none());
 }

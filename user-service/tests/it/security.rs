@@ -127,7 +127,8 @@ async fn apply_events_needs_the_write_scope_and_each_write_keeps_its_own_checks(
 
     let mut writer = EventServiceClient::with_interceptor(server.channel().await, Bearer(Some(WRITE_TOKEN)));
     let admin_only = pb::User { role: pb::UserRole::Admin as i32, ..new_user("user_sec") };
-    let results = writer.apply_events(batch(admin_only)).await.unwrap().into_inner().results;
+    let mut stream = writer.apply_events(batch(admin_only)).await.unwrap().into_inner();
+    let results = stream.message().await.unwrap().map(|m| m.results).unwrap_or_default();
     let Some(Answer::Error(error)) = results.first().and_then(|r| r.result.clone()) else {
         panic!("setting a role needs admin in a batch too: {results:?}");
     };
