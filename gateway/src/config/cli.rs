@@ -120,8 +120,9 @@ pub struct ServeArgs {
     )]
     pub upstream_batch_max: u16,
 
-    /// `ApplyEvents` calls to user-service in flight at once (1 to 256);
-    /// raise it with more user-service replicas.
+    /// `ApplyEvents` calls to user-service in flight at once (1 to 256): one
+    /// batch fills while the other commits. Raise it with more user-service
+    /// replicas.
     #[arg(
         long,
         env = "GATEWAY_UPSTREAM_BATCHES_IN_FLIGHT",

@@ -256,10 +256,10 @@ fn send_takes_url_file_msg_id_and_timestamp() {
 }
 
 #[test]
-fn batching_defaults_to_64_writes_and_4_calls_in_flight() {
+fn batching_defaults_to_64_writes_and_2_calls_in_flight() {
     let args = serve_args(&[]);
-    assert_eq!((args.upstream_batch_max, args.upstream_batches_in_flight), (64, 4));
-    assert_eq!(test_config().upstream_batch, UpstreamBatch { max: 64, in_flight: 4 });
+    assert_eq!((args.upstream_batch_max, args.upstream_batches_in_flight), (64, 2));
+    assert_eq!(test_config().upstream_batch, UpstreamBatch { max: 64, in_flight: 2 });
     let args = serve_args(&["--upstream-batch-max", "1", "--upstream-batches-in-flight", "16"]);
     assert_eq!((args.upstream_batch_max, args.upstream_batches_in_flight), (1, 16));
 }
