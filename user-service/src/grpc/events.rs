@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt, stream};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use userdata_proto::v1::{
-    self as pb, event_service_server::EventService, event_write::Write, event_write_result::Result as Outcome,
+    self as pb, event_service_server::EventService, event_write::Write, event_write_result::Result as Answer,
 };
 
 use super::{UserDataApi, UsersApi, caller::Caller};
@@ -47,7 +47,7 @@ impl EventsApi {
         };
         let result = result.unwrap_or_else(|err| {
             let status = Status::from(err);
-            Outcome::Error(pb::EventWriteError {
+            Answer::Error(pb::EventWriteError {
                 code: status.code() as i32,
                 message: status.message().to_owned(),
             })
@@ -56,16 +56,18 @@ impl EventsApi {
         pb::EventWriteResult { index: u32::try_from(index).unwrap_or(u32::MAX), result: Some(result) }
     }
 
-    async fn run(&self, caller: &Caller, write: Write) -> Result<Outcome> {
+    /// Refuses a write without an event context, else runs its single
+    /// call's handler.
+    async fn run(&self, caller: &Caller, write: Write) -> Result<Answer> {
         if event_context(&write).is_none() {
             return Err(Error::invalid("event_context", "is required: ApplyEvents takes event writes only"));
         }
         Ok(match write {
-            Write::CreateUser(m) => Outcome::CreateUser(self.users.create(caller, m).await?),
-            Write::UpdateUser(m) => Outcome::UpdateUser(self.users.update(caller, m).await?),
-            Write::DeleteUser(m) => Outcome::DeleteUser(self.users.delete(caller, &m).await?),
-            Write::RecordLogin(m) => Outcome::RecordLogin(self.data.login(caller, &m).await?),
-            Write::RecordActivity(m) => Outcome::RecordActivity(self.data.activity(caller, &m).await?),
+            Write::CreateUser(m) => Answer::CreateUser(self.users.create(caller, m).await?),
+            Write::UpdateUser(m) => Answer::UpdateUser(self.users.update(caller, m).await?),
+            Write::DeleteUser(m) => Answer::DeleteUser(self.users.delete(caller, &m).await?),
+            Write::RecordLogin(m) => Answer::RecordLogin(self.data.login(caller, &m).await?),
+            Write::RecordActivity(m) => Answer::RecordActivity(self.data.activity(caller, &m).await?),
         })
     }
 }
