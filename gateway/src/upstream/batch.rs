@@ -189,10 +189,32 @@ async fn send(
     .await;
     let unanswered = match streamed {
         Ok(Ok(())) => Status::internal("user-service ended the call without a result for the write"),
-        Ok(Err(status)) => status,
+        Ok(Err(status)) => call_failure(&status),
         Err(_) => Status::deadline_exceeded("user-service did not answer within the deadline"),
     };
     answer_all(replies.into_iter().flatten(), &call, &unanswered);
+}
+
+/// What a write not answered yet gets when its whole call failed. Codes that
+/// would judge one write's data (`INVALID_ARGUMENT`, `OUT_OF_RANGE`,
+/// `NOT_FOUND`, `ALREADY_EXISTS`, `FAILED_PRECONDITION`) refused the call as a
+/// whole (too large, malformed): this write may even have been applied, so
+/// it becomes `INTERNAL` (500, Svix retries) instead of its own rejection or
+/// success. Transient and configuration codes stay as they are.
+fn call_failure(status: &Status) -> Status {
+    match status.code() {
+        Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::Ok => Status::internal(format!(
+            "user-service refused the ApplyEvents call as a whole ({}): {}",
+            userdata_kit::grpc_code::name(status.code()),
+            status.message()
+        )),
+        code => Status::new(code, status.message()),
+    }
 }
 
 /// One write's result as the caller takes it.
@@ -209,5 +231,37 @@ fn answer_all(replies: impl IntoIterator<Item = oneshot::Sender<Answer>>, call: 
     for reply in replies {
         let result = Err(Status::new(status.code(), status.message()));
         let _ = reply.send(Answer { call: Some(call.clone()), result });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        error::UpstreamError,
+        upstream::{Call, classify_status},
+    };
+
+    #[test]
+    fn a_call_refused_as_a_whole_is_a_500_for_its_writes_never_their_own_verdict() {
+        for code in [Code::InvalidArgument, Code::OutOfRange, Code::NotFound, Code::AlreadyExists] {
+            let status = call_failure(&Status::new(code, "encoded message length too large"));
+            assert_eq!(status.code(), Code::Internal, "{code:?}");
+            for call in [Call::Create, Call::Delete, Call::Session] {
+                let outcome = classify_status(call, &status);
+                assert!(
+                    matches!(outcome, Err(UpstreamError::Failed { .. })),
+                    "{code:?} {call:?}: {outcome:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn transient_and_configuration_failures_of_a_call_keep_their_code() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Unauthenticated, Code::PermissionDenied]
+        {
+            assert_eq!(call_failure(&Status::new(code, "x")).code(), code);
+        }
     }
 }

@@ -79,6 +79,15 @@ pub enum Call {
 }
 
 impl Call {
+    /// The Clerk id the call writes.
+    pub fn clerk_id(&self) -> &str {
+        match self {
+            Self::Create(received) => received.message.user.as_ref().map_or("", |u| u.clerk_id.as_str()),
+            Self::Update(received) => received.message.user.as_ref().map_or("", |u| u.clerk_id.as_str()),
+            Self::Delete(received) => &received.message.clerk_id,
+        }
+    }
+
     /// The request id the call (or its write in a batch) carried.
     pub fn request_id(&self) -> Option<String> {
         match self {
@@ -181,7 +190,10 @@ impl UserService for FakeUserService {
 impl EventService for FakeUserService {
     type ApplyEventsStream = futures::stream::Iter<std::vec::IntoIter<Result<ApplyEventsResponse, Status>>>;
 
-    /// Answers every write in one message, at the end.
+    /// Answers every write at the end, one message each, in reverse order (a
+    /// client must go by the index). A write for a Clerk id containing
+    /// `stale` is answered `stale` whatever the configured reply, so each
+    /// webhook's answer shows whose result it got.
     async fn apply_events(
         &self,
         request: Request<ApplyEventsRequest>,
@@ -212,8 +224,10 @@ impl EventService for FakeUserService {
                     continue;
                 }
             };
+            let stale = call.clerk_id().contains("stale");
             self.record(call);
-            let result = match self.reply().await {
+            let reply = if stale { Ok((EventOutcome::Stale as i32, false)) } else { self.reply().await };
+            let result = match reply {
                 Ok((outcome, replayed)) => answer(outcome, replayed),
                 Err(status) => WriteResult::Error(EventWriteError {
                     code: status.code() as i32,
@@ -222,7 +236,9 @@ impl EventService for FakeUserService {
             };
             results.push(EventWriteResult { index, result: Some(result) });
         }
-        Ok(Response::new(futures::stream::iter(vec![Ok(ApplyEventsResponse { results })])))
+        let messages =
+            results.into_iter().rev().map(|result| Ok(ApplyEventsResponse { results: vec![result] }));
+        Ok(Response::new(futures::stream::iter(messages.collect::<Vec<_>>())))
     }
 }
 

@@ -9,17 +9,23 @@
 use std::{collections::HashMap, pin::Pin, sync::Arc};
 
 use futures::{Stream, StreamExt, stream};
+use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use userdata_proto::v1::{
     self as pb, event_service_server::EventService, event_write::Write, event_write_result::Result as Answer,
 };
 
-use super::{UserDataApi, UsersApi, caller::Caller};
+use super::{MAX_MESSAGE_SIZE, UserDataApi, UsersApi, caller::Caller};
 use crate::domain::error::{Error, Result};
 
 /// Most writes one `ApplyEvents` call may carry.
 pub const MAX_EVENT_WRITES: usize = 512;
+
+/// Most encoded bytes of results in one answer message: half the message
+/// limit, so a message of results that committed together never passes it
+/// (one result always fits: it is its single call's response).
+const MAX_RESULTS_BYTES: usize = MAX_MESSAGE_SIZE / 2;
 
 /// The `EventService` implementation: the user and user-data RPCs it batches.
 #[derive(Clone)]
@@ -121,6 +127,26 @@ fn chains(writes: Vec<pb::EventWrite>) -> Vec<Vec<(usize, pb::EventWrite)>> {
     chains
 }
 
+/// Results that are ready together, as few messages as fit
+/// [`MAX_RESULTS_BYTES`] each.
+fn messages(ready: Vec<pb::EventWriteResult>) -> Vec<pb::ApplyEventsResponse> {
+    let mut messages = Vec::new();
+    let (mut results, mut bytes) = (Vec::new(), 0);
+    for result in ready {
+        let len = result.encoded_len();
+        if !results.is_empty() && bytes + len > MAX_RESULTS_BYTES {
+            messages.push(pb::ApplyEventsResponse { results: std::mem::take(&mut results) });
+            bytes = 0;
+        }
+        bytes += len;
+        results.push(result);
+    }
+    if !results.is_empty() {
+        messages.push(pb::ApplyEventsResponse { results });
+    }
+    messages
+}
+
 /// The stream of `ApplyEvents` answers.
 type Results = Pin<Box<dyn Stream<Item = Result<pb::ApplyEventsResponse, Status>> + Send>>;
 
@@ -158,7 +184,8 @@ impl EventService for EventsApi {
         });
         let results = stream::select_all(chains)
             .ready_chunks(count.max(1))
-            .map(|results| Ok(pb::ApplyEventsResponse { results }));
+            .flat_map(|ready| stream::iter(messages(ready)))
+            .map(Ok);
         Ok(Response::new(Box::pin(results)))
     }
 }
@@ -194,6 +221,26 @@ mod tests {
             chains(writes).iter().map(|chain| chain.iter().map(|(i, _)| *i).collect()).collect();
         // An id and a Clerk id are different names, even when equal as text.
         assert_eq!(positions, [vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[test]
+    fn results_ready_together_share_messages_that_stay_under_the_limit() {
+        let result = |index: u32, padding: usize| pb::EventWriteResult {
+            index,
+            result: Some(Answer::Error(pb::EventWriteError { code: 3, message: "x".repeat(padding) })),
+        };
+        let small = messages((0..10).map(|i| result(i, 10)).collect());
+        assert_eq!(small.len(), 1);
+        assert_eq!(small[0].results.len(), 10);
+
+        let large = messages((0..5).map(|i| result(i, MAX_RESULTS_BYTES / 2)).collect());
+        assert!(large.len() >= 3, "{} messages", large.len());
+        assert!(large.iter().all(|m| m.encoded_len() <= MAX_MESSAGE_SIZE));
+        let indexes: Vec<u32> = large.iter().flat_map(|m| m.results.iter().map(|r| r.index)).collect();
+        assert_eq!(indexes, [0, 1, 2, 3, 4]);
+
+        let alone = messages(vec![result(0, MAX_RESULTS_BYTES + 1)]);
+        assert_eq!(alone.len(), 1, "a result larger than the share still goes");
     }
 
     #[test]

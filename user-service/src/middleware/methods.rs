@@ -155,6 +155,13 @@ pub fn label(path: &str) -> &'static str {
         .map_or(UNKNOWN_METHOD, |rpc| &rpc[1..])
 }
 
+/// Whether the call's work runs in its response stream (a batch streams each
+/// write's result as it commits), so the concurrency limit and the call
+/// timeout must cover the stream, not only the handler.
+pub fn works_in_its_stream(path: &str) -> bool {
+    path == "/userdata.v1.EventService/ApplyEvents"
+}
+
 /// Whether `path` is a health check (exempt from the concurrency limit, so
 /// that an overloaded server is not also reported dead).
 pub fn is_health(path: &str) -> bool {

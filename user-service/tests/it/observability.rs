@@ -337,6 +337,64 @@ async fn a_call_longer_than_the_request_timeout_fails_with_deadline_exceeded() {
     assert_eq!(after.first_name.as_deref(), Some("After"));
 }
 
+/// An `ApplyEvents` call carrying one Clerk update of `clerk_id`.
+fn batch_update(clerk_id: &str, first_name: &str) -> pb::ApplyEventsRequest {
+    let update = clerk_update(clerk_id, first_name, "L", &format!("msg_{first_name}"), 2_000);
+    pb::ApplyEventsRequest {
+        writes: vec![pb::EventWrite {
+            request_id: String::new(),
+            write: Some(pb::event_write::Write::UpdateUser(update)),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_events_call_holds_its_slot_until_its_stream_ends() {
+    use pb::event_service_client::EventServiceClient;
+    let server = TestServer::start_with(Db::Postgres, |config| {
+        config.max_concurrent_requests = NonZeroUsize::new(1).unwrap();
+    })
+    .await;
+    let mut users = server.users().await;
+    users.create_user(clerk_create("user_batch_busy", "Ann", "msg_busy", 1_000)).await.unwrap();
+    let mut lock = RowLock::hold(&server.database.url, "user_batch_busy").await;
+
+    // The handler answers at once; the write waits for the row lock in the
+    // stream, and the call keeps the only slot meanwhile.
+    let mut events = EventServiceClient::new(server.channel().await);
+    let mut stream = events.apply_events(batch_update("user_batch_busy", "Held")).await.unwrap().into_inner();
+    lock.wait_for_a_waiter().await;
+    let shed = get_by_clerk_id(&mut users, "user_batch_busy").await.unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+    assert_eq!(shed.get_details_error_info().unwrap().reason, "OVERLOADED");
+
+    lock.release().await;
+    while stream.message().await.unwrap().is_some() {}
+    let after = get_by_clerk_id(&mut users, "user_batch_busy").await.unwrap();
+    assert_eq!(after.first_name.as_deref(), Some("Held"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_events_stream_longer_than_the_request_timeout_ends_with_deadline_exceeded() {
+    use pb::event_service_client::EventServiceClient;
+    let server =
+        TestServer::start_with(Db::Postgres, |config| config.request_timeout = Duration::from_millis(300))
+            .await;
+    let mut users = server.users().await;
+    users.create_user(clerk_create("user_batch_slow", "Ann", "msg_slow", 1_000)).await.unwrap();
+    let lock = RowLock::hold(&server.database.url, "user_batch_slow").await;
+
+    let started = Instant::now();
+    let mut events = EventServiceClient::new(server.channel().await);
+    let mut stream = events.apply_events(batch_update("user_batch_slow", "Slow")).await.unwrap().into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    let status = ended.expect("the server must end the stream").unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "ended after {:?}", started.elapsed());
+
+    lock.release().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_waiting_for_a_database_connection_are_shown() {
     let server = TestServer::start_with(Db::Postgres, |config| {
