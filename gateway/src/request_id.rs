@@ -30,16 +30,12 @@ pub struct RequestId(String);
 impl RequestId {
     /// Uses `incoming` when it is sane, else generates a UUIDv7.
     pub fn from_incoming(incoming: Option<&HeaderValue>) -> Self {
-        incoming
-            .and_then(|value| value.to_str().ok())
-            .filter(|text| is_sane(text))
-            .map(|text| Self(text.to_owned()))
-            .unwrap_or_else(Self::generate)
+        incoming.and_then(|value| value.to_str().ok()).and_then(Self::parse).unwrap_or_else(Self::generate)
     }
 
-    /// An id already known to be sane (see [`is_sane`]).
-    pub(crate) fn from_sane(sane: String) -> Self {
-        Self(sane)
+    /// `text` as an id, when it is sane (see [`is_sane`]).
+    pub fn parse(text: &str) -> Option<Self> {
+        is_sane(text).then(|| Self(text.to_owned()))
     }
 
     /// A new random, time-ordered id.

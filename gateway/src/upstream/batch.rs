@@ -25,7 +25,7 @@ use super::UpstreamChannel;
 use crate::{
     config::UpstreamBatch,
     metrics::Metrics,
-    request_id::{REQUEST_ID, RequestId, is_sane},
+    request_id::{REQUEST_ID, RequestId},
 };
 
 /// Encoded writes one call carries at most (a single larger write still goes,
@@ -79,18 +79,19 @@ impl Batcher {
             || Answer { call: None, result: Err(Status::unavailable("the gateway is shutting down")) };
         let (reply, answer) = oneshot::channel();
         // Counted before it is queued, so the gauge never dips below zero.
-        self.count_queued(1.0);
+        count_queued(self.metrics.as_deref(), 1.0);
         if self.queue.send(Pending { write, deadline, reply }).is_err() {
-            self.count_queued(-1.0);
+            count_queued(self.metrics.as_deref(), -1.0);
             return closed();
         }
         answer.await.unwrap_or_else(|_| closed())
     }
+}
 
-    fn count_queued(&self, delta: f64) {
-        if let Some(metrics) = &self.metrics {
-            metrics.add_upstream_writes_queued(delta);
-        }
+/// Adds `delta` to the gauge of writes waiting for a batch.
+fn count_queued(metrics: Option<&Metrics>, delta: f64) {
+    if let Some(metrics) = metrics {
+        metrics.add_upstream_writes_queued(delta);
     }
 }
 
@@ -126,9 +127,7 @@ async fn run(
             bytes += len;
             batch.push(next);
         }
-        if let Some(metrics) = &metrics {
-            metrics.add_upstream_writes_queued(-(batch.len() as f64));
-        }
+        count_queued(metrics.as_deref(), -(batch.len() as f64));
         tokio::spawn(send(client.clone(), batch, slot, metrics.clone()));
     }
 }
@@ -160,9 +159,10 @@ async fn send(
     // A write that goes alone keeps its webhook's id end to end; a batch
     // gets its own, which each webhook's log line names.
     let call = match writes.as_slice() {
-        [only] if is_sane(&only.request_id) => RequestId::from_sane(only.request_id.clone()),
-        _ => RequestId::generate(),
-    };
+        [only] => RequestId::parse(&only.request_id),
+        _ => None,
+    }
+    .unwrap_or_else(RequestId::generate);
     let mut request = tonic::Request::new(ApplyEventsRequest { writes });
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
     if let Ok(value) = MetadataValue::try_from(call.as_str()) {
