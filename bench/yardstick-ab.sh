@@ -12,9 +12,10 @@
 #   US_ARGS are extra user-service flags; a build that needs its own
 #   environment gets a BIN_DIR of wrapper scripts.
 # Prints one line per run and a median per build; raw runs land in
-# WORK/bench/out/webhook-load/ (results.tsv, labelled NAME).
+# WORK/bench/out/webhook-load/ (results.tsv, labelled NAME), both services'
+# metrics at the end of each run in WORK/bench/out/metrics-NAME-REP-{us,gw}.txt.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n 2,16p "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 YARDSTICK="$(cd "${YARDSTICK:-../shared/yardstick}" && pwd)"
 SCENARIO="${SCENARIO:-created}"; CONNS="${CONNS:-64}"; REPEAT="${REPEAT:-2}"
 DURATION="${DURATION:-20}"; WARMUP="${WARMUP:-5}"; MAX_RATE="${MAX_RATE:-9000}"
@@ -53,6 +54,10 @@ for rep in $(seq 1 "$REPEAT"); do
         --conns "$CONNS" --duration "$DURATION" --warmup "$WARMUP" --max-rate "$MAX_RATE" \
         --server-pid "$GW" --group "svc=$US" --label "$name" --secret $SECRET --db $DB) \
       || echo "yardstick-ab: run of $name failed" >&2
+    # Both services' metrics at the end of the run (batch and group sizes, latencies by stage).
+    for m in us:9471 gw:9472; do
+      curl -fsS "http://127.0.0.1:${m#*:}/metrics" > "$WORK/bench/out/metrics-$name-$rep-${m%%:*}.txt" 2>/dev/null || true
+    done
     stop_all
   done
 done
