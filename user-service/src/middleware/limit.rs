@@ -21,7 +21,7 @@ use tokio::{
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::{GrpcRequest, GrpcResponse, ResponseFuture, error_response, methods};
+use super::{GrpcRequest, GrpcResponse, ResponseFuture, error_response, error_status, methods};
 
 /// At most `max` calls in progress over all connections: one more fails at
 /// once with UNAVAILABLE (reason `OVERLOADED`, so clients back off and
@@ -108,15 +108,21 @@ where
                 Ok(response) => response,
                 Err(_) => {
                     tracing::warn!(?timeout, "call timed out");
-                    Ok(error_response(
-                        Code::DeadlineExceeded,
-                        format!("the call took longer than the server's limit of {timeout:?}"),
-                        "REQUEST_TIMEOUT",
-                    ))
+                    Ok(timed_out(timeout).into_http())
                 }
             }
         })
     }
+}
+
+/// A call that ran past the server's limit, before its response headers or
+/// in its stream: one status for both.
+fn timed_out(timeout: Duration) -> Status {
+    error_status(
+        Code::DeadlineExceeded,
+        format!("the call took longer than the server's limit of {timeout:?}"),
+        "REQUEST_TIMEOUT",
+    )
 }
 
 /// The response body of a call whose work runs in its stream: keeps the
@@ -152,8 +158,7 @@ impl Body for BoundedBody {
         this.timed_out = true;
         let timeout = this.timeout;
         tracing::warn!(?timeout, "call timed out in its stream");
-        let status =
-            Status::deadline_exceeded(format!("the call took longer than the server's limit of {timeout:?}"));
+        let status = timed_out(timeout);
         let mut trailers = HeaderMap::new();
         Poll::Ready(Some(match status.add_header(&mut trailers) {
             Ok(()) => Ok(Frame::trailers(trailers)),

@@ -41,9 +41,14 @@ pub type GrpcResponse = http::Response<tonic::body::Body>;
 /// The future each layer returns.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<GrpcResponse, Infallible>> + Send>>;
 
-/// A trailers-only error response with an `ErrorInfo` of `reason`.
-fn error_response(code: Code, message: impl Into<String>, reason: &str) -> GrpcResponse {
+/// A status with an `ErrorInfo` of `reason`.
+fn error_status(code: Code, message: impl Into<String>, reason: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(code, message, details).into_http()
+    Status::with_error_details(code, message, details)
+}
+
+/// A trailers-only error response with an `ErrorInfo` of `reason`.
+fn error_response(code: Code, message: impl Into<String>, reason: &str) -> GrpcResponse {
+    error_status(code, message, reason).into_http()
 }

@@ -330,6 +330,7 @@ async fn a_call_longer_than_the_request_timeout_fails_with_deadline_exceeded() {
         tokio::time::timeout(Duration::from_secs(5), users.update_user(rename(&user, "Slow"))).await;
     let status = outcome.expect("the server must answer").unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "REQUEST_TIMEOUT");
     assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
 
     lock.release().await;
@@ -390,6 +391,7 @@ async fn an_apply_events_stream_longer_than_the_request_timeout_ends_with_deadli
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
     let status = ended.expect("the server must end the stream").unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "REQUEST_TIMEOUT");
     assert!(started.elapsed() < Duration::from_secs(3), "ended after {:?}", started.elapsed());
 
     lock.release().await;
